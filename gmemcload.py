@@ -1,0 +1,983 @@
+#!/usr/bin/env python3
+"""gmemcload: load installed-apps logs into memcached, fast and in order.
+
+Each ``*.tsv.gz`` file holds one line per device::
+
+    dev_type <TAB> dev_id <TAB> lat <TAB> lon <TAB> app,app,...
+
+and each valid line becomes one memcached entry: key ``dev_type:dev_id``,
+value the serialized ``appsinstalled.UserApps`` protobuf.  Every device type
+has its own memcached server (or list of servers).
+
+How it is built:
+
+* ``gevent.monkey.patch_all()`` runs first, so python-memcached's sockets
+  are cooperative.
+* Every memcached server has a Pool of uploader greenlets (lanes).  Each
+  lane owns one python-memcached client, a bounded queue of batches and one
+  connection; it sends each batch as one pipelined buffer of ``set``
+  commands and reads every reply.  A key always travels through the same
+  lane, so two writes of one key reach memcached in the order they were
+  read.
+* One greenlet per file reads, parses and enqueues it.  A file starts
+  enqueuing only once the file before it has finished enqueuing, and the
+  file greenlets are joined in sorted order, which is also the rename order.
+
+A file is renamed to ``.<name>`` only when it was read to its end, every
+record in it was acknowledged by memcached or counted as an error, and its
+error rate is within ``--max-error-rate``.  The first file that is not
+loaded stops the renames for the rest of the run.
+"""
+from gevent import monkey
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import errno  # noqa: E402
+import fcntl  # noqa: E402
+import glob  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import zlib  # noqa: E402
+
+import gevent  # noqa: E402
+import gevent.event  # noqa: E402
+import gevent.pool  # noqa: E402
+import gevent.queue  # noqa: E402
+import memcache  # noqa: E402
+from isal import igzip  # noqa: E402
+
+from proto import appsinstalled_pb2  # noqa: E402
+
+log = logging.getLogger('gmemcload')
+
+DEVICE_TYPES = ('idfa', 'gaid', 'adid', 'dvid')
+DEFAULT_ADDRESSES = {
+    'idfa': '127.0.0.1:33013',
+    'gaid': '127.0.0.1:33014',
+    'adid': '127.0.0.1:33015',
+    'dvid': '127.0.0.1:33016',
+}
+DEFAULT_PATTERN = '/data/appsinstalled/*.tsv.gz'
+LOCK_FILE_NAME = '.gmemcload.lock'
+
+MAX_KEY_LENGTH = 250  # memcached's own limit
+MAX_APP_ID = 2 ** 32 - 1  # apps are uint32
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock, try later
+EXIT_SIGNAL_BASE = 128  # exit status 128 + signal number, as shells do
+
+READ_CHUNK = 1 << 20  # decompressed bytes read at a time
+QUEUED_BATCHES_PER_LANE = 4  # back-pressure: bounds memory per lane
+BACKOFF_FIRST = 0.25  # seconds before the first retry; doubles per retry
+BACKOFF_MAX = 4.0
+PROGRESS_INTERVAL = 5.0  # seconds between progress lines
+LOGGED_LINES_PER_FILE = 5  # bad lines logged in full; the rest are counted
+
+MALFORMED = 'malformed'
+UNKNOWN_TYPE = 'unknown device type'
+
+_DEVICE_TYPES = frozenset(t.encode() for t in DEVICE_TYPES)
+# Any byte that memcached's text protocol does not allow in a key.
+_BAD_KEY_BYTE = re.compile(rb'[\x00-\x20\x7f]')
+_UserApps = appsinstalled_pb2.UserApps
+_STORED = b'STORED\r\n'
+
+
+class BadLine(ValueError):
+    """A log line that breaks the line contract: the input's fault."""
+
+    def __init__(self, kind, reason):
+        super().__init__(reason)
+        self.kind = kind
+
+
+class ConfigError(Exception):
+    """An option value that cannot be used: the operator's fault."""
+
+
+class ProtocolError(Exception):
+    """memcached answered something a ``set`` cannot answer: the server's
+    fault, or a connection out of step; the connection is not reused."""
+
+
+class Interrupted(Exception):
+    """A stop was requested by a signal while a file was being read."""
+
+
+# -- the line contract ------------------------------------------------------
+
+def _parse_apps_slowly(raw_apps):
+    """Return (apps, dropped) for an apps field that is not plain digits."""
+    apps = []
+    dropped = 0
+    if not raw_apps:
+        return apps, dropped
+    for item in raw_apps.split(b','):
+        item = item.strip()
+        if item.isdigit() and int(item) <= MAX_APP_ID:
+            apps.append(int(item))
+        else:
+            dropped += 1
+    return apps, dropped
+
+
+def parse_line(line):
+    """Parse one log line (bytes).
+
+    Returns None for a blank line, otherwise a tuple
+    ``(dev_type, key, lat, lon, apps, dropped_apps)`` where ``dev_type`` and
+    ``key`` are bytes and ``dropped_apps`` counts app items that were not
+    decimal uint32 and were left out.  Raises BadLine for a line that breaks
+    the contract; ``BadLine.kind`` is MALFORMED or UNKNOWN_TYPE.
+    """
+    line = line.strip()
+    if not line:
+        return None
+    fields = line.split(b'\t')
+    if len(fields) != 5:
+        raise BadLine(MALFORMED, 'expected 5 tab-separated fields, got %d'
+                      % len(fields))
+    dev_type, dev_id, lat, lon, raw_apps = fields
+    if dev_type not in _DEVICE_TYPES:
+        raise BadLine(UNKNOWN_TYPE, 'unknown device type %r'
+                      % dev_type.decode('ascii', 'replace'))
+    if not dev_id:
+        raise BadLine(MALFORMED, 'empty dev_id')
+    key = dev_type + b':' + dev_id
+    if len(key) > MAX_KEY_LENGTH or _BAD_KEY_BYTE.search(key):
+        raise BadLine(MALFORMED, 'key is not a valid memcached key (at most'
+                      ' %d bytes, no space or control bytes)'
+                      % MAX_KEY_LENGTH)
+    try:
+        lat = float(lat)
+        lon = float(lon)
+    except ValueError:
+        raise BadLine(MALFORMED, 'lat or lon is not a number') from None
+    # Fast path: digits and commas only, no empty item, all within uint32.
+    if raw_apps.translate(None, b',').isdigit():
+        try:
+            apps = list(map(int, raw_apps.split(b',')))
+        except ValueError:  # an empty item
+            pass
+        else:
+            if max(apps) <= MAX_APP_ID:
+                return dev_type, key, lat, lon, apps, 0
+    apps, dropped = _parse_apps_slowly(raw_apps)
+    return dev_type, key, lat, lon, apps, dropped
+
+
+def pack_user_apps(apps, lat, lon):
+    """Serialize one record as the ``appsinstalled.UserApps`` protobuf."""
+    return _UserApps(apps=apps, lat=lat, lon=lon).SerializeToString()
+
+
+def set_command(key, value):
+    """The memcached text-protocol ``set`` for one record, flags 0, no
+    expiry."""
+    return b'set %b 0 0 %d\r\n%b\r\n' % (key, len(value), value)
+
+
+def _key_of(command):
+    return command[4:command.index(b' ', 4)]
+
+
+def describe_value(value):
+    """Show a packed UserApps on one line, as the original tool logged it."""
+    return str(_UserApps.FromString(value)).replace('\n', ' ').strip()
+
+
+# -- per-file bookkeeping ---------------------------------------------------
+
+class FileLoad:
+    """What happened to one file: counts, outcome and timing.
+
+    ``pending_batches`` counts batches enqueued and not yet finished by an
+    uploader; ``acked`` is set once enqueuing is over and it is zero.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.name = os.path.basename(path)
+        self.lines = 0
+        self.stored = 0
+        self.errors = 0
+        self.unacknowledged = 0
+        self.failure = None  # why the file cannot be called loaded
+        self.renamed = False
+        self.kept_because = None
+        self.bytes_read = 0
+        self.size = 0
+        self.started = None
+        self.seconds = 0.0
+        self.pending_batches = 0
+        self.enqueuing_done = False
+        self.enqueued = gevent.event.Event()
+        self.acked = gevent.event.Event()
+        self._logged_bad = 0
+        self._logged_dropped = 0
+        self.lines_with_dropped_apps = 0
+
+    @property
+    def error_rate(self):
+        processed = self.stored + self.errors
+        return self.errors / processed if processed else 0.0
+
+    def loaded(self, max_error_rate):
+        """True when the file may be renamed (see the module docstring)."""
+        return self.failure is None and self.error_rate <= max_error_rate
+
+    def fail(self, reason):
+        if self.failure is None:
+            self.failure = reason
+
+    def bad_line(self, line, bad):
+        self.errors += 1
+        self._logged_bad += 1
+        if self._logged_bad <= LOGGED_LINES_PER_FILE:
+            log.error('%s: %s line: %s: %r', self.name, bad.kind, bad,
+                      line[:1000])
+
+    def dropped_apps(self, line, dropped):
+        self.lines_with_dropped_apps += 1
+        self._logged_dropped += 1
+        if self._logged_dropped <= LOGGED_LINES_PER_FILE:
+            log.info('%s: dropped %d app ids that are not uint32: %r',
+                     self.name, dropped, line[:1000])
+
+    def batch_enqueued(self):
+        self.pending_batches += 1
+
+    def batch_done(self, stored, refused, unacknowledged=0, reason=None):
+        """Record an uploader's verdict on one batch."""
+        self.stored += stored
+        self.errors += refused + unacknowledged
+        if unacknowledged:
+            self.unacknowledged += unacknowledged
+            self.fail('%d records not acknowledged by memcached (%s)'
+                      % (self.unacknowledged, reason))
+        self.pending_batches -= 1
+        self._check_acked()
+
+    def finish_enqueuing(self):
+        self.enqueuing_done = True
+        self.enqueued.set()
+        self._check_acked()
+
+    def _check_acked(self):
+        if self.enqueuing_done and self.pending_batches == 0:
+            if self.started is not None:
+                self.seconds = time.monotonic() - self.started
+            self.acked.set()
+
+    def log_unshown(self):
+        if self._logged_bad > LOGGED_LINES_PER_FILE:
+            log.error('%s: %d more bad lines not shown', self.name,
+                      self._logged_bad - LOGGED_LINES_PER_FILE)
+        if self._logged_dropped > LOGGED_LINES_PER_FILE:
+            log.info('%s: %d more lines with dropped app ids not shown',
+                     self.name, self._logged_dropped - LOGGED_LINES_PER_FILE)
+
+
+class Batch:
+    """Consecutive ``set`` commands of one file for one lane."""
+
+    __slots__ = ('load', 'commands')
+
+    def __init__(self, load, commands):
+        self.load = load
+        self.commands = commands
+
+
+# -- uploading --------------------------------------------------------------
+
+class Server:
+    """One memcached address and the lanes that write to it.
+
+    ``down`` is set once a batch has failed after all its retries; from then
+    on the server's remaining batches in this run fail at once, so a dead
+    host costs one retry cycle, not one per batch.
+    """
+
+    def __init__(self, address):
+        self.address = address
+        self.lanes = []
+        self.down = None
+
+
+class Lane:
+    """One uploader greenlet's share of a server: queue, batch, client.
+
+    Only the file greenlet that is currently enqueuing appends to
+    ``commands``; only this lane's greenlet takes from ``queue``.  Batches
+    are sent strictly in queue order, each (with its retries) finished
+    before the next is taken, so writes of one key keep their order.
+    """
+
+    def __init__(self, server, settings, stopping):
+        self.server = server
+        self.settings = settings
+        self.stopping = stopping
+        self.queue = gevent.queue.Queue(QUEUED_BATCHES_PER_LANE)
+        self.commands = []
+
+    def submit(self, batch):
+        """Queue a batch for upload; blocks while the queue is full."""
+        self.queue.put(batch)
+
+    def close(self):
+        """Let the uploader finish what is queued, then end."""
+        self.queue.put(None)
+
+    def run(self):
+        """Upload batches until the None sentinel arrives."""
+        # Client is a threading.local, i.e. greenlet-local once patched: it
+        # is made here, in the greenlet that uses it.  dead_retry=0 makes
+        # every retry really reconnect instead of skipping the host.
+        client = memcache.Client([self.server.address],
+                                 socket_timeout=self.settings.timeout,
+                                 dead_retry=0)
+        host = client.servers[0]
+        try:
+            while True:
+                batch = self.queue.get()
+                if batch is None:
+                    return
+                try:
+                    self._upload(host, batch)
+                except Exception:
+                    log.exception('%s: uploader failed on a batch',
+                                  self.server.address)
+                    host.close_socket()
+                    batch.load.batch_done(0, 0, len(batch.commands),
+                                          'internal error')
+        finally:
+            host.close_socket()
+
+    def _upload(self, host, batch):
+        count = len(batch.commands)
+        address = self.server.address
+        if self.stopping.is_set():
+            batch.load.batch_done(0, 0, count, 'stopped by a signal')
+            return
+        payload = b''.join(batch.commands)
+        retries = self.settings.retries
+        for attempt in range(retries + 1):
+            if self.server.down:
+                batch.load.batch_done(0, 0, count, self.server.down)
+                return
+            try:
+                refused = self._exchange(host, payload, count)
+            except (OSError, ProtocolError) as exc:
+                host.close_socket()
+                reason = '%s: %s' % (address, exc or type(exc).__name__)
+                if attempt == retries or self.stopping.is_set():
+                    break
+                delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt)
+                log.warning('%s; retry %d/%d of a batch of %d in %.2fs',
+                            reason, attempt + 1, retries, count, delay)
+                gevent.sleep(delay)
+                continue
+            for index, reply in refused:
+                log.error('%s: %s not stored: %s', address,
+                          _key_of(batch.commands[index]).decode(
+                              'ascii', 'backslashreplace'),
+                          reply.decode('ascii', 'replace'))
+            batch.load.batch_done(count - len(refused), len(refused))
+            return
+        if not self.stopping.is_set():
+            self.server.down = '%s is down: %s' % (address, reason)
+            log.error('%s; giving up after %d retries, its remaining'
+                      ' records in this run fail at once', reason, retries)
+        batch.load.batch_done(0, 0, count, reason)
+
+    @staticmethod
+    def _exchange(host, payload, count):
+        """Send ``count`` pipelined sets and read every reply.
+
+        Returns the (index, reply) pairs of records that memcached refused
+        for good (SERVER_ERROR, NOT_STORED).  Raises OSError or
+        ProtocolError when the batch must be sent again.
+        """
+        if not host.connect():
+            raise ConnectionError('cannot connect')
+        sock = host.socket
+        sock.sendall(payload)
+        replies = bytearray()
+        lines = 0
+        while lines < count:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError('connection closed by memcached'
+                                      ' after %d of %d replies'
+                                      % (lines, count))
+            replies += chunk
+            lines += chunk.count(b'\n')
+        if lines > count or not replies.endswith(b'\r\n'):
+            raise ProtocolError('more replies than commands')
+        if replies == _STORED * count:
+            return []
+        refused = []
+        for index, reply in enumerate(bytes(replies).split(b'\r\n')[:-1]):
+            if reply == b'STORED':
+                continue
+            if reply.startswith(b'SERVER_ERROR') or reply == b'NOT_STORED':
+                refused.append((index, reply))
+            else:
+                raise ProtocolError('unexpected reply %r' % reply[:80])
+        return refused
+
+
+class DryLane:
+    """Stands in for a Lane under --dry: logs each record, sends nothing."""
+
+    def __init__(self, server):
+        self.server = server
+        self.commands = []
+
+    def run(self):
+        pass
+
+    def close(self):
+        pass
+
+    def submit(self, batch):
+        for command in batch.commands:
+            key = _key_of(command)
+            value = command[command.index(b'\r\n') + 2:-2]
+            log.debug('%s - %s -> %s', self.server.address,
+                      key.decode('ascii', 'backslashreplace'),
+                      describe_value(value))
+        batch.load.batch_done(len(batch.commands), 0)
+
+
+# -- the run ----------------------------------------------------------------
+
+class Settings:
+    """Validated options of one run."""
+
+    def __init__(self, addresses, batch_size=1000, uploaders=2, timeout=2.0,
+                 retries=5, max_error_rate=0.01, dry=False):
+        self.addresses = addresses  # device type -> list of 'host:port'
+        self.batch_size = batch_size
+        self.uploaders = uploaders
+        self.timeout = timeout
+        self.retries = retries
+        self.max_error_rate = max_error_rate
+        self.dry = dry
+
+
+class Loader:
+    """Loads a sorted list of files into memcached; see the module doc."""
+
+    def __init__(self, settings, stopping=None):
+        self.settings = settings
+        self.stopping = stopping or gevent.event.Event()
+        self.servers = {}  # address -> Server
+        # device type (bytes) -> tuple per server of that server's lanes
+        self.routes = {}
+        for dev_type in DEVICE_TYPES:
+            lanes_by_server = []
+            for address in settings.addresses[dev_type]:
+                server = self.servers.get(address)
+                if server is None:
+                    server = self.servers[address] = Server(address)
+                    if settings.dry:
+                        server.lanes.append(DryLane(server))
+                    else:
+                        server.lanes.extend(
+                            Lane(server, settings, self.stopping)
+                            for _ in range(settings.uploaders))
+                lanes_by_server.append(tuple(server.lanes))
+            self.routes[dev_type.encode()] = tuple(lanes_by_server)
+        self.current = None  # the FileLoad being read, for progress
+
+    def lane_for(self, dev_type, key):
+        """The lane a key always travels through.
+
+        The server is python-memcached's own choice for that server list
+        (``serverHashFunction(key) % len(servers)``), so a Client with the
+        same list finds the key; the lane within it is crc32 mod uploaders.
+        """
+        lanes_by_server = self.routes[dev_type]
+        crc = zlib.crc32(key)
+        lanes = lanes_by_server[((crc >> 16) & 0x7fff) % len(lanes_by_server)]
+        return lanes[crc % len(lanes)]
+
+    def run(self, paths, on_loaded=None):
+        """Load ``paths`` (sorted) and return their FileLoads in order.
+
+        ``on_loaded(load)`` is called for each file in order as soon as it
+        is known to be loaded, while no earlier file has failed; it may
+        raise OSError to mark that file failed (a rename that failed).
+        """
+        loads = [FileLoad(path) for path in paths]
+        uploaders = gevent.pool.Group()
+        for server in self.servers.values():
+            pool = gevent.pool.Pool(len(server.lanes))
+            for lane in server.lanes:
+                uploaders.add(pool.spawn(lane.run))
+        readers = []
+        previous = None
+        for load in loads:
+            readers.append(gevent.spawn(self._load_file, load, previous))
+            previous = load
+        progress = gevent.spawn(self._report_progress)
+        try:
+            renaming = True
+            for load, reader in zip(loads, readers):
+                reader.get()
+                if not renaming:
+                    if load.loaded(self.settings.max_error_rate):
+                        load.kept_because = 'an earlier file was not loaded'
+                    continue
+                if not load.loaded(self.settings.max_error_rate):
+                    renaming = False
+                    continue
+                if on_loaded is not None:
+                    try:
+                        on_loaded(load)
+                    except OSError as exc:
+                        load.fail('rename failed: %s' % exc)
+                        log.error('%s: %s', load.name, load.failure)
+                        renaming = False
+        finally:
+            progress.kill()
+            for lane in self._all_lanes():
+                lane.close()
+            uploaders.join()
+        return loads
+
+    def _load_file(self, load, previous):
+        """Read, parse and enqueue one file, then wait for its acks."""
+        if previous is not None:
+            previous.enqueued.wait()
+        load.started = time.monotonic()
+        self.current = load
+        log.info('Processing %s', load.path)
+        try:
+            if self.stopping.is_set():
+                raise Interrupted()
+            self._enqueue_file(load)
+        except Interrupted:
+            load.fail('stopped by a signal')
+            self._drop_partial_batches()
+        except (OSError, EOFError, zlib.error) as exc:
+            load.fail('unreadable: %s' % exc)
+            self._flush_all(load)
+        except Exception:
+            log.exception('%s: failed while reading', load.name)
+            load.fail('internal error while reading')
+            self._drop_partial_batches()
+        load.finish_enqueuing()
+        load.acked.wait()
+        load.log_unshown()
+        self._log_outcome(load)
+
+    def _enqueue_file(self, load):
+        batch_size = self.settings.batch_size
+        routes = self.routes
+        lane_for = self.lane_for
+        stopping = self.stopping
+        flush = self._flush
+        with open(load.path, 'rb') as raw:
+            load.size = os.fstat(raw.fileno()).st_size
+            with igzip.IGzipFile(fileobj=raw, mode='rb') as stream:
+                for lines in _line_chunks(stream):
+                    load.bytes_read = raw.tell()
+                    if stopping.is_set():
+                        raise Interrupted()
+                    for line in lines:
+                        try:
+                            record = parse_line(line)
+                        except BadLine as bad:
+                            load.bad_line(line, bad)
+                            load.lines += 1
+                            continue
+                        if record is None:
+                            continue
+                        load.lines += 1
+                        dev_type, key, lat, lon, apps, dropped = record
+                        if dropped:
+                            load.dropped_apps(line, dropped)
+                        value = pack_user_apps(apps, lat, lon)
+                        lanes = routes[dev_type]
+                        if len(lanes) == 1 and len(lanes[0]) == 1:
+                            lane = lanes[0][0]
+                        else:
+                            lane = lane_for(dev_type, key)
+                        commands = lane.commands
+                        commands.append(set_command(key, value))
+                        if len(commands) >= batch_size:
+                            flush(lane, load)
+                load.bytes_read = load.size
+        self._flush_all(load)
+
+    def _flush(self, lane, load):
+        """Hand the lane's pending commands to its uploader (may block)."""
+        batch = Batch(load, lane.commands)
+        lane.commands = []
+        load.batch_enqueued()
+        lane.submit(batch)
+
+    def _all_lanes(self):
+        for server in self.servers.values():
+            yield from server.lanes
+
+    def _flush_all(self, load):
+        for lane in self._all_lanes():
+            if lane.commands:
+                self._flush(lane, load)
+
+    def _drop_partial_batches(self):
+        for lane in self._all_lanes():
+            lane.commands = []
+
+    def _log_outcome(self, load):
+        rate = load.error_rate
+        limit = self.settings.max_error_rate
+        if load.failure is not None:
+            log.error('%s: Failed load: %s', load.name, load.failure)
+        elif rate <= limit:
+            log.info('%s: Acceptable error rate (%.4g). Successful load',
+                     load.name, rate)
+        else:
+            log.error('%s: High error rate (%.4g > %.4g). Failed load',
+                      load.name, rate, limit)
+
+    def _report_progress(self):
+        last_lines, last_time, last_load = 0, time.monotonic(), None
+        while True:
+            gevent.sleep(PROGRESS_INTERVAL)
+            load = self.current
+            if load is None:
+                continue
+            now = time.monotonic()
+            if load is not last_load:
+                last_lines, last_time, last_load = 0, load.started, load
+            rate = (load.lines - last_lines) / (now - last_time)
+            log.info('progress: %s %d lines, %.0f lines/s, %d errors',
+                     load.name, load.lines, rate, load.errors)
+            last_lines, last_time = load.lines, now
+
+
+def _line_chunks(stream):
+    """Yield lists of complete lines (without b'\\n') read from ``stream``.
+
+    A line longer than a chunk is joined from its pieces, in linear time.
+    """
+    pieces = []
+    while True:
+        data = stream.read(READ_CHUNK)
+        if not data:
+            break
+        lines = data.split(b'\n')
+        if len(lines) == 1:
+            pieces.append(data)
+            continue
+        if pieces:
+            pieces.append(lines[0])
+            lines[0] = b''.join(pieces)
+        pieces = [lines.pop()]
+        yield lines
+    tail = b''.join(pieces)
+    if tail:
+        yield [tail]
+
+
+# -- files, lock, renames ---------------------------------------------------
+
+def find_files(pattern):
+    """Files matching ``pattern`` in the order they must be loaded.
+
+    Sorted by name (the timestamp), never by mtime; names that begin with a
+    dot (already processed) are never matched.
+    """
+    paths = [path for path in glob.glob(pattern)
+             if not os.path.basename(path).startswith('.')
+             and os.path.isfile(path)]
+    return sorted(paths, key=lambda path: (os.path.basename(path), path))
+
+
+def dot_rename(path):
+    head, name = os.path.split(path)
+    os.rename(path, os.path.join(head, '.' + name))
+
+
+def default_lock_path(pattern):
+    """The lock file in the deepest directory of ``pattern`` with no glob
+    characters."""
+    directory = os.path.dirname(pattern)
+    while directory and glob.has_magic(directory):
+        directory = os.path.dirname(directory)
+    return os.path.join(directory or '.', LOCK_FILE_NAME)
+
+
+class RunLock:
+    """An exclusive, non-blocking flock held for the whole run.
+
+    The kernel drops the lock when the process dies, however it dies, so a
+    killed run leaves no stale lock.  The file itself is never removed.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.handle = None
+
+    def acquire(self):
+        """Return None on success, else the holder's pid (or '?')."""
+        self.handle = open(self.path, 'a+')
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or '?'
+            self.handle.close()
+            self.handle = None
+            return holder
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write('%d\n' % os.getpid())
+        self.handle.flush()
+        return None
+
+    def release(self):
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+# -- command line -----------------------------------------------------------
+
+def parse_addresses(option, text):
+    """Split a comma-separated list of HOST:PORT; raise ConfigError."""
+    addresses = [part.strip() for part in text.split(',')]
+    for address in addresses:
+        host, _, port = address.rpartition(':')
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError('--%s: %r is not HOST:PORT' % (option, address))
+    if len(set(addresses)) != len(addresses):
+        raise ConfigError('--%s: a server is listed twice' % option)
+    return addresses
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError('must be at least 1, got %s' % text)
+    return value
+
+
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError('must be at least 0, got %s' % text)
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError('must be above 0, got %s' % text)
+    return value
+
+
+def _rate(text):
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError('must be in [0, 1], got %s' % text)
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog='gmemcload.py',
+        description='Load installed-apps logs (*.tsv.gz) into memcached,'
+                    ' then rename each loaded file to .<name>, in order.')
+    parser.add_argument('-t', '--test', action='store_true',
+                        help='run a protobuf round-trip self-test and exit')
+    parser.add_argument('-l', '--log', metavar='FILE',
+                        help='append the log to FILE (default: stderr)')
+    parser.add_argument('--dry', action='store_true',
+                        help='parse and log every record at debug level;'
+                             ' connect to nothing, rename nothing')
+    parser.add_argument('--pattern', default=DEFAULT_PATTERN,
+                        help='glob of the files to load'
+                             ' (default: %(default)s)')
+    for dev_type in DEVICE_TYPES:
+        parser.add_argument('--' + dev_type,
+                            default=DEFAULT_ADDRESSES[dev_type],
+                            metavar='HOST:PORT[,HOST:PORT...]',
+                            help='memcached server(s) for %s keys; a list'
+                                 ' spreads them by key hash (default:'
+                                 ' %%(default)s)' % dev_type)
+    parser.add_argument('--batch-size', type=_positive_int, default=1000,
+                        help='records per pipelined batch (default:'
+                             ' %(default)s)')
+    parser.add_argument('--uploaders', type=_positive_int, default=2,
+                        help='connections (uploader greenlets) per memcached'
+                             ' server (default: %(default)s)')
+    parser.add_argument('--timeout', type=_positive_float, default=2.0,
+                        help='seconds allowed for each memcached operation'
+                             ' (default: %(default)s)')
+    parser.add_argument('--retries', type=_non_negative_int, default=5,
+                        help='times a failed batch is re-sent on a fresh'
+                             ' connection, with backoff %.2gs doubling to'
+                             ' %gs (default: %%(default)s)'
+                             % (BACKOFF_FIRST, BACKOFF_MAX))
+    parser.add_argument('--max-error-rate', type=_rate, default=0.01,
+                        help='highest error rate at which a file still counts'
+                             ' as loaded (default: %(default)s)')
+    parser.add_argument('--lock', metavar='PATH',
+                        help='lock file that keeps runs apart (default: %s in'
+                             ' the directory of --pattern)' % LOCK_FILE_NAME)
+    return parser
+
+
+def setup_logging(log_path, debug):
+    """Log in the original format to stderr or to ``log_path``."""
+    handler = (logging.FileHandler(log_path) if log_path
+               else logging.StreamHandler(sys.stderr))
+    handler.setFormatter(logging.Formatter(
+        '[%(asctime)s] %(levelname).1s %(message)s', '%Y.%m.%d %H:%M:%S'))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if debug else logging.INFO)
+    log.propagate = False
+    return handler
+
+
+def prototest():
+    """Round-trip sample lines through parse, pack and unpack."""
+    sample = (b'idfa\t1rfw452y52g2gq4g\t55.55\t42.42\t1423,43,567,3,7,23\n'
+              b'gaid\t7rfw452y52g2gq4g\t55.55\t42.42\t7423,424')
+    for line in sample.splitlines():
+        dev_type, key, lat, lon, apps, _ = parse_line(line)
+        unpacked = _UserApps.FromString(pack_user_apps(apps, lat, lon))
+        assert (list(unpacked.apps), unpacked.lat, unpacked.lon) == \
+            (apps, lat, lon)
+
+
+def log_summary(loads, max_error_rate):
+    header = '%-28s %10s %10s %8s %8s %8s  %s' % (
+        'file', 'lines', 'stored', 'errors', 'err.rate', 'seconds', 'result')
+    log.info('Summary:')
+    log.info(header)
+    for load in loads:
+        if load.renamed:
+            result = 'renamed'
+        else:
+            result = 'kept: ' + (load.failure or load.kept_because or (
+                'error rate above %g' % max_error_rate
+                if not load.loaded(max_error_rate) else 'dry run'))
+        log.info('%-28s %10d %10d %8d %8.4f %8.1f  %s', load.name, load.lines,
+                 load.stored, load.errors, load.error_rate, load.seconds,
+                 result)
+
+
+def main(argv=None):
+    """Run the loader; return the exit status (see README)."""
+    args = build_parser().parse_args(argv)
+    try:
+        handler = setup_logging(args.log, args.dry)
+    except OSError as exc:
+        print('gmemcload: cannot open log file: %s' % exc, file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _run(args)
+    finally:
+        handler.close()
+        log.removeHandler(handler)
+
+
+def _run(args):
+    if args.test:
+        prototest()
+        log.info('Self-test passed')
+        return EXIT_OK
+    try:
+        addresses = {t: parse_addresses(t, getattr(args, t))
+                     for t in DEVICE_TYPES}
+    except ConfigError as exc:
+        log.error('%s', exc)
+        return EXIT_USAGE
+    settings = Settings(addresses, batch_size=args.batch_size,
+                        uploaders=args.uploaders, timeout=args.timeout,
+                        retries=args.retries,
+                        max_error_rate=args.max_error_rate, dry=args.dry)
+    log.info('Memc loader started with options: %s', vars(args))
+
+    lock = None
+    if not args.dry:
+        lock_path = args.lock or default_lock_path(args.pattern)
+        lock = RunLock(lock_path)
+        try:
+            holder = lock.acquire()
+        except OSError as exc:
+            if not args.lock and exc.errno == errno.ENOENT:
+                log.info('No files match %s (no such directory)',
+                         args.pattern)
+                return EXIT_OK
+            log.error('cannot open lock file %s: %s', lock_path, exc)
+            return EXIT_USAGE
+        if holder is not None:
+            log.error('another run (pid %s) holds the lock %s; exiting',
+                      holder, lock_path)
+            return EXIT_LOCKED
+    try:
+        return _load(args, settings)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _load(args, settings):
+    paths = find_files(args.pattern)
+    if not paths:
+        log.info('No files match %s', args.pattern)
+        return EXIT_OK
+    stopping = gevent.event.Event()
+    caught = []
+
+    def on_signal(signum):
+        if caught and signum == signal.SIGINT:
+            log.error('second SIGINT: stopping at once')
+            os._exit(EXIT_SIGNAL_BASE + signum)
+        caught.append(signum)
+        log.warning('%s received: stopping; files not fully loaded are kept',
+                    signal.Signals(signum).name)
+        stopping.set()
+
+    handlers = [gevent.signal_handler(signum, on_signal, signum)
+                for signum in (signal.SIGINT, signal.SIGTERM)]
+    try:
+        loader = Loader(settings, stopping)
+
+        def rename(load):
+            if settings.dry:
+                return
+            dot_rename(load.path)
+            load.renamed = True
+
+        loads = loader.run(paths, on_loaded=rename)
+    finally:
+        for handler in handlers:
+            handler.cancel()
+    log_summary(loads, settings.max_error_rate)
+    if caught:
+        return EXIT_SIGNAL_BASE + caught[0]
+    if all(load.loaded(settings.max_error_rate) and not load.kept_because
+           for load in loads):
+        return EXIT_OK
+    return EXIT_FAILED
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""A fake memcached for faults a real one cannot be made to show on cue.
+
+It speaks the part of the text protocol the loader and the tests use:
+``set`` (with ``noreply``), ``get``, ``delete``, ``version``, ``flush_all``
+and ``quit``, and can be told to:
+
+* refuse connections (``refuse = True``: accept, then reset at once);
+* delay each reply by ``delay`` seconds, for the next ``delay_replies``
+  replies (None: every reply);
+* reset a connection after it has carried ``reset_after`` commands, for
+  the next ``resets`` connections (None: every connection);
+* answer ``SERVER_ERROR object too large for cache`` to a ``set`` whose
+  value is longer than ``max_value`` bytes, as real memcached does.
+
+It runs as a greenlet server in the test process; use it as a context
+manager so that it always stops.
+"""
+import socket
+import struct
+
+import gevent
+from gevent.server import StreamServer
+
+
+class FakeMemcached:
+    """A gevent StreamServer on a free loopback port, holding a dict."""
+
+    def __init__(self, max_value=1024 * 1024):
+        self.data = {}
+        self.max_value = max_value
+        self.refuse = False
+        self.delay = 0.0
+        self.delay_replies = None
+        self.reset_after = None
+        self.resets = None
+        self.commands = 0  # commands seen, over all connections
+        self.connections = 0
+        self._server = StreamServer(('127.0.0.1', 0), self._handle)
+
+    @property
+    def address(self):
+        return '127.0.0.1:%d' % self._server.server_port
+
+    def __enter__(self):
+        self._server.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._server.stop(timeout=1)
+
+    def _handle(self, sock, _peer):
+        self.connections += 1
+        if self.refuse:
+            _reset(sock)
+            return
+        reset_after = None
+        if self.reset_after is not None and self.resets != 0:
+            reset_after = self.reset_after
+            if self.resets is not None:
+                self.resets -= 1
+        served = 0
+        reader = sock.makefile('rb')
+        try:
+            while True:
+                line = reader.readline()
+                if not line:
+                    return
+                if reset_after is not None and served >= reset_after:
+                    _reset(sock)
+                    return
+                served += 1
+                self.commands += 1
+                reply = self._command(line.rstrip(b'\r\n').split(), reader)
+                if reply is None:
+                    return
+                if reply:
+                    self._pause()
+                    sock.sendall(reply)
+        except OSError:
+            return
+        finally:
+            reader.close()
+            sock.close()
+
+    def _pause(self):
+        if self.delay and self.delay_replies != 0:
+            if self.delay_replies is not None:
+                self.delay_replies -= 1
+            gevent.sleep(self.delay)
+
+    def _command(self, words, reader):
+        """Return the reply bytes (b'' for none), or None to hang up."""
+        if not words:
+            return b'ERROR\r\n'
+        name = words[0]
+        if name == b'set':
+            key, length = words[1], int(words[4])
+            value = reader.read(length + 2)[:-2]
+            if length > self.max_value:
+                reply = b'SERVER_ERROR object too large for cache\r\n'
+            else:
+                self.data[key] = value
+                reply = b'STORED\r\n'
+            return b'' if words[-1] == b'noreply' else reply
+        if name == b'get':
+            out = []
+            for key in words[1:]:
+                if key in self.data:
+                    value = self.data[key]
+                    out.append(b'VALUE %s 0 %d\r\n%s\r\n'
+                               % (key, len(value), value))
+            return b''.join(out) + b'END\r\n'
+        if name == b'delete':
+            found = self.data.pop(words[1], None) is not None
+            return b'DELETED\r\n' if found else b'NOT_FOUND\r\n'
+        if name == b'version':
+            return b'VERSION 1.6.0-fake\r\n'
+        if name == b'flush_all':
+            self.data.clear()
+            return b'OK\r\n'
+        if name == b'quit':
+            return None
+        return b'ERROR\r\n'
+
+
+def _reset(sock):
+    """Close with RST, as a crashed or restarted server looks."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                    struct.pack('ii', 1, 0))
+    sock.close()

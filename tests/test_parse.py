@@ -1,0 +1,146 @@
+"""The line contract: parse_line and pack_user_apps, no server needed."""
+import math
+
+import pytest
+
+import gmemcload
+from gmemcload import MALFORMED, UNKNOWN_TYPE, BadLine, parse_line
+from proto import appsinstalled_pb2
+
+GOOD = b'idfa\te7e1a50c0ec2747ca56cd9e1558c0d7c\t67.7835424444\t' \
+       b'-22.8044005471\t7942,8519,4232'
+
+
+def bad_kind(line):
+    with pytest.raises(BadLine) as caught:
+        parse_line(line)
+    return caught.value.kind
+
+
+def test_a_good_line_parses_to_key_coords_and_apps():
+    assert parse_line(GOOD) == (
+        b'idfa', b'idfa:e7e1a50c0ec2747ca56cd9e1558c0d7c', 67.7835424444,
+        -22.8044005471, [7942, 8519, 4232], 0)
+
+
+@pytest.mark.parametrize('ending', [b'\n', b'\r\n', b'  \r\n', b'\x0b'])
+def test_ascii_whitespace_is_stripped_at_both_ends(ending):
+    assert parse_line(b' \t' + GOOD + ending) == parse_line(GOOD)
+
+
+@pytest.mark.parametrize('line', [b'', b'\n', b'   \t \r\n'])
+def test_blank_lines_are_skipped(line):
+    assert parse_line(line) is None
+
+
+@pytest.mark.parametrize('line', [
+    b'idfa\tabc\t1\t2',
+    b'idfa\tabc\t1\t2\t3\textra',
+    b'idfa abc 1 2 3',
+    b'idfa\tabc\t1\t2\t',  # the strip eats the empty apps field's tab
+])
+def test_a_line_without_exactly_five_fields_is_malformed(line):
+    assert bad_kind(line) == MALFORMED
+
+
+@pytest.mark.parametrize('dev_type', [b'IDFA', b'xxxx', b'idf', b'',
+                                      b'\xff\xfe'])
+def test_an_unknown_device_type_is_its_own_error(dev_type):
+    line = dev_type + b'\tabc\t1\t2\t3'
+    if not dev_type:
+        line = b'x' + line  # keep five fields after the strip
+    assert bad_kind(line) == UNKNOWN_TYPE
+
+
+@pytest.mark.parametrize('dev_type', gmemcload.DEVICE_TYPES)
+def test_every_configured_type_is_accepted(dev_type):
+    line = dev_type.encode() + b'\tabc\t1\t2\t3'
+    assert parse_line(line)[1] == dev_type.encode() + b':abc'
+
+
+def test_an_empty_dev_id_is_malformed():
+    assert bad_kind(b'idfa\t\t1\t2\t3') == MALFORMED
+
+
+@pytest.mark.parametrize('dev_id', [b'a b', b'a\x00b', b'a\x7fb', b'a\x1fb',
+                                    b'x' * 246])
+def test_an_id_that_makes_an_invalid_memcached_key_is_malformed(dev_id):
+    assert bad_kind(b'idfa\t' + dev_id + b'\t1\t2\t3') == MALFORMED
+
+
+def test_a_key_of_exactly_250_bytes_and_high_bytes_are_valid():
+    dev_id = b'\x80\xff' + b'x' * 243  # 'idfa:' + 245 bytes = 250
+    record = parse_line(b'idfa\t' + dev_id + b'\t1\t2\t3')
+    assert len(record[1]) == 250
+
+
+@pytest.mark.parametrize('lat, lon', [
+    (b'abc', b'1'), (b'1', b''), (b'1,5', b'2'), (b'0x10', b'1'),
+])
+def test_coordinates_float_rejects_are_malformed(lat, lon):
+    assert bad_kind(b'idfa\tabc\t' + lat + b'\t' + lon + b'\t1') == MALFORMED
+
+
+@pytest.mark.parametrize('text, value', [
+    (b'1e3', 1000.0), (b' 2.5 ', 2.5), (b'-0', -0.0), (b'inf', math.inf),
+    (b'1_0', 10.0),
+])
+def test_coordinates_are_read_as_python_float_reads_them(text, value):
+    assert parse_line(b'idfa\tabc\t' + text + b'\t0\t1')[2] == value
+
+
+def test_nan_coordinates_are_accepted():
+    assert math.isnan(parse_line(b'idfa\tabc\tnan\t0\t1')[2])
+
+
+@pytest.mark.parametrize('raw, apps, dropped', [
+    (b'1,2,3', [1, 2, 3], 0),
+    (b' 1 , 2,3 ', [1, 2, 3], 0),
+    (b'1,x,3', [1, 3], 1),
+    (b'1,,3', [1, 3], 1),
+    (b'1,2,', [1, 2], 1),
+    (b'+1,-2,1_0,3', [3], 3),
+    (b'4294967295,4294967296', [4294967295], 1),
+    (b'0,007', [0, 7], 0),
+    (b'\xd9\xa3,5', [5], 1),  # an Arabic-Indic digit is not ASCII
+    (b'a,b', [], 2),
+])
+def test_apps_keep_decimal_uint32_items_in_order(raw, apps, dropped):
+    assert parse_line(b'idfa\tabc\t1\t2\t' + raw)[4:] == (apps, dropped)
+
+
+def test_a_line_with_no_valid_app_is_still_a_record():
+    record = parse_line(b'idfa\tabc\t1\t2\tnone')
+    assert record[4] == []
+    value = gmemcload.pack_user_apps(record[4], record[2], record[3])
+    message = appsinstalled_pb2.UserApps.FromString(value)
+    assert list(message.apps) == [] and message.lat == 1.0
+
+
+def test_pack_matches_an_independent_encoding():
+    message = appsinstalled_pb2.UserApps()
+    message.lat = 67.7835424444
+    message.lon = -22.8044005471
+    message.apps.extend([7942, 8519, 4232])
+    _, _, lat, lon, apps, _ = parse_line(GOOD)
+    assert gmemcload.pack_user_apps(apps, lat, lon) == \
+        message.SerializeToString()
+
+
+def test_apps_are_packed_on_the_wire():
+    value = gmemcload.pack_user_apps([1, 2, 3], 0.0, 0.0)
+    assert value.startswith(b'\x0a\x03\x01\x02\x03')  # field 1, LEN, 3 bytes
+
+
+def test_set_command_frames_the_value_by_length():
+    assert gmemcload.set_command(b'k', b'v\r\nx') == \
+        b'set k 0 0 4\r\nv\r\nx\r\n'
+
+
+def test_line_chunks_joins_lines_longer_than_a_chunk(monkeypatch):
+    import io
+    monkeypatch.setattr(gmemcload, 'READ_CHUNK', 7)
+    data = b'short\n' + b'L' * 50 + b'\nlast'
+    lines = [line for chunk in gmemcload._line_chunks(io.BytesIO(data))
+             for line in chunk]
+    assert lines == [b'short', b'L' * 50, b'last']
