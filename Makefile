@@ -1,0 +1,73 @@
+# gmemcload: every entry point of the project.  `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PORTS := 33013 33014 33015 33016
+DATA := data
+RUN_DIR := .run
+BENCH_FILES ?= 3
+BENCH_LINES ?= 500000
+
+.PHONY: help install memcached run stop test lint bench proto clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## create .venv with the pinned requirements
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+memcached:  ## install Debian's memcached if it is missing
+	@command -v memcached >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		$$SUDO apt-get install -y -qq memcached >/dev/null; }
+	@command -v memcached >/dev/null
+
+run: install memcached  ## load a generated sample into memcached on 33013-33016
+	@mkdir -p $(RUN_DIR)
+	@for port in $(PORTS); do \
+		if (exec 3<>/dev/tcp/127.0.0.1/$$port) 2>/dev/null; then \
+			echo "memcached already up on 127.0.0.1:$$port"; \
+		else \
+			memcached -d -l 127.0.0.1 -p $$port -U 0 -m 256 \
+				$$( [ "$$(id -u)" = 0 ] && echo -u root ) \
+				-P $(CURDIR)/$(RUN_DIR)/memcached-$$port.pid && \
+			echo "started memcached on 127.0.0.1:$$port"; \
+		fi; \
+	done
+	@ls $(DATA)/*.tsv.gz >/dev/null 2>&1 || \
+		$(PY) tests/generate.py $(DATA) --files 3 --lines 100000
+	$(PY) gmemcload.py --pattern '$(DATA)/*.tsv.gz'
+
+stop:  ## stop the memcached daemons that `make run` started
+	@for pidfile in $(RUN_DIR)/memcached-*.pid; do \
+		[ -f "$$pidfile" ] && kill "$$(cat $$pidfile)" && rm -f "$$pidfile"; \
+	done; true
+
+lint: install  ## check PEP 8 with pycodestyle (setup.cfg)
+	$(VENV)/bin/pycodestyle gmemcload.py tests
+
+test: install memcached lint  ## lint, then run every test
+	$(VENV)/bin/pytest -q tests
+
+bench: install memcached  ## measure speed and correctness (BENCH_FILES, BENCH_LINES)
+	$(PY) tests/bench.py --files $(BENCH_FILES) --lines $(BENCH_LINES)
+
+proto:  ## regenerate proto/appsinstalled_pb2.py with protoc
+	@command -v protoc >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		$$SUDO apt-get install -y -qq protobuf-compiler >/dev/null; }
+	protoc --python_out=proto -Iproto proto/appsinstalled.proto
+
+clean:  ## remove .venv, caches and generated data
+	rm -rf $(VENV) .pytest_cache $(DATA) .bench $(RUN_DIR)
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

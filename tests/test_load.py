@@ -1,0 +1,238 @@
+"""End to end against real memcached: values, newest wins, renames."""
+import gzip
+import os
+
+import memcache
+import pytest
+
+import generate
+import gmemcload
+from conftest import address_args, expected_value, write_gz
+
+
+def run(tmp_path, daemons, *extra):
+    """Run main() on tmp_path/*.tsv.gz; return (exit status, log text)."""
+    log_path = tmp_path / 'run.log'
+    status = gmemcload.main(['--pattern', str(tmp_path / '*.tsv.gz'),
+                             '--log', str(log_path)]
+                            + address_args(daemons) + list(extra))
+    return status, log_path.read_text()
+
+
+def listing(tmp_path):
+    return sorted(name for name in os.listdir(tmp_path)
+                  if name.endswith('.tsv.gz'))
+
+
+def expected_state(paths):
+    """What loading ``paths`` one at a time, in order, leaves: key->value."""
+    state = {}
+    for path in paths:
+        with gzip.open(path, 'rt') as lines:
+            for line in lines:
+                key, value = expected_value(line)
+                state[key] = value
+    return state
+
+
+def stored_values(daemons, keys):
+    found = {}
+    by_type = {}
+    for key in keys:
+        by_type.setdefault(key.split(b':')[0].decode(), []).append(key)
+    for dev_type, type_keys in by_type.items():
+        found.update(daemons[dev_type].get_many(type_keys))
+    return found
+
+
+def test_generated_files_load_byte_exact_with_newest_winning(
+        tmp_path, memcached_set):
+    paths = generate.generate(str(tmp_path), files=3, lines=3000,
+                              repeat=0.5, seed=7)
+    expected = expected_state(paths)
+    status, text = run(tmp_path, memcached_set, '--batch-size', '50',
+                       '--uploaders', '3')
+    assert status == 0, text
+    assert stored_values(memcached_set, expected) == expected
+    assert listing(tmp_path) == ['.' + os.path.basename(p) for p in paths]
+    assert text.count('Acceptable error rate (0). Successful load') == 3
+
+
+def test_newest_wins_across_files_and_within_a_file(tmp_path, memcached_set):
+    write_gz(tmp_path / '20170929000000.tsv.gz', [
+        'idfa\tk1\t1\t1\t1', 'gaid\tk2\t1\t1\t1', 'idfa\tk1\t2\t2\t2'])
+    write_gz(tmp_path / '20170929000100.tsv.gz', [
+        'idfa\tk3\t3\t3\t3', 'gaid\tk2\t3\t3\t3'])
+    write_gz(tmp_path / '20170929000200.tsv.gz', [
+        'idfa\tk1\t4\t4\t4', 'idfa\tk3\t5\t5\t5', 'idfa\tk3\t6\t6\t6'])
+    status, text = run(tmp_path, memcached_set, '--batch-size', '1',
+                       '--uploaders', '4')
+    assert status == 0, text
+    want = {
+        b'idfa:k1': expected_value('idfa\tk1\t4\t4\t4')[1],
+        b'gaid:k2': expected_value('gaid\tk2\t3\t3\t3')[1],
+        b'idfa:k3': expected_value('idfa\tk3\t6\t6\t6')[1],
+    }
+    assert stored_values(memcached_set, want) == want
+
+
+def test_files_are_taken_by_name_not_mtime_and_renamed_in_order(
+        tmp_path, memcached_set, monkeypatch):
+    names = ['20170929000200.tsv.gz', '20170929000000.tsv.gz',
+             '20170929000100.tsv.gz']
+    for age, name in enumerate(names):
+        path = write_gz(tmp_path / name, ['idfa\t%s\t1\t1\t1' % name] * 50)
+        os.utime(path, (1000 + age, 1000 + age))
+    write_gz(tmp_path / '.20170928235900.tsv.gz', ['idfa\told\t1\t1\t1'])
+    renamed = []
+    real_rename = os.rename
+    monkeypatch.setattr(os, 'rename', lambda a, b: (
+        renamed.append(os.path.basename(a)), real_rename(a, b)))
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    assert renamed == sorted(names)
+    assert memcached_set['idfa'].get_many([b'idfa:old']) == {}
+
+
+def test_the_first_failed_file_stops_the_renames(tmp_path, memcached_set):
+    write_gz(tmp_path / '20170929000000.tsv.gz', ['idfa\ta\t1\t1\t1'])
+    (tmp_path / '20170929000100.tsv.gz').write_bytes(b'not gzip at all\n')
+    write_gz(tmp_path / '20170929000200.tsv.gz', ['idfa\tc\t1\t1\t1'])
+    status, text = run(tmp_path, memcached_set)
+    assert status == 1
+    assert listing(tmp_path) == ['.20170929000000.tsv.gz',
+                                 '20170929000100.tsv.gz',
+                                 '20170929000200.tsv.gz']
+    assert 'unreadable' in text
+    assert 'an earlier file was not loaded' in text
+    # The later file was still loaded; only its rename waits for a re-run.
+    assert memcached_set['idfa'].get_many([b'idfa:c'])
+
+
+def test_a_truncated_gzip_is_kept_and_fails_the_run(
+        tmp_path, memcached_set):
+    lines = ['idfa\t%06d\t1\t1\t%d' % (i, i) for i in range(20000)]
+    path = write_gz(tmp_path / '20170929000000.tsv.gz', lines)
+    data = open(path, 'rb').read()
+    open(path, 'wb').write(data[:len(data) * 2 // 3])
+    status, text = run(tmp_path, memcached_set)
+    assert status == 1
+    assert listing(tmp_path) == ['20170929000000.tsv.gz']
+    assert 'Failed load: unreadable' in text
+
+
+@pytest.mark.parametrize('bad, limit, loaded', [
+    (1, None, True),    # 1 / 100 = 0.01, at the default limit
+    (2, None, False),   # 2 / 100 = 0.02
+    (2, '0.02', True),
+    (0, '0', True),
+    (1, '0', False),
+])
+def test_the_error_rate_threshold_decides_the_rename(
+        tmp_path, memcached_set, bad, limit, loaded):
+    lines = ['idfa\tgood%d\t1\t1\t1' % i for i in range(100 - bad)]
+    lines += ['idfa\tbad\tnot-a-number\t1\t1'] * bad
+    lines += ['', '   ']  # blank lines are not counted
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines)
+    extra = ['--max-error-rate', limit] if limit else []
+    status, text = run(tmp_path, memcached_set, *extra)
+    assert status == (0 if loaded else 1)
+    assert listing(tmp_path) == [('.' if loaded else '')
+                                 + '20170929000000.tsv.gz']
+    if loaded:
+        assert 'Acceptable error rate' in text
+    else:
+        assert 'High error rate' in text
+
+
+def test_bad_lines_are_logged_a_few_in_full_then_counted(
+        tmp_path, memcached_set):
+    lines = ['idfa\tg%d\t1\t1\t1' % i for i in range(1000)]
+    lines += ['zzzz\tx\t1\t1\t1'] * 3 + ['idfa\tx\t1\t1'] * 7
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines)
+    status, text = run(tmp_path, memcached_set, '--max-error-rate', '0.1')
+    assert status == 0
+    assert text.count('unknown device type line') == 3
+    assert text.count('malformed line') == 2
+    assert '5 more bad lines not shown' in text
+
+
+def test_several_servers_for_one_type_share_its_keys_as_the_client_hashes(
+        tmp_path, memcached_set, memcached_factory):
+    extra = [memcached_factory(), memcached_factory()]
+    servers = [memcached_set['idfa']] + extra
+    lines = ['idfa\tdev%04d\t1\t2\t%d' % (i, i) for i in range(600)]
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines)
+    status, text = run(tmp_path, memcached_set, '--idfa',
+                       ','.join(s.address for s in servers))
+    assert status == 0, text
+    counts = [len(s.get_many(b'idfa:dev%04d' % i for i in range(600)))
+              for s in servers]
+    assert sum(counts) == 600 and min(counts) > 100
+    reader = memcache.Client([s.address for s in servers])
+    want = dict(expected_value(line) for line in lines)
+    assert reader.get_multi(list(want)) == want
+
+
+def test_a_record_memcached_cannot_store_is_an_error_not_a_crash(
+        tmp_path, memcached_set):
+    huge_apps = ','.join(['4000000000'] * 300000)  # ~1.5 MB packed value
+    lines = ['idfa\tg%d\t1\t1\t1' % i for i in range(199)]
+    lines.insert(100, 'idfa\thuge\t1\t1\t' + huge_apps)
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines)
+    status, text = run(tmp_path, memcached_set, '--batch-size', '64')
+    assert status == 0, text  # 1 error in 200 records
+    assert 'idfa:huge not stored: SERVER_ERROR' in text
+    got = memcached_set['idfa'].get_many(
+        [b'idfa:huge'] + [b'idfa:g%d' % i for i in range(199)])
+    assert len(got) == 199 and b'idfa:huge' not in got
+
+
+def test_an_empty_file_is_loaded_and_renamed(tmp_path, memcached_set):
+    write_gz(tmp_path / '20170929000000.tsv.gz', [])
+    status, _ = run(tmp_path, memcached_set)
+    assert status == 0
+    assert listing(tmp_path) == ['.20170929000000.tsv.gz']
+
+
+def test_no_matching_files_is_not_an_error(tmp_path, memcached_set):
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0
+    assert 'No files match' in text
+
+
+def test_dry_run_connects_to_nothing_renames_nothing_logs_records(tmp_path):
+    write_gz(tmp_path / '20170929000000.tsv.gz', [
+        'idfa\te7e1\t67.5\t-22.5\t7942,8519', 'gaid\tab\t1\t2\t3'])
+    nowhere = {t: type('A', (), {'address': '127.0.0.1:1'})
+               for t in gmemcload.DEVICE_TYPES}
+    status, text = run(tmp_path, nowhere, '--dry')
+    assert status == 0, text
+    assert listing(tmp_path) == ['20170929000000.tsv.gz']
+    assert ' D 127.0.0.1:1 - idfa:e7e1 -> apps: 7942 apps: 8519 lat: 67.5' \
+           ' lon: -22.5' in text
+    assert ' D 127.0.0.1:1 - gaid:ab -> apps: 3 lat: 1 lon: 2' in text
+
+
+def test_self_test_exits_zero(tmp_path):
+    assert gmemcload.main(['-t', '--log', str(tmp_path / 'log')]) == 0
+
+
+@pytest.mark.parametrize('args', [
+    ['--batch-size', '0'], ['--uploaders', 'x'], ['--timeout', '0'],
+    ['--retries', '-1'], ['--max-error-rate', '2'], ['--nope'],
+])
+def test_bad_option_values_are_usage_errors(args):
+    with pytest.raises(SystemExit) as caught:
+        gmemcload.main(args)
+    assert caught.value.code == 2
+
+
+@pytest.mark.parametrize('address', ['localhost', '127.0.0.1:x', ':11211',
+                                     '127.0.0.1:70000', 'a:1,a:1'])
+def test_a_bad_address_is_a_usage_error(tmp_path, address):
+    log_path = tmp_path / 'log'
+    status = gmemcload.main(['--pattern', str(tmp_path / '*.tsv.gz'),
+                             '--gaid', address, '--log', str(log_path)])
+    assert status == 2
+    assert '--gaid' in log_path.read_text()
