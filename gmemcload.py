@@ -39,6 +39,7 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import signal  # noqa: E402
+import socket  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import zlib  # noqa: E402
@@ -49,6 +50,8 @@ import gevent.pool  # noqa: E402
 import gevent.queue  # noqa: E402
 import memcache  # noqa: E402
 from isal import igzip  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
 from proto import appsinstalled_pb2  # noqa: E402
 
@@ -318,6 +321,13 @@ class Lane:
     ``commands``; only this lane's greenlet takes from ``queue``.  Batches
     are sent strictly in queue order, each (with its retries) finished
     before the next is taken, so writes of one key keep their order.
+
+    A connection that failed without proof that memcached is done with it
+    (a timeout, say, while memcached is stalled) may still hold commands
+    that memcached will run later.  Such a connection is shut for writing
+    and kept in ``in_doubt``; nothing more is sent by this lane until it is
+    read to its end (memcached has run every command on it) or is reset.
+    So a stale copy of a batch can never land after a newer batch.
     """
 
     def __init__(self, server, settings, stopping):
@@ -326,6 +336,7 @@ class Lane:
         self.stopping = stopping
         self.queue = gevent.queue.Queue(QUEUED_BATCHES_PER_LANE)
         self.commands = []
+        self.in_doubt = []
 
     def submit(self, batch):
         """Queue a batch for upload; blocks while the queue is full."""
@@ -354,11 +365,13 @@ class Lane:
                 except Exception:
                     log.exception('%s: uploader failed on a batch',
                                   self.server.address)
-                    host.close_socket()
+                    self._abandon(host)
                     batch.load.batch_done(0, 0, len(batch.commands),
                                           'internal error')
         finally:
             host.close_socket()
+            for sock in self.in_doubt:
+                sock.close()
 
     def _upload(self, host, batch):
         count = len(batch.commands)
@@ -372,17 +385,20 @@ class Lane:
             if self.server.down:
                 batch.load.batch_done(0, 0, count, self.server.down)
                 return
+            if attempt and self.stopping.is_set():
+                break
             try:
+                self._settle()
                 refused = self._exchange(host, payload, count)
             except (OSError, ProtocolError) as exc:
-                host.close_socket()
-                reason = '%s: %s' % (address, exc or type(exc).__name__)
+                self._abandon(host)
+                reason = '%s: %s' % (address, str(exc) or type(exc).__name__)
                 if attempt == retries or self.stopping.is_set():
                     break
                 delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt)
                 log.warning('%s; retry %d/%d of a batch of %d in %.2fs',
                             reason, attempt + 1, retries, count, delay)
-                gevent.sleep(delay)
+                self.stopping.wait(delay)  # a backoff a signal cuts short
                 continue
             for index, reply in refused:
                 log.error('%s: %s not stored: %s', address,
@@ -396,6 +412,35 @@ class Lane:
             log.error('%s; giving up after %d retries, its remaining'
                       ' records in this run fail at once', reason, retries)
         batch.load.batch_done(0, 0, count, reason)
+
+    def _abandon(self, host):
+        """Give up the client's connection; keep it in doubt if it may
+        still be live."""
+        sock, host.socket = host.socket, None
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:  # not connected any more: nothing can still land
+            sock.close()
+            return
+        self.in_doubt.append(sock)
+
+    def _settle(self):
+        """Read every connection in doubt to its end; raise TimeoutError
+        if one is still silent after the timeout."""
+        while self.in_doubt:
+            sock = self.in_doubt[0]
+            try:
+                while sock.recv(65536):
+                    pass
+            except TimeoutError:
+                raise TimeoutError('timed out waiting for an abandoned'
+                                   ' connection to be answered') from None
+            except OSError:
+                pass  # reset: memcached is done with it
+            sock.close()
+            self.in_doubt.pop(0)
 
     @staticmethod
     def _exchange(host, payload, count):
@@ -476,8 +521,9 @@ class Settings:
 class Loader:
     """Loads a sorted list of files into memcached; see the module doc."""
 
-    def __init__(self, settings, stopping=None):
+    def __init__(self, settings, stopping=None, progress_bar=False):
         self.settings = settings
+        self.progress_bar = progress_bar
         self.stopping = stopping or gevent.event.Event()
         self.servers = {}  # address -> Server
         # device type (bytes) -> tuple per server of that server's lanes
@@ -528,7 +574,10 @@ class Loader:
         for load in loads:
             readers.append(gevent.spawn(self._load_file, load, previous))
             previous = load
-        progress = gevent.spawn(self._report_progress)
+        progress = gevent.pool.Group()
+        progress.spawn(self._report_progress)
+        if self.progress_bar:
+            progress.spawn(self._show_progress_bar)
         try:
             renaming = True
             for load, reader in zip(loads, readers):
@@ -650,6 +699,27 @@ class Loader:
         else:
             log.error('%s: High error rate (%.4g > %.4g). Failed load',
                       load.name, rate, limit)
+
+    def _show_progress_bar(self):
+        """Draw a bar of the current file's compressed bytes read."""
+        bar, shown = None, None
+        try:
+            while True:
+                load = self.current
+                if load is not None:
+                    if load is not shown:
+                        if bar is not None:
+                            bar.close()
+                        bar = tqdm(desc=load.name, unit='B', unit_scale=True,
+                                   leave=False, dynamic_ncols=True)
+                        shown = load
+                    bar.total = load.size or None
+                    bar.n = load.bytes_read
+                    bar.set_postfix(lines=load.lines, errors=load.errors)
+                gevent.sleep(0.5)
+        finally:
+            if bar is not None:
+                bar.close()
 
     def _report_progress(self):
         last_lines, last_time, last_load = 0, time.monotonic(), None
@@ -958,7 +1028,8 @@ def _load(args, settings):
     handlers = [gevent.signal_handler(signum, on_signal, signum)
                 for signum in (signal.SIGINT, signal.SIGTERM)]
     try:
-        loader = Loader(settings, stopping)
+        show_bar = not args.log and sys.stderr.isatty()
+        loader = Loader(settings, stopping, progress_bar=show_bar)
 
         def rename(load):
             if settings.dry:
@@ -966,7 +1037,11 @@ def _load(args, settings):
             dot_rename(load.path)
             load.renamed = True
 
-        loads = loader.run(paths, on_loaded=rename)
+        if show_bar:
+            with logging_redirect_tqdm(loggers=[log]):
+                loads = loader.run(paths, on_loaded=rename)
+        else:
+            loads = loader.run(paths, on_loaded=rename)
     finally:
         for handler in handlers:
             handler.cancel()

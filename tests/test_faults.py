@@ -1,0 +1,288 @@
+"""Faults: resets, stalls, dead hosts, refusals, the lock, signals, memory."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import gevent
+import pytest
+
+import generate
+import gmemcload
+from conftest import GMEMCLOAD, address_args, expected_value, write_gz
+from test_load import expected_state, listing, run, stored_values
+
+TYPES = gmemcload.DEVICE_TYPES
+
+
+def same_server(server):
+    return {dev_type: server for dev_type in TYPES}
+
+
+def lines_for(dev_type, count, tag='', start=0):
+    return ['%s\t%s%05d\t%d.5\t-1.25\t%d,%d' % (dev_type, tag, i, i, i, i + 1)
+            for i in range(start, start + count)]
+
+
+def assert_all_in_fake(fake, lines):
+    want = dict(expected_value(line) for line in lines)
+    assert {key: fake.data.get(key) for key in want} == want
+
+
+def start_loader(tmp_path, daemons, *extra):
+    """Run gmemcload.py as a process; its log goes to tmp_path/run.log."""
+    return subprocess.Popen(
+        [sys.executable, GMEMCLOAD, '--pattern', str(tmp_path / '*.tsv.gz'),
+         '--log', str(tmp_path / 'run.log')] + address_args(daemons)
+        + list(extra))
+
+
+def wait_for(predicate, seconds=20.0):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, 'timed out waiting'
+        time.sleep(0.05)
+
+
+# -- retries with the fake server --
+
+def test_resets_mid_batch_are_retried_and_nothing_is_lost(
+        tmp_path, fake_memcached):
+    fake_memcached.reset_after = 150  # mid-way through the second batch
+    fake_memcached.resets = 4
+    lines = lines_for('idfa', 1000) + lines_for('gaid', 1000)
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines)
+    status, text = run(tmp_path, same_server(fake_memcached),
+                       '--batch-size', '100', '--uploaders', '1')
+    assert status == 0, text
+    assert 'retry 1/5' in text
+    assert_all_in_fake(fake_memcached, lines)
+    assert listing(tmp_path) == ['.20170929000000.tsv.gz']
+
+
+def test_replies_delayed_past_the_timeout_are_retried(
+        tmp_path, fake_memcached):
+    fake_memcached.delay = 1.0
+    fake_memcached.delay_replies = 2
+    lines = lines_for('adid', 300)
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines)
+    status, text = run(tmp_path, same_server(fake_memcached),
+                       '--timeout', '0.3')
+    assert status == 0, text
+    assert 'timed out' in text
+    assert_all_in_fake(fake_memcached, lines)
+
+
+def test_a_refused_record_is_an_error_and_is_not_retried(
+        tmp_path, fake_memcached):
+    fake_memcached.max_value = 40
+    lines = lines_for('dvid', 299)
+    lines.insert(150, 'dvid\tbig\t1\t1\t' + ','.join(['99999'] * 20))
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines)
+    status, text = run(tmp_path, same_server(fake_memcached),
+                       '--batch-size', '64')
+    assert status == 0, text  # 1 error in 300 records
+    assert 'dvid:big not stored: SERVER_ERROR object too large' in text
+    assert fake_memcached.commands == 300  # each record sent once
+    assert b'dvid:big' not in fake_memcached.data
+    assert len(fake_memcached.data) == 299
+
+
+def test_refused_connections_fail_in_bounded_time_others_still_load(
+        tmp_path, fake_memcached, memcached_set):
+    fake_memcached.refuse = True
+    daemons = dict(memcached_set, idfa=fake_memcached)
+    for minute in range(2):
+        write_gz(tmp_path / ('2017092900%02d00.tsv.gz' % minute),
+                 lines_for('idfa', 500, start=500 * minute)
+                 + lines_for('gaid', 500, start=500 * minute))
+    started = time.monotonic()
+    status, text = run(tmp_path, daemons, '--timeout', '0.5',
+                       '--retries', '2')
+    elapsed = time.monotonic() - started
+    # timeout x (retries + 1) + backoff (0.25 + 0.5), with slack
+    assert elapsed < 0.5 * 3 + 0.75 + 3
+    assert status == 1
+    assert listing(tmp_path) == ['20170929000000.tsv.gz',
+                                 '20170929000100.tsv.gz']
+    assert 'is down' in text and 'not acknowledged' in text
+    gaid = [expected_value(line)[0] for line in lines_for('gaid', 1000)]
+    assert len(memcached_set['gaid'].get_many(gaid)) == 1000
+
+
+# -- real memcached misbehaving --
+
+def test_a_server_that_is_not_running_fails_in_bounded_time(
+        tmp_path, memcached_set):
+    nothing = type('Nothing', (), {'address': '127.0.0.1:%d' % free_port()})
+    daemons = dict(memcached_set, dvid=nothing)
+    write_gz(tmp_path / '20170929000000.tsv.gz',
+             lines_for('dvid', 3000) + lines_for('adid', 3000))
+    started = time.monotonic()
+    status, text = run(tmp_path, daemons, '--retries', '3',
+                       '--batch-size', '100')
+    # Refused at once: only the backoff (0.25 + 0.5 + 1) counts, once.
+    assert time.monotonic() - started < 1.75 + 3
+    assert status == 1
+    assert listing(tmp_path) == ['20170929000000.tsv.gz']
+    assert 'cannot connect' in text
+    adid = [expected_value(line)[0] for line in lines_for('adid', 3000)]
+    assert len(memcached_set['adid'].get_many(adid)) == 3000
+
+
+def test_a_stalled_server_fails_in_bounded_time_and_never_hangs(
+        tmp_path, memcached_set):
+    memcached_set['gaid'].pause()
+    write_gz(tmp_path / '20170929000000.tsv.gz',
+             lines_for('gaid', 2000) + lines_for('idfa', 2000))
+    started = time.monotonic()
+    status, text = run(tmp_path, memcached_set, '--timeout', '0.5',
+                       '--retries', '2', '--batch-size', '100')
+    assert time.monotonic() - started < 0.5 * 3 + 0.75 + 3
+    assert status == 1
+    assert 'timed out' in text
+    assert listing(tmp_path) == ['20170929000000.tsv.gz']
+    idfa = [expected_value(line)[0] for line in lines_for('idfa', 2000)]
+    assert len(memcached_set['idfa'].get_many(idfa)) == 2000
+
+
+def test_a_four_second_stall_costs_retries_not_data(tmp_path, memcached_set):
+    paths = generate.generate(str(tmp_path), files=2, lines=20000,
+                              repeat=0.3, seed=3)
+    expected = expected_state(paths)
+    memcached_set['idfa'].pause()
+    loader = gevent.spawn(run, tmp_path, memcached_set)
+    gevent.sleep(4)
+    memcached_set['idfa'].resume()
+    status, text = loader.get(timeout=60)
+    assert status == 0, text
+    assert 'retry' in text
+    assert stored_values(memcached_set, expected) == expected
+    assert listing(tmp_path) == ['.' + os.path.basename(p) for p in paths]
+
+
+def test_newest_wins_across_a_retry(tmp_path, memcached_set):
+    paths = []
+    for minute in range(3):
+        lines = ['idfa\tk%03d\t%d\t0\t%d' % (i, minute, i) for i in range(300)]
+        paths.append(write_gz(tmp_path / ('2017092900%02d00.tsv.gz'
+                                          % minute), lines))
+    expected = expected_state(paths)
+    memcached_set['idfa'].pause()
+    loader = gevent.spawn(run, tmp_path, memcached_set, '--timeout', '0.3',
+                          '--batch-size', '7', '--uploaders', '3')
+    gevent.sleep(1.5)
+    memcached_set['idfa'].resume()
+    status, text = loader.get(timeout=60)
+    assert status == 0, text
+    assert 'retry' in text
+    assert stored_values(memcached_set, expected) == expected
+
+
+# -- one run at a time --
+
+HOLD_LOCK = '''
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import gmemcload
+lock = gmemcload.RunLock(sys.argv[2])
+assert lock.acquire() is None
+print('locked', flush=True)
+time.sleep(60)
+'''
+
+
+def test_a_second_run_exits_75_and_a_killed_holder_leaves_no_lock(
+        tmp_path, memcached_set):
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines_for('idfa', 10))
+    lock_path = str(tmp_path / '.gmemcload.lock')
+    holder = subprocess.Popen(
+        [sys.executable, '-c', HOLD_LOCK, os.path.dirname(GMEMCLOAD),
+         lock_path], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b'locked\n'
+        status, text = run(tmp_path, memcached_set)
+        assert status == 75
+        assert lock_path in text and 'pid %d' % holder.pid in text
+        assert 'Processing' not in text
+        assert listing(tmp_path) == ['20170929000000.tsv.gz']
+    finally:
+        holder.kill()
+        holder.wait()
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    assert listing(tmp_path) == ['.20170929000000.tsv.gz']
+
+
+def test_lock_option_moves_the_lock_file(tmp_path, memcached_set):
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines_for('idfa', 10))
+    lock_path = tmp_path / 'elsewhere.lock'
+    status, _ = run(tmp_path, memcached_set, '--lock', str(lock_path))
+    assert status == 0
+    assert lock_path.read_text() != ''
+    assert not (tmp_path / '.gmemcload.lock').exists()
+
+
+# -- signals --
+
+@pytest.mark.parametrize('signum, code', [(signal.SIGTERM, 143),
+                                          (signal.SIGINT, 130)])
+def test_a_signal_mid_file_keeps_it_and_earlier_renames(
+        tmp_path, memcached_set, signum, code):
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines_for('idfa', 500))
+    write_gz(tmp_path / '20170929000100.tsv.gz',
+             lines_for('gaid', 20000) + lines_for('idfa', 500, start=500))
+    write_gz(tmp_path / '20170929000200.tsv.gz', lines_for('idfa', 500))
+    memcached_set['gaid'].pause()  # the second file cannot finish
+    loader = start_loader(tmp_path, memcached_set)
+    try:
+        wait_for(lambda: (tmp_path / '.20170929000000.tsv.gz').exists())
+        loader.send_signal(signum)
+        signalled = time.monotonic()
+        assert loader.wait(timeout=10) == code
+        assert time.monotonic() - signalled < 5
+    finally:
+        loader.kill()
+    assert listing(tmp_path) == ['.20170929000000.tsv.gz',
+                                 '20170929000100.tsv.gz',
+                                 '20170929000200.tsv.gz']
+    text = (tmp_path / 'run.log').read_text()
+    assert 'stopped by a signal' in text
+
+
+def test_a_second_sigint_stops_at_once(tmp_path, memcached_set):
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines_for('gaid', 5000))
+    memcached_set['gaid'].pause()
+    loader = start_loader(tmp_path, memcached_set, '--timeout', '30')
+    try:
+        log_path = tmp_path / 'run.log'
+        wait_for(lambda: log_path.exists()
+                 and 'Processing' in log_path.read_text())
+        time.sleep(0.5)
+        loader.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        assert loader.poll() is None  # waiting for the in-flight batch
+        loader.send_signal(signal.SIGINT)
+        assert loader.wait(timeout=3) == 130
+    finally:
+        loader.kill()
+    assert listing(tmp_path) == ['20170929000000.tsv.gz']
+
+
+# -- memory --
+
+def test_peak_memory_stays_bounded_on_a_large_file(tmp_path, memcached_set):
+    generate.generate(str(tmp_path), files=1, lines=300000, seed=5)
+    loader = start_loader(tmp_path, memcached_set)
+    _, status, usage = os.wait4(loader.pid, 0)
+    loader.returncode = os.waitstatus_to_exitcode(status)
+    assert loader.returncode == 0, (tmp_path / 'run.log').read_text()
+    peak_mb = usage.ru_maxrss / 1024
+    # The file is ~110 MB of text; holding it would be several times this.
+    assert peak_mb < 100, peak_mb
+
+
+def free_port():
+    from conftest import free_port as pick
+    return pick()
