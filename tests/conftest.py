@@ -4,79 +4,20 @@ monkey.patch_all()
 
 import gzip  # noqa: E402
 import os  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
-import memcache  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 
+from daemons import MemcachedDaemon, free_port  # noqa: E402,F401
 from fake_memcached import FakeMemcached  # noqa: E402
 from proto import appsinstalled_pb2  # noqa: E402
 
 GMEMCLOAD = os.path.join(ROOT, 'gmemcload.py')
 DEVICE_TYPES = ('idfa', 'gaid', 'adid', 'dvid')
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-class MemcachedDaemon:
-    """A real memcached on a free loopback port, started and stopped by a
-    test."""
-
-    def __init__(self, memory_mb=64):
-        self.port = free_port()
-        self.address = '127.0.0.1:%d' % self.port
-        binary = shutil.which('memcached') or '/usr/bin/memcached'
-        if not os.path.exists(binary):
-            if os.environ.get('CI'):
-                pytest.fail('memcached is not installed')
-            pytest.skip('memcached is not installed (make test installs it)')
-        args = [binary, '-l', '127.0.0.1', '-p', str(self.port), '-U', '0',
-                '-t', '2', '-m', str(memory_mb)]
-        if os.geteuid() == 0:
-            args += ['-u', 'root']
-        self.process = subprocess.Popen(args)
-        self.wait_ready()
-
-    def wait_ready(self, seconds=5.0):
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(('127.0.0.1', self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError('memcached on %s did not start' % self.address)
-
-    def client(self):
-        return memcache.Client([self.address], socket_timeout=2)
-
-    def get_many(self, keys):
-        return self.client().get_multi(list(keys))
-
-    def pause(self):
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self):
-        self.process.send_signal(signal.SIGCONT)
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture
@@ -85,6 +26,10 @@ def memcached_factory():
     daemons = []
 
     def start(**kwargs):
+        if MemcachedDaemon.binary() is None:
+            if os.environ.get('CI'):
+                pytest.fail('memcached is not installed')
+            pytest.skip('memcached is not installed (make test installs it)')
         daemon = MemcachedDaemon(**kwargs)
         daemons.append(daemon)
         return daemon

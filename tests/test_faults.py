@@ -11,6 +11,7 @@ import pytest
 import generate
 import gmemcload
 from conftest import GMEMCLOAD, address_args, expected_value, write_gz
+from daemons import free_port
 from test_load import expected_state, listing, run, stored_values
 
 TYPES = gmemcload.DEVICE_TYPES
@@ -281,8 +282,3 @@ def test_peak_memory_stays_bounded_on_a_large_file(tmp_path, memcached_set):
     peak_mb = usage.ru_maxrss / 1024
     # The file is ~110 MB of text; holding it would be several times this.
     assert peak_mb < 100, peak_mb
-
-
-def free_port():
-    from conftest import free_port as pick
-    return pick()
