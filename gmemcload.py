@@ -212,7 +212,8 @@ class FileLoad:
         self.stored = 0
         self.errors = 0
         self.unacknowledged = 0
-        self.failure = None  # why the file cannot be called loaded
+        self.failure = None  # a read failure or a stop: never loaded
+        self.write_failure = None  # why records went unacknowledged
         self.renamed = False
         self.kept_because = None
         self.bytes_read = 0
@@ -232,9 +233,21 @@ class FileLoad:
         processed = self.stored + self.errors
         return self.errors / processed if processed else 0.0
 
+    def problem(self, max_error_rate):
+        """Why the file is not loaded (see the module docstring), or
+        None when it is."""
+        if self.failure is not None:
+            return self.failure
+        if self.unacknowledged:
+            return '%d records not acknowledged by memcached (%s)' % (
+                self.unacknowledged, self.write_failure)
+        if self.error_rate > max_error_rate:
+            return 'error rate %.4g above %g' % (self.error_rate,
+                                                 max_error_rate)
+        return None
+
     def loaded(self, max_error_rate):
-        """True when the file may be renamed (see the module docstring)."""
-        return self.failure is None and self.error_rate <= max_error_rate
+        return self.problem(max_error_rate) is None
 
     def fail(self, reason):
         if self.failure is None:
@@ -263,8 +276,8 @@ class FileLoad:
         self.errors += refused + unacknowledged
         if unacknowledged:
             self.unacknowledged += unacknowledged
-            self.fail('%d records not acknowledged by memcached (%s)'
-                      % (self.unacknowledged, reason))
+            if self.write_failure is None:
+                self.write_failure = reason
         self.pending_batches -= 1
         self._check_acked()
 
@@ -689,16 +702,18 @@ class Loader:
             lane.commands = []
 
     def _log_outcome(self, load):
+        """Log the verdict in the original tool's words."""
         rate = load.error_rate
         limit = self.settings.max_error_rate
-        if load.failure is not None:
-            log.error('%s: Failed load: %s', load.name, load.failure)
-        elif rate <= limit:
+        problem = load.problem(limit)
+        if problem is None:
             log.info('%s: Acceptable error rate (%.4g). Successful load',
                      load.name, rate)
-        else:
+        elif load.failure is None and not load.unacknowledged:
             log.error('%s: High error rate (%.4g > %.4g). Failed load',
                       load.name, rate, limit)
+        else:
+            log.error('%s: Failed load: %s', load.name, problem)
 
     def _show_progress_bar(self):
         """Draw a bar of the current file's compressed bytes read."""
@@ -944,9 +959,8 @@ def log_summary(loads, max_error_rate):
         if load.renamed:
             result = 'renamed'
         else:
-            result = 'kept: ' + (load.failure or load.kept_because or (
-                'error rate above %g' % max_error_rate
-                if not load.loaded(max_error_rate) else 'dry run'))
+            result = 'kept: ' + (load.problem(max_error_rate)
+                                 or load.kept_because or 'dry run')
         log.info('%-28s %10d %10d %8d %8.4f %8.1f  %s', load.name, load.lines,
                  load.stored, load.errors, load.error_rate, load.seconds,
                  result)

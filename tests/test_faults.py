@@ -128,6 +128,7 @@ def test_a_server_that_is_not_running_fails_in_bounded_time(
     assert status == 1
     assert listing(tmp_path) == ['20170929000000.tsv.gz']
     assert 'cannot connect' in text
+    assert 'kept: 3000 records not acknowledged by memcached' in text
     adid = [expected_value(line)[0] for line in lines_for('adid', 3000)]
     assert len(memcached_set['adid'].get_many(adid)) == 3000
 

@@ -1,0 +1,307 @@
+#!/usr/bin/env python3
+"""make bench: gmemcload against the original algorithm and the ceiling.
+
+All rows are measured in one run, on this machine, against four memcached
+daemons that the bench starts on free loopback ports and stops afterwards:
+
+* reference: the original memc_load.py algorithm (one process, a new client
+  and one ``set`` per line) on a slice of the first file;
+* ceiling: the same gzip reading, parsing and protobuf serialization as
+  gmemcload, in one process, with no network at all;
+* gmemcload with its defaults, then a sweep of --batch-size and --uploaders
+  on the first file.
+
+Each run is a separate process; wall and CPU seconds and peak RSS come from
+``os.wait4``.  After every loader run a sample of keys is read back from
+memcached and compared with an independent encoding of the newest source
+line for that key: a fast but wrong run is reported as FAIL, and the bench
+then exits 1.  Results go to stdout as a Markdown table and to
+``.bench/results.json``.
+"""
+import argparse
+import gzip
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import zlib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path[:0] = [ROOT, HERE]
+
+import memcache  # noqa: E402
+
+import generate  # noqa: E402
+from daemons import MemcachedDaemon  # noqa: E402
+
+BENCH_DIR = os.path.join(ROOT, '.bench')
+GMEMCLOAD = os.path.join(ROOT, 'gmemcload.py')
+DEVICE_TYPES = ('idfa', 'gaid', 'adid', 'dvid')
+SAMPLE_ONE_IN = 256  # keys whose crc32 is 0 mod this are checked
+REFERENCE_LINES = 20000
+SWEEP_BATCH_SIZES = (100, 250, 500, 1000, 2000, 4000)
+SWEEP_UPLOADERS = (1, 2, 4, 8)
+
+
+# -- the two baselines, each run in a process of its own ----------------------
+
+def run_reference(paths, addresses, limit):
+    """The original memc_load.py algorithm: a client and a set per line."""
+    from proto import appsinstalled_pb2
+    done = 0
+    for path in paths:
+        with gzip.open(path, 'rt') as lines:
+            for line in lines:
+                if done >= limit:
+                    return done
+                line = line.strip()
+                if not line:
+                    continue
+                parts = line.split('\t')
+                if len(parts) < 5:
+                    continue
+                dev_type, dev_id, lat, lon, raw_apps = parts
+                apps = [int(a.strip()) for a in raw_apps.split(',')]
+                user_apps = appsinstalled_pb2.UserApps()
+                user_apps.lat = float(lat)
+                user_apps.lon = float(lon)
+                user_apps.apps.extend(apps)
+                client = memcache.Client([addresses[dev_type]])
+                client.set('%s:%s' % (dev_type, dev_id),
+                           user_apps.SerializeToString())
+                done += 1
+    return done
+
+
+def run_ceiling(paths):
+    """Read, parse and serialize as gmemcload does; send nothing."""
+    import gmemcload
+    from isal import igzip
+    parse, pack = gmemcload.parse_line, gmemcload.pack_user_apps
+    done = 0
+    for path in paths:
+        with open(path, 'rb') as raw, igzip.IGzipFile(fileobj=raw) as stream:
+            for lines in gmemcload._line_chunks(stream):
+                for line in lines:
+                    record = parse(line)
+                    if record is not None:
+                        pack(record[4], record[2], record[3])
+                        done += 1
+    return done
+
+
+# -- measuring -------------------------------------------------------------
+
+def measure(argv):
+    """Run ``argv``; return (exit status, wall s, CPU s, peak RSS MB)."""
+    started = time.monotonic()
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.monotonic() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return (process.returncode, wall, usage.ru_utime + usage.ru_stime,
+            usage.ru_maxrss / 1024)
+
+
+def prepare_data(files, lines):
+    """Generated files, cached in .bench/ across runs; undo old renames."""
+    directory = os.path.join(BENCH_DIR, 'data-%dx%d' % (files, lines))
+    marker = os.path.join(directory, 'complete')
+    if not os.path.exists(marker):
+        started = time.monotonic()
+        generate.generate(directory, files=files, lines=lines, repeat=0.1,
+                          seed=1)
+        open(marker, 'w').close()
+        print('generated %d x %d lines in %.1fs' % (
+            files, lines, time.monotonic() - started), file=sys.stderr)
+    restore_names(directory)
+    return directory, [os.path.join(directory, name)
+                       for name in generate.file_names(files)]
+
+
+def restore_names(directory):
+    for name in os.listdir(directory):
+        if name.startswith('.') and name.endswith('.tsv.gz'):
+            os.rename(os.path.join(directory, name),
+                      os.path.join(directory, name[1:]))
+
+
+def expected_sample(paths):
+    """key -> value for a sample of keys, newest line winning."""
+    from proto import appsinstalled_pb2
+    sample = {}
+    for path in paths:
+        with gzip.open(path, 'rb') as lines:
+            for line in lines:
+                dev_type, dev_id, lat, lon, raw_apps = line.split(b'\t')
+                key = dev_type + b':' + dev_id
+                if zlib.crc32(key) % SAMPLE_ONE_IN:
+                    continue
+                message = appsinstalled_pb2.UserApps()
+                message.lat, message.lon = float(lat), float(lon)
+                message.apps.extend(int(a) for a in raw_apps.split(b','))
+                sample[key] = message.SerializeToString()
+    return sample
+
+
+def check_sample(daemons, sample):
+    """The number of sampled keys whose stored value is wrong or missing."""
+    wrong = 0
+    for dev_type in DEVICE_TYPES:
+        keys = [k for k in sample if k.startswith(dev_type.encode() + b':')]
+        client = memcache.Client([daemons[dev_type].address])
+        got = {}
+        for start in range(0, len(keys), 500):
+            got.update(client.get_multi(keys[start:start + 500]))
+        wrong += sum(got.get(key) != sample[key] for key in keys)
+    return wrong
+
+
+def flush(daemons):
+    for daemon in daemons.values():
+        memcache.Client([daemon.address]).flush_all()
+
+
+class Bench:
+    def __init__(self, daemons, directory, paths, sample):
+        self.daemons = daemons
+        self.directory = directory
+        self.paths = paths
+        self.sample = sample
+        self.rows = []
+        self.failed = False
+
+    def add(self, name, lines, status, wall, cpu, rss, check):
+        row = {'name': name, 'lines': lines, 'wall_s': round(wall, 2),
+               'cpu_s': round(cpu, 2), 'lines_per_s': round(lines / wall),
+               'peak_rss_mb': round(rss, 1), 'check': check}
+        if status != 0:
+            row['check'] = 'FAIL (exit %d)' % status
+        if row['check'].startswith('FAIL'):
+            self.failed = True
+        self.rows.append(row)
+        print('%-34s %9d lines/s  %s' % (name, row['lines_per_s'],
+                                         row['check']), file=sys.stderr)
+        return row
+
+    def baseline(self, name, mode, lines, *extra):
+        status, wall, cpu, rss = measure(
+            [sys.executable, __file__, '--mode', mode] + list(extra)
+            + self.paths)
+        return self.add(name, lines, status, wall, cpu, rss, 'n/a')
+
+    def loader(self, name, lines, paths_glob, sample, *options):
+        restore_names(self.directory)
+        flush(self.daemons)
+        argv = [sys.executable, GMEMCLOAD, '--pattern', paths_glob,
+                '--log', os.path.join(BENCH_DIR, 'run.log')]
+        for dev_type in DEVICE_TYPES:
+            argv += ['--' + dev_type, self.daemons[dev_type].address]
+        status, wall, cpu, rss = measure(argv + list(options))
+        wrong = check_sample(self.daemons, sample)
+        check = ('ok (%d keys)' % len(sample) if not wrong
+                 else 'FAIL (%d of %d keys wrong)' % (wrong, len(sample)))
+        return self.add(name, lines, status, wall, cpu, rss, check)
+
+
+def count_lines(paths):
+    total = 0
+    for path in paths:
+        with gzip.open(path, 'rb') as lines:
+            total += sum(1 for _ in lines)
+    return total
+
+
+def machine():
+    model = '?'
+    with open('/proc/cpuinfo') as info:
+        for line in info:
+            if line.startswith('model name'):
+                model = line.split(':', 1)[1].strip()
+                break
+    version = subprocess.run([MemcachedDaemon.binary(), '-V'],
+                             capture_output=True, text=True).stdout.strip()
+    return '%s, %d cores, Python %s, %s' % (
+        model, os.cpu_count(), platform.python_version(), version)
+
+
+def markdown(rows, reference, ceiling):
+    out = ['| run | lines | wall s | CPU s | lines/s | x reference |'
+           ' of ceiling | peak RSS MB | check |',
+           '|---|---:|---:|---:|---:|---:|---:|---:|---|']
+    for row in rows:
+        out.append('| %s | %d | %.2f | %.2f | %d | %.1fx | %.0f%% | %.0f |'
+                   ' %s |' % (
+                       row['name'], row['lines'], row['wall_s'],
+                       row['cpu_s'], row['lines_per_s'],
+                       row['lines_per_s'] / reference,
+                       100.0 * row['lines_per_s'] / ceiling,
+                       row['peak_rss_mb'], row['check']))
+    return '\n'.join(out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--files', type=int, default=3)
+    parser.add_argument('--lines', type=int, default=500000)
+    parser.add_argument('--no-sweep', action='store_true',
+                        help='skip the --batch-size and --uploaders sweep')
+    parser.add_argument('--mode', choices=('reference', 'ceiling'),
+                        help=argparse.SUPPRESS)
+    parser.add_argument('--addresses', help=argparse.SUPPRESS)
+    parser.add_argument('--limit', type=int, help=argparse.SUPPRESS)
+    parser.add_argument('paths', nargs='*', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.mode == 'reference':
+        run_reference(args.paths, json.loads(args.addresses), args.limit)
+        return 0
+    if args.mode == 'ceiling':
+        run_ceiling(args.paths)
+        return 0
+
+    os.makedirs(BENCH_DIR, exist_ok=True)
+    directory, paths = prepare_data(args.files, args.lines)
+    total = count_lines(paths)
+    sample = expected_sample(paths)
+    first_sample = expected_sample(paths[:1])
+    daemons = {t: MemcachedDaemon(memory_mb=1024) for t in DEVICE_TYPES}
+    try:
+        bench = Bench(daemons, directory, paths, sample)
+        addresses = json.dumps({t: d.address for t, d in daemons.items()})
+        limit = min(REFERENCE_LINES, total)
+        reference = bench.baseline('reference (original algorithm)',
+                                   'reference', limit, '--addresses',
+                                   addresses, '--limit', str(limit))
+        ceiling = bench.baseline('ceiling (no network)', 'ceiling', total)
+        every_file = os.path.join(directory, '*.tsv.gz')
+        bench.loader('gmemcload (defaults)', total, every_file, sample)
+        if not args.no_sweep:
+            first = paths[0]
+            lines = total // len(paths)
+            for size in SWEEP_BATCH_SIZES:
+                bench.loader('sweep: first file, --batch-size %d' % size,
+                             lines, first, first_sample,
+                             '--batch-size', str(size))
+            for uploaders in SWEEP_UPLOADERS:
+                bench.loader('sweep: first file, --uploaders %d' % uploaders,
+                             lines, first, first_sample,
+                             '--uploaders', str(uploaders))
+    finally:
+        for daemon in daemons.values():
+            daemon.stop()
+        restore_names(directory)
+    table = markdown(bench.rows, reference['lines_per_s'],
+                     ceiling['lines_per_s'])
+    about = 'Machine: %s. Data: %d files x %d lines.' % (
+        machine(), args.files, args.lines)
+    print(about + '\n\n' + table)
+    with open(os.path.join(BENCH_DIR, 'results.json'), 'w') as out:
+        json.dump({'machine': about, 'rows': bench.rows}, out, indent=1)
+    return 1 if bench.failed else 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
