@@ -32,20 +32,24 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import errno  # noqa: E402
 import fcntl  # noqa: E402
 import glob  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import zlib  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
+import gevent.os  # noqa: E402
 import gevent.pool  # noqa: E402
 import gevent.queue  # noqa: E402
 import memcache  # noqa: E402
@@ -205,8 +209,9 @@ class FileLoad:
     uploader; ``acked`` is set once enqueuing is over and it is zero.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, index=0):
         self.path = path
+        self.index = index  # position in the sorted run
         self.name = os.path.basename(path)
         self.lines = 0
         self.stored = 0
@@ -530,14 +535,17 @@ class Settings:
         self.max_error_rate = max_error_rate
         self.dry = dry
 
+    def as_dict(self):
+        return dict(vars(self))
+
 
 class Loader:
     """Loads a sorted list of files into memcached; see the module doc."""
 
-    def __init__(self, settings, stopping=None, progress_bar=False):
+    def __init__(self, settings, shard=(0, 1)):
         self.settings = settings
-        self.progress_bar = progress_bar
-        self.stopping = stopping or gevent.event.Event()
+        self.shard = shard  # (index, count): this process's share of keys
+        self.stopping = gevent.event.Event()
         self.servers = {}  # address -> Server
         # device type (bytes) -> tuple per server of that server's lanes
         self.routes = {}
@@ -557,6 +565,13 @@ class Loader:
             self.routes[dev_type.encode()] = tuple(lanes_by_server)
         self.current = None  # the FileLoad being read, for progress
 
+    def stop(self, signum=None):
+        """Stop reading; abandon what is queued (see Lane)."""
+        self.stopping.set()
+
+    def current_load(self):
+        return self.current
+
     def lane_for(self, dev_type, key):
         """The lane a key always travels through.
 
@@ -569,14 +584,13 @@ class Loader:
         lanes = lanes_by_server[((crc >> 16) & 0x7fff) % len(lanes_by_server)]
         return lanes[crc % len(lanes)]
 
-    def run(self, paths, on_loaded=None):
-        """Load ``paths`` (sorted) and return their FileLoads in order.
+    def run(self, paths, on_done):
+        """Load ``paths`` (sorted); return their FileLoads in order.
 
-        ``on_loaded(load)`` is called for each file in order as soon as it
-        is known to be loaded, while no earlier file has failed; it may
-        raise OSError to mark that file failed (a rename that failed).
+        ``on_done(load)`` is called for each file strictly in order, once
+        every record of it is acknowledged or counted as an error.
         """
-        loads = [FileLoad(path) for path in paths]
+        loads = [FileLoad(path, index) for index, path in enumerate(paths)]
         uploaders = gevent.pool.Group()
         for server in self.servers.values():
             pool = gevent.pool.Pool(len(server.lanes))
@@ -587,30 +601,11 @@ class Loader:
         for load in loads:
             readers.append(gevent.spawn(self._load_file, load, previous))
             previous = load
-        progress = gevent.pool.Group()
-        progress.spawn(self._report_progress)
-        if self.progress_bar:
-            progress.spawn(self._show_progress_bar)
         try:
-            renaming = True
             for load, reader in zip(loads, readers):
                 reader.get()
-                if not renaming:
-                    if load.loaded(self.settings.max_error_rate):
-                        load.kept_because = 'an earlier file was not loaded'
-                    continue
-                if not load.loaded(self.settings.max_error_rate):
-                    renaming = False
-                    continue
-                if on_loaded is not None:
-                    try:
-                        on_loaded(load)
-                    except OSError as exc:
-                        load.fail('rename failed: %s' % exc)
-                        log.error('%s: %s', load.name, load.failure)
-                        renaming = False
+                on_done(load)
         finally:
-            progress.kill()
             for lane in self._all_lanes():
                 lane.close()
             uploaders.join()
@@ -640,7 +635,6 @@ class Loader:
         load.finish_enqueuing()
         load.acked.wait()
         load.log_unshown()
-        self._log_outcome(load)
 
     def _enqueue_file(self, load):
         batch_size = self.settings.batch_size
@@ -648,6 +642,7 @@ class Loader:
         lane_for = self.lane_for
         stopping = self.stopping
         flush = self._flush
+        shard_index, shards = self.shard
         with open(load.path, 'rb') as raw:
             load.size = os.fstat(raw.fileno()).st_size
             with igzip.IGzipFile(fileobj=raw, mode='rb') as stream:
@@ -656,6 +651,9 @@ class Loader:
                     if stopping.is_set():
                         raise Interrupted()
                     for line in lines:
+                        if shards > 1 and \
+                                shard_of(line, shards) != shard_index:
+                            continue
                         try:
                             record = parse_line(line)
                         except BadLine as bad:
@@ -701,26 +699,86 @@ class Loader:
         for lane in self._all_lanes():
             lane.commands = []
 
-    def _log_outcome(self, load):
-        """Log the verdict in the original tool's words."""
-        rate = load.error_rate
-        limit = self.settings.max_error_rate
-        problem = load.problem(limit)
-        if problem is None:
-            log.info('%s: Acceptable error rate (%.4g). Successful load',
-                     load.name, rate)
-        elif load.failure is None and not load.unacknowledged:
-            log.error('%s: High error rate (%.4g > %.4g). Failed load',
-                      load.name, rate, limit)
-        else:
-            log.error('%s: Failed load: %s', load.name, problem)
 
-    def _show_progress_bar(self):
-        """Draw a bar of the current file's compressed bytes read."""
+def log_outcome(load, max_error_rate):
+    """Log a file's verdict in the original tool's words."""
+    rate = load.error_rate
+    problem = load.problem(max_error_rate)
+    if problem is None:
+        log.info('%s: Acceptable error rate (%.4g). Successful load',
+                 load.name, rate)
+    elif load.failure is None and not load.unacknowledged:
+        log.error('%s: High error rate (%.4g > %.4g). Failed load',
+                  load.name, rate, max_error_rate)
+    else:
+        log.error('%s: Failed load: %s', load.name, problem)
+
+
+class RenameInOrder:
+    """The one place where files are renamed: called with each FileLoad in
+    sorted order, it renames a loaded file to ``.<name>`` until the first
+    file that is not loaded; every file after that is kept."""
+
+    def __init__(self, max_error_rate, dry=False):
+        self.max_error_rate = max_error_rate
+        self.dry = dry
+        self.renaming = True
+
+    def __call__(self, load):
+        log_outcome(load, self.max_error_rate)
+        if not load.loaded(self.max_error_rate):
+            self.renaming = False
+        elif not self.renaming:
+            load.kept_because = 'an earlier file was not loaded'
+            log.warning('%s: kept: %s', load.name, load.kept_because)
+        elif not self.dry:
+            try:
+                dot_rename(load.path)
+            except OSError as exc:
+                load.fail('rename failed: %s' % exc)
+                log.error('%s: %s', load.name, load.failure)
+                self.renaming = False
+            else:
+                load.renamed = True
+
+
+class Progress:
+    """Progress lines every PROGRESS_INTERVAL and, on a terminal, a bar.
+
+    ``current()`` returns the FileLoad being read, or None.
+    """
+
+    def __init__(self, current, bar=False):
+        self.current = current
+        self.greenlets = gevent.pool.Group()
+        self.greenlets.spawn(self._report)
+        if bar:
+            self.greenlets.spawn(self._draw_bar)
+
+    def stop(self):
+        self.greenlets.kill()
+
+    def _report(self):
+        last_lines, last_time, last_load = 0, time.monotonic(), None
+        while True:
+            gevent.sleep(PROGRESS_INTERVAL)
+            load = self.current()
+            if load is None:
+                continue
+            now = time.monotonic()
+            if load is not last_load:
+                last_lines, last_time, last_load = 0, load.started, load
+            rate = (load.lines - last_lines) / max(now - last_time, 1e-9)
+            log.info('progress: %s %d lines, %.0f lines/s, %d errors',
+                     load.name, load.lines, rate, load.errors)
+            last_lines, last_time = load.lines, now
+
+    def _draw_bar(self):
+        """A bar of the current file's compressed bytes read."""
         bar, shown = None, None
         try:
             while True:
-                load = self.current
+                load = self.current()
                 if load is not None:
                     if load is not shown:
                         if bar is not None:
@@ -736,20 +794,15 @@ class Loader:
             if bar is not None:
                 bar.close()
 
-    def _report_progress(self):
-        last_lines, last_time, last_load = 0, time.monotonic(), None
-        while True:
-            gevent.sleep(PROGRESS_INTERVAL)
-            load = self.current
-            if load is None:
-                continue
-            now = time.monotonic()
-            if load is not last_load:
-                last_lines, last_time, last_load = 0, load.started, load
-            rate = (load.lines - last_lines) / (now - last_time)
-            log.info('progress: %s %d lines, %.0f lines/s, %d errors',
-                     load.name, load.lines, rate, load.errors)
-            last_lines, last_time = load.lines, now
+
+def shard_of(line, shards):
+    """The worker that owns ``line``: a stable hash of its key mod
+    ``shards``, the same in every process and run (crc32, never Python's
+    salted hash()).  Bits 8 and up are used, so the shard does not
+    correlate with the lane (crc32 mod uploaders) of the key."""
+    head = line.strip().split(b'\t', 2)
+    key = head[0] + b':' + head[1] if len(head) > 1 else head[0]
+    return (zlib.crc32(key) >> 8) % shards
 
 
 def _line_chunks(stream):
@@ -921,18 +974,27 @@ def build_parser():
     parser.add_argument('--max-error-rate', type=_rate, default=0.01,
                         help='highest error rate at which a file still counts'
                              ' as loaded (default: %(default)s)')
+    parser.add_argument('--workers', type=_positive_int, default=1,
+                        help='worker processes, each loading a fixed shard'
+                             ' of the keys of every file (default:'
+                             ' %(default)s)')
+    parser.add_argument('--worker', action='store_true',
+                        help=argparse.SUPPRESS)  # internal: a shard's process
     parser.add_argument('--lock', metavar='PATH',
                         help='lock file that keeps runs apart (default: %s in'
                              ' the directory of --pattern)' % LOCK_FILE_NAME)
     return parser
 
 
-def setup_logging(log_path, debug):
-    """Log in the original format to stderr or to ``log_path``."""
+def setup_logging(log_path, debug, tag=None):
+    """Log in the original format to stderr or to ``log_path``; a worker's
+    lines carry its ``tag``."""
     handler = (logging.FileHandler(log_path) if log_path
                else logging.StreamHandler(sys.stderr))
+    prefix = '[%s] ' % tag if tag else ''
     handler.setFormatter(logging.Formatter(
-        '[%(asctime)s] %(levelname).1s %(message)s', '%Y.%m.%d %H:%M:%S'))
+        '[%(asctime)s] %(levelname).1s ' + prefix + '%(message)s',
+        '%Y.%m.%d %H:%M:%S'))
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if debug else logging.INFO)
     log.propagate = False
@@ -969,6 +1031,8 @@ def log_summary(loads, max_error_rate):
 def main(argv=None):
     """Run the loader; return the exit status (see README)."""
     args = build_parser().parse_args(argv)
+    if args.worker:
+        return run_worker()
     try:
         handler = setup_logging(args.log, args.dry)
     except OSError as exc:
@@ -1022,12 +1086,10 @@ def _run(args):
             lock.release()
 
 
-def _load(args, settings):
-    paths = find_files(args.pattern)
-    if not paths:
-        log.info('No files match %s', args.pattern)
-        return EXIT_OK
-    stopping = gevent.event.Event()
+def catch_stop_signals(on_stop):
+    """Call ``on_stop(signum)`` on SIGINT or SIGTERM; a second SIGINT exits
+    at once.  Returns the signals caught so far (a list) and the handlers
+    to cancel."""
     caught = []
 
     def on_signal(signum):
@@ -1037,35 +1099,205 @@ def _load(args, settings):
         caught.append(signum)
         log.warning('%s received: stopping; files not fully loaded are kept',
                     signal.Signals(signum).name)
-        stopping.set()
+        on_stop(signum)
 
     handlers = [gevent.signal_handler(signum, on_signal, signum)
                 for signum in (signal.SIGINT, signal.SIGTERM)]
+    return caught, handlers
+
+
+def _load(args, settings):
+    paths = find_files(args.pattern)
+    if not paths:
+        log.info('No files match %s', args.pattern)
+        return EXIT_OK
+    if args.workers > 1:
+        engine = WorkerSet(args.workers, settings, args.log)
+    else:
+        engine = Loader(settings)
+    caught, handlers = catch_stop_signals(engine.stop)
+    show_bar = not args.log and sys.stderr.isatty()
+    progress = Progress(engine.current_load, bar=show_bar)
     try:
-        show_bar = not args.log and sys.stderr.isatty()
-        loader = Loader(settings, stopping, progress_bar=show_bar)
-
-        def rename(load):
-            if settings.dry:
-                return
-            dot_rename(load.path)
-            load.renamed = True
-
-        if show_bar:
-            with logging_redirect_tqdm(loggers=[log]):
-                loads = loader.run(paths, on_loaded=rename)
-        else:
-            loads = loader.run(paths, on_loaded=rename)
+        with (logging_redirect_tqdm(loggers=[log]) if show_bar
+              else contextlib.nullcontext()):
+            loads = engine.run(paths, RenameInOrder(settings.max_error_rate,
+                                                    settings.dry))
     finally:
+        progress.stop()
         for handler in handlers:
             handler.cancel()
     log_summary(loads, settings.max_error_rate)
     if caught:
         return EXIT_SIGNAL_BASE + caught[0]
-    if all(load.loaded(settings.max_error_rate) and not load.kept_because
-           for load in loads):
+    if all(load.renamed or (settings.dry and load.loaded(
+            settings.max_error_rate)) for load in loads):
         return EXIT_OK
     return EXIT_FAILED
+
+
+# -- worker processes (--workers N) ------------------------------------------
+
+class WorkerSet:
+    """N worker processes, each loading its shard of the keys of every file.
+
+    Every worker reads every file in order and keeps the lines whose key
+    is in its shard (shard_of), so each key has one writer and newest-wins
+    needs no coordination.  A worker reports each file, in order, as one
+    JSON line on its stdout; a file is done when all N have reported it.
+    The parent holds the lock and renames.  Workers run in their own
+    session, so a terminal's Ctrl-C reaches only the parent, which forwards
+    it; a worker whose stdin closes (the parent died) exits at once.
+    """
+
+    def __init__(self, count, settings, log_path):
+        self.count = count
+        self.settings = settings
+        self.log_path = log_path
+        self.loads = []
+        self.reported = []
+        self.shares = {}  # (worker, file index) -> its latest report
+        self.processes = []
+        self.readers = gevent.pool.Group()
+
+    def _start(self, paths):
+        self.loads = [FileLoad(path, index) for index, path in
+                      enumerate(paths)]
+        self.reported = [0] * len(paths)
+        config = {'paths': paths, 'settings': self.settings.as_dict(),
+                  'log': self.log_path}
+        for worker in range(self.count):
+            process = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), '--worker'],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                start_new_session=True)
+            self.processes.append(process)
+            process.stdin.write(json.dumps(dict(
+                config, shard=[worker, self.count])).encode() + b'\n')
+            process.stdin.flush()
+            self.readers.spawn(self._follow, worker, process)
+
+    def stop(self, signum):
+        """Pass a stop signal on to every worker."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signum)
+
+    def current_load(self):
+        """The first file not yet done by every worker, once started."""
+        for load in self.loads:
+            if not load.acked.is_set():
+                return load if load.started is not None else None
+        return None
+
+    def run(self, paths, on_done):
+        """Like Loader.run: ``on_done`` for each file, in order."""
+        try:
+            self._start(paths)
+            for load in self.loads:
+                load.acked.wait()
+                on_done(load)
+            self.readers.join()
+        finally:
+            self._close()
+        return self.loads
+
+    def _close(self):
+        """Leave no worker behind, whatever happened."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            process.stdin.close()
+        self.readers.kill()
+        for process in self.processes:
+            process.stdout.close()
+
+    def _follow(self, worker, process):
+        """Merge one worker's reports; fail the files it never reported."""
+        next_file = 0
+        for line in process.stdout:
+            report = json.loads(line)
+            load = self.loads[report['file']]
+            if load.started is None:
+                load.started = time.monotonic()
+            self.shares[worker, load.index] = report
+            shares = [self.shares.get((other, load.index), {})
+                      for other in range(self.count)]
+            load.lines = sum(share.get('lines', 0) for share in shares)
+            load.errors = sum(share.get('errors', 0) for share in shares)
+            load.size = report['size']
+            load.bytes_read = min(share.get('bytes_read', 0)
+                                  for share in shares)
+            if report.get('done'):
+                load.stored += report['stored']
+                load.unacknowledged += report['unacknowledged']
+                if report['failure'] and load.failure is None:
+                    load.failure = report['failure']
+                if report['write_failure'] and load.write_failure is None:
+                    load.write_failure = report['write_failure']
+                load.seconds = max(load.seconds, report['seconds'])
+                next_file = load.index + 1
+                self._reported(load)
+        status = process.wait()
+        for load in self.loads[next_file:]:
+            load.fail('worker %d/%d exited with status %s before finishing'
+                      ' it' % (worker + 1, self.count, status))
+            self._reported(load)
+
+    def _reported(self, load):
+        self.reported[load.index] += 1
+        if self.reported[load.index] == self.count:
+            load.acked.set()
+
+
+def _send_report(load, done=False):
+    """A worker's report of its share of one file, as a JSON line."""
+    report = {'file': load.index, 'lines': load.lines, 'errors': load.errors,
+              'bytes_read': load.bytes_read, 'size': load.size}
+    if done:
+        report.update(done=True, stored=load.stored,
+                      unacknowledged=load.unacknowledged,
+                      failure=load.failure, write_failure=load.write_failure,
+                      seconds=load.seconds)
+    sys.stdout.buffer.write(json.dumps(report).encode() + b'\n')
+    sys.stdout.buffer.flush()
+
+
+def _exit_when_orphaned():
+    """A worker's stdin stays open while its parent lives."""
+    gevent.os.make_nonblocking(0)
+    while gevent.os.nb_read(0, 4096):
+        pass
+    os._exit(EXIT_FAILED)
+
+
+def run_worker():
+    """One shard's process: load, and report each file on stdout."""
+    config = json.loads(sys.stdin.buffer.readline())
+    shard = tuple(config['shard'])
+    settings = Settings(**config['settings'])
+    handler = setup_logging(config['log'], settings.dry,
+                            tag='worker %d/%d' % (shard[0] + 1, shard[1]))
+    gevent.spawn(_exit_when_orphaned)
+    loader = Loader(settings, shard=shard)
+    caught, handlers = catch_stop_signals(loader.stop)
+
+    def report_progress():
+        while True:
+            gevent.sleep(1)
+            if loader.current is not None:
+                _send_report(loader.current)
+
+    reporter = gevent.spawn(report_progress)
+    try:
+        loader.run(config['paths'], lambda load: _send_report(load, True))
+    finally:
+        reporter.kill()
+        for signal_handler in handlers:
+            signal_handler.cancel()
+        handler.close()
+    return EXIT_SIGNAL_BASE + caught[0] if caught else EXIT_OK
 
 
 if __name__ == '__main__':
