@@ -1060,7 +1060,9 @@ def _run(args):
                         uploaders=args.uploaders, timeout=args.timeout,
                         retries=args.retries,
                         max_error_rate=args.max_error_rate, dry=args.dry)
-    log.info('Memc loader started with options: %s', vars(args))
+    options = dict(vars(args))
+    del options['worker']
+    log.info('Memc loader started with options: %s', options)
 
     lock = None
     if not args.dry:
@@ -1170,12 +1172,13 @@ class WorkerSet:
             process = subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), '--worker'],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                start_new_session=True)
+                stderr=subprocess.PIPE, start_new_session=True)
             self.processes.append(process)
             process.stdin.write(json.dumps(dict(
                 config, shard=[worker, self.count])).encode() + b'\n')
             process.stdin.flush()
             self.readers.spawn(self._follow, worker, process)
+            self.readers.spawn(self._relay_stderr, process)
 
     def stop(self, signum):
         """Pass a stop signal on to every worker."""
@@ -1212,6 +1215,7 @@ class WorkerSet:
         self.readers.kill()
         for process in self.processes:
             process.stdout.close()
+            process.stderr.close()
 
     def _follow(self, worker, process):
         """Merge one worker's reports; fail the files it never reported."""
@@ -1244,6 +1248,13 @@ class WorkerSet:
             load.fail('worker %d/%d exited with status %s before finishing'
                       ' it' % (worker + 1, self.count, status))
             self._reported(load)
+
+    @staticmethod
+    def _relay_stderr(process):
+        """Pass a worker's log lines on, around the progress bar if any."""
+        for line in process.stderr:
+            tqdm.write(line.decode('utf-8', 'replace').rstrip('\n'),
+                       file=sys.stderr)
 
     def _reported(self, load):
         self.reported[load.index] += 1

@@ -8,8 +8,10 @@ daemons that the bench starts on free loopback ports and stops afterwards:
   and one ``set`` per line) on a slice of the first file;
 * ceiling: the same gzip reading, parsing and protobuf serialization as
   gmemcload, in one process, with no network at all;
-* gmemcload with its defaults, then a sweep of --batch-size and --uploaders
-  on the first file.
+* decompress only: gzip reading and line splitting alone, the part every
+  --workers process repeats for every file;
+* gmemcload with its defaults, with --workers 1 and 2, then a sweep of
+  --batch-size and --uploaders on the first file.
 
 Each run is a separate process; wall and CPU seconds and peak RSS come from
 ``os.wait4``.  After every loader run a sample of keys is read back from
@@ -73,6 +75,18 @@ def run_reference(paths, addresses, limit):
                 client.set('%s:%s' % (dev_type, dev_id),
                            user_apps.SerializeToString())
                 done += 1
+    return done
+
+
+def run_decompress(paths):
+    """Only read and split lines, as each --workers process does."""
+    import gmemcload
+    from isal import igzip
+    done = 0
+    for path in paths:
+        with open(path, 'rb') as raw, igzip.IGzipFile(fileobj=raw) as stream:
+            for lines in gmemcload._line_chunks(stream):
+                done += len(lines)
     return done
 
 
@@ -249,7 +263,8 @@ def main(argv=None):
     parser.add_argument('--lines', type=int, default=500000)
     parser.add_argument('--no-sweep', action='store_true',
                         help='skip the --batch-size and --uploaders sweep')
-    parser.add_argument('--mode', choices=('reference', 'ceiling'),
+    parser.add_argument('--mode', choices=('reference', 'ceiling',
+                                           'decompress'),
                         help=argparse.SUPPRESS)
     parser.add_argument('--addresses', help=argparse.SUPPRESS)
     parser.add_argument('--limit', type=int, help=argparse.SUPPRESS)
@@ -260,6 +275,9 @@ def main(argv=None):
         return 0
     if args.mode == 'ceiling':
         run_ceiling(args.paths)
+        return 0
+    if args.mode == 'decompress':
+        run_decompress(args.paths)
         return 0
 
     os.makedirs(BENCH_DIR, exist_ok=True)
@@ -276,8 +294,12 @@ def main(argv=None):
                                    'reference', limit, '--addresses',
                                    addresses, '--limit', str(limit))
         ceiling = bench.baseline('ceiling (no network)', 'ceiling', total)
+        bench.baseline('decompress only', 'decompress', total)
         every_file = os.path.join(directory, '*.tsv.gz')
         bench.loader('gmemcload (defaults)', total, every_file, sample)
+        for workers in (1, 2):
+            bench.loader('gmemcload --workers %d' % workers, total,
+                         every_file, sample, '--workers', str(workers))
         if not args.no_sweep:
             first = paths[0]
             lines = total // len(paths)
