@@ -410,7 +410,8 @@ class Lane:
                 refused = self._exchange(host, payload, count)
             except (OSError, ProtocolError) as exc:
                 self._abandon(host)
-                reason = '%s: %s' % (address, str(exc) or type(exc).__name__)
+                error = str(exc) or type(exc).__name__
+                reason = '%s: %s' % (address, error)
                 if attempt == retries or self.stopping.is_set():
                     break
                 delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt)
@@ -426,7 +427,7 @@ class Lane:
             batch.load.batch_done(count - len(refused), len(refused))
             return
         if not self.stopping.is_set():
-            self.server.down = '%s is down: %s' % (address, reason)
+            self.server.down = '%s is down: %s' % (address, error)
             log.error('%s; giving up after %d retries, its remaining'
                       ' records in this run fail at once', reason, retries)
         batch.load.batch_done(0, 0, count, reason)
@@ -1012,7 +1013,7 @@ def prototest():
             (apps, lat, lon)
 
 
-def log_summary(loads, max_error_rate):
+def log_summary(loads, max_error_rate, dry=False):
     header = '%-28s %10s %10s %8s %8s %8s  %s' % (
         'file', 'lines', 'stored', 'errors', 'err.rate', 'seconds', 'result')
     log.info('Summary:')
@@ -1026,6 +1027,10 @@ def log_summary(loads, max_error_rate):
         log.info('%-28s %10d %10d %8d %8.4f %8.1f  %s', load.name, load.lines,
                  load.stored, load.errors, load.error_rate, load.seconds,
                  result)
+    kept = sum(not load.renamed for load in loads)
+    if kept and not dry:
+        log.warning('%d of %d files kept; the next run retries them in'
+                    ' order', kept, len(loads))
 
 
 def main(argv=None):
@@ -1075,7 +1080,8 @@ def _run(args):
                 log.info('No files match %s (no such directory)',
                          args.pattern)
                 return EXIT_OK
-            log.error('cannot open lock file %s: %s', lock_path, exc)
+            log.error('cannot open lock file %s: %s (choose another with'
+                      ' --lock)', lock_path, exc)
             return EXIT_USAGE
         if holder is not None:
             log.error('another run (pid %s) holds the lock %s; exiting',
@@ -1129,7 +1135,7 @@ def _load(args, settings):
         progress.stop()
         for handler in handlers:
             handler.cancel()
-    log_summary(loads, settings.max_error_rate)
+    log_summary(loads, settings.max_error_rate, settings.dry)
     if caught:
         return EXIT_SIGNAL_BASE + caught[0]
     if all(load.renamed or (settings.dry and load.loaded(
