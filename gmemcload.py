@@ -81,6 +81,10 @@ EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock, try later
 EXIT_SIGNAL_BASE = 128  # exit status 128 + signal number, as shells do
 
 READ_CHUNK = 1 << 20  # decompressed bytes read at a time
+# A longer line is one malformed line, skipped without being held whole:
+# parsing a line can take tens of times its size in memory.
+MAX_LINE_BYTES = 8 << 20  # at least READ_CHUNK: a line within a chunk fits
+OVERSIZED_PREFIX = 4096  # what is kept of such a line, to log and shard it
 QUEUED_BATCHES_PER_LANE = 4  # back-pressure: bounds memory per lane
 BACKOFF_FIRST = 0.25  # seconds before the first retry; doubles per retry
 BACKOFF_MAX = 4.0
@@ -369,15 +373,25 @@ class Lane:
         # Client is a threading.local, i.e. greenlet-local once patched: it
         # is made here, in the greenlet that uses it.  dead_retry=0 makes
         # every retry really reconnect instead of skipping the host.
-        client = memcache.Client([self.server.address],
-                                 socket_timeout=self.settings.timeout,
-                                 dead_retry=0)
-        host = client.servers[0]
+        # Whatever fails, this loop keeps taking batches until the sentinel,
+        # so a reader never blocks on a queue nobody empties.
+        try:
+            client = memcache.Client([self.server.address],
+                                     socket_timeout=self.settings.timeout,
+                                     dead_retry=0)
+            host = client.servers[0]
+        except Exception:
+            log.exception('%s: uploader could not start', self.server.address)
+            host = None
         try:
             while True:
                 batch = self.queue.get()
                 if batch is None:
                     return
+                if host is None:
+                    batch.load.batch_done(0, 0, len(batch.commands),
+                                          'uploader could not start')
+                    continue
                 try:
                     self._upload(host, batch)
                 except Exception:
@@ -387,9 +401,25 @@ class Lane:
                     batch.load.batch_done(0, 0, len(batch.commands),
                                           'internal error')
         finally:
-            host.close_socket()
-            for sock in self.in_doubt:
-                sock.close()
+            if host is not None:
+                host.close_socket()
+            self._settle_before_exit()
+
+    def _settle_before_exit(self):
+        """Give abandoned connections one timeout to be answered, so that a
+        stale batch does not land during the next run; not after a stop."""
+        if self.in_doubt and not self.stopping.is_set():
+            try:
+                self._settle()
+            except OSError:
+                pass
+        if self.in_doubt:
+            log.warning('%s: an abandoned connection is still unanswered;'
+                        ' memcached may yet apply its writes (their files'
+                        ' are kept)', self.server.address)
+        for sock in self.in_doubt:
+            sock.close()
+        self.in_doubt = []
 
     def _upload(self, host, batch):
         count = len(batch.commands)
@@ -647,10 +677,18 @@ class Loader:
         with open(load.path, 'rb') as raw:
             load.size = os.fstat(raw.fileno()).st_size
             with igzip.IGzipFile(fileobj=raw, mode='rb') as stream:
-                for lines in _line_chunks(stream):
+                for lines, oversized in _line_chunks(stream):
                     load.bytes_read = raw.tell()
+                    gevent.idle()  # signals, progress, uploaders: a turn
                     if stopping.is_set():
                         raise Interrupted()
+                    for prefix in oversized:
+                        if shards == 1 or \
+                                shard_of(prefix, shards) == shard_index:
+                            load.lines += 1
+                            load.bad_line(prefix, BadLine(
+                                MALFORMED, 'line longer than %d bytes'
+                                % MAX_LINE_BYTES))
                     for line in lines:
                         if shards > 1 and \
                                 shard_of(line, shards) != shard_index:
@@ -807,27 +845,44 @@ def shard_of(line, shards):
 
 
 def _line_chunks(stream):
-    """Yield lists of complete lines (without b'\\n') read from ``stream``.
+    """Yield ``(lines, oversized)`` pairs read from ``stream``.
 
-    A line longer than a chunk is joined from its pieces, in linear time.
+    ``lines`` are complete lines without b'\\n'.  A line longer than a
+    chunk is joined from its pieces, in linear time; a line longer than
+    MAX_LINE_BYTES is never held whole: ``oversized`` has its first
+    OVERSIZED_PREFIX bytes, to count and log it as one malformed line.
     """
-    pieces = []
+    pending, held, oversized_prefix = [], 0, None
     while True:
         data = stream.read(READ_CHUNK)
         if not data:
             break
         lines = data.split(b'\n')
-        if len(lines) == 1:
-            pieces.append(data)
-            continue
-        if pieces:
-            pieces.append(lines[0])
-            lines[0] = b''.join(pieces)
-        pieces = [lines.pop()]
-        yield lines
-    tail = b''.join(pieces)
-    if tail:
-        yield [tail]
+        tail = lines.pop()
+        oversized = []
+        if lines:  # the pending line ends with this chunk's first line
+            if oversized_prefix is not None:
+                oversized.append(oversized_prefix)
+                del lines[0]
+            elif pending:
+                if held + len(lines[0]) > MAX_LINE_BYTES:
+                    oversized.append(b''.join(pending)[:OVERSIZED_PREFIX])
+                    del lines[0]
+                else:
+                    pending.append(lines[0])
+                    lines[0] = b''.join(pending)
+            pending, held, oversized_prefix = [], 0, None
+        if oversized_prefix is None:
+            pending.append(tail)
+            held += len(tail)
+            if held > MAX_LINE_BYTES:
+                oversized_prefix = b''.join(pending)[:OVERSIZED_PREFIX]
+                pending, held = [], 0
+        yield lines, oversized
+    if oversized_prefix is not None:
+        yield [], [oversized_prefix]
+    elif held:
+        yield [b''.join(pending)], []
 
 
 # -- files, lock, renames ---------------------------------------------------
@@ -888,6 +943,10 @@ class RunLock:
         self.handle.flush()
         return None
 
+    def fds(self):
+        """File descriptors a child process keeps to share the lock."""
+        return (self.handle.fileno(),) if self.handle is not None else ()
+
     def release(self):
         if self.handle is not None:
             self.handle.close()
@@ -903,6 +962,12 @@ def parse_addresses(option, text):
         host, _, port = address.rpartition(':')
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError('--%s: %r is not HOST:PORT' % (option, address))
+        try:
+            memcache._Host(address)  # what python-memcached will parse
+        except ValueError as exc:
+            raise ConfigError('--%s: %r: %s (an IPv6 address is written'
+                              ' inet6:[ADDRESS]:PORT)'
+                              % (option, address, exc)) from None
     if len(set(addresses)) != len(addresses):
         raise ConfigError('--%s: a server is listed twice' % option)
     return addresses
@@ -1088,7 +1153,7 @@ def _run(args):
                       holder, lock_path)
             return EXIT_LOCKED
     try:
-        return _load(args, settings)
+        return _load(args, settings, lock)
     finally:
         if lock is not None:
             lock.release()
@@ -1114,13 +1179,14 @@ def catch_stop_signals(on_stop):
     return caught, handlers
 
 
-def _load(args, settings):
+def _load(args, settings, lock=None):
     paths = find_files(args.pattern)
     if not paths:
         log.info('No files match %s', args.pattern)
         return EXIT_OK
     if args.workers > 1:
-        engine = WorkerSet(args.workers, settings, args.log)
+        engine = WorkerSet(args.workers, settings, args.log,
+                           keep_fds=lock.fds() if lock else ())
     else:
         engine = Loader(settings)
     caught, handlers = catch_stop_signals(engine.stop)
@@ -1133,6 +1199,7 @@ def _load(args, settings):
                                                     settings.dry))
     finally:
         progress.stop()
+        gevent.sleep(0)  # run a signal callback that is still pending
         for handler in handlers:
             handler.cancel()
     log_summary(loads, settings.max_error_rate, settings.dry)
@@ -1158,10 +1225,11 @@ class WorkerSet:
     it; a worker whose stdin closes (the parent died) exits at once.
     """
 
-    def __init__(self, count, settings, log_path):
+    def __init__(self, count, settings, log_path, keep_fds=()):
         self.count = count
         self.settings = settings
         self.log_path = log_path
+        self.keep_fds = keep_fds  # the lock: held until the last one exits
         self.loads = []
         self.reported = []
         self.shares = {}  # (worker, file index) -> its latest report
@@ -1178,7 +1246,8 @@ class WorkerSet:
             process = subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), '--worker'],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, start_new_session=True)
+                stderr=subprocess.PIPE, start_new_session=True,
+                pass_fds=self.keep_fds)
             self.processes.append(process)
             process.stdin.write(json.dumps(dict(
                 config, shard=[worker, self.count])).encode() + b'\n')
@@ -1226,6 +1295,22 @@ class WorkerSet:
     def _follow(self, worker, process):
         """Merge one worker's reports; fail the files it never reported."""
         next_file = 0
+        try:
+            next_file = self._merge_reports(worker, process)
+        except Exception:
+            log.exception('worker %d/%d: unreadable report', worker + 1,
+                          self.count)
+            process.kill()
+        status = process.wait()
+        for load in self.loads[next_file:]:
+            load.fail('worker %d/%d exited with status %s before finishing'
+                      ' it' % (worker + 1, self.count, status))
+            self._reported(load)
+
+    def _merge_reports(self, worker, process):
+        """Merge reports until the worker's stdout ends; return the index
+        of the first file it did not report done."""
+        next_file = 0
         for line in process.stdout:
             report = json.loads(line)
             load = self.loads[report['file']]
@@ -1249,18 +1334,17 @@ class WorkerSet:
                 load.seconds = max(load.seconds, report['seconds'])
                 next_file = load.index + 1
                 self._reported(load)
-        status = process.wait()
-        for load in self.loads[next_file:]:
-            load.fail('worker %d/%d exited with status %s before finishing'
-                      ' it' % (worker + 1, self.count, status))
-            self._reported(load)
+        return next_file
 
     @staticmethod
     def _relay_stderr(process):
         """Pass a worker's log lines on, around the progress bar if any."""
         for line in process.stderr:
-            tqdm.write(line.decode('utf-8', 'replace').rstrip('\n'),
-                       file=sys.stderr)
+            try:
+                tqdm.write(line.decode('utf-8', 'replace').rstrip('\n'),
+                           file=sys.stderr)
+            except Exception:  # our stderr is gone: still drain theirs
+                pass
 
     def _reported(self, load):
         self.reported[load.index] += 1
@@ -1311,6 +1395,7 @@ def run_worker():
         loader.run(config['paths'], lambda load: _send_report(load, True))
     finally:
         reporter.kill()
+        gevent.sleep(0)  # run a signal callback that is still pending
         for signal_handler in handlers:
             signal_handler.cancel()
         handler.close()

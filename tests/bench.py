@@ -85,7 +85,7 @@ def run_decompress(paths):
     done = 0
     for path in paths:
         with open(path, 'rb') as raw, igzip.IGzipFile(fileobj=raw) as stream:
-            for lines in gmemcload._line_chunks(stream):
+            for lines, _ in gmemcload._line_chunks(stream):
                 done += len(lines)
     return done
 
@@ -98,7 +98,7 @@ def run_ceiling(paths):
     done = 0
     for path in paths:
         with open(path, 'rb') as raw, igzip.IGzipFile(fileobj=raw) as stream:
-            for lines in gmemcload._line_chunks(stream):
+            for lines, _ in gmemcload._line_chunks(stream):
                 for line in lines:
                     record = parse(line)
                     if record is not None:

@@ -1,4 +1,5 @@
 """Faults: resets, stalls, dead hosts, refusals, the lock, signals, memory."""
+import gzip
 import os
 import signal
 import subprocess
@@ -251,6 +252,23 @@ def test_a_signal_mid_file_keeps_it_and_earlier_renames(
                                  '20170929000200.tsv.gz']
     text = (tmp_path / 'run.log').read_text()
     assert 'stopped by a signal' in text
+
+
+@pytest.mark.parametrize('extra', [[], ['--dry']])
+def test_a_signal_is_heard_while_a_file_yields_no_records(
+        tmp_path, memcached_set, extra):
+    with gzip.open(str(tmp_path / '20170929000000.tsv.gz'), 'wb') as out:
+        out.write(b'zzzz\tx\t1\t1\t1\n' * 3000000)
+    loader = start_loader(tmp_path, memcached_set, *extra)
+    try:
+        log_path = tmp_path / 'run.log'
+        wait_for(lambda: log_path.exists()
+                 and 'Processing' in log_path.read_text())
+        loader.send_signal(signal.SIGTERM)
+        assert loader.wait(timeout=3) == 143
+    finally:
+        loader.kill()
+    assert listing(tmp_path) == ['20170929000000.tsv.gz']
 
 
 def test_a_second_sigint_stops_at_once(tmp_path, memcached_set):

@@ -188,6 +188,19 @@ def test_a_record_memcached_cannot_store_is_an_error_not_a_crash(
     assert len(got) == 199 and b'idfa:huge' not in got
 
 
+def test_a_line_over_the_length_limit_is_one_malformed_line(
+        tmp_path, memcached_set, monkeypatch):
+    monkeypatch.setattr(gmemcload, 'MAX_LINE_BYTES', 1 << 20)
+    lines = ['idfa\tg%d\t1\t1\t1' % i for i in range(199)]
+    lines.insert(7, 'idfa\tlong\t1\t1\t' + '1,' * (2 << 20))
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines)
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    assert 'malformed line: line longer than 1048576 bytes' in text
+    assert '%s %10d %10d %8d' % ('20170929000000.tsv.gz'.ljust(28),
+                                 200, 199, 1) in text
+
+
 def test_an_empty_file_is_loaded_and_renamed(tmp_path, memcached_set):
     write_gz(tmp_path / '20170929000000.tsv.gz', [])
     status, _ = run(tmp_path, memcached_set)
@@ -229,7 +242,8 @@ def test_bad_option_values_are_usage_errors(args):
 
 
 @pytest.mark.parametrize('address', ['localhost', '127.0.0.1:x', ':11211',
-                                     '127.0.0.1:70000', 'a:1,a:1'])
+                                     '127.0.0.1:70000', 'a:1,a:1',
+                                     '[::1]:11211', 'a:b:1'])
 def test_a_bad_address_is_a_usage_error(tmp_path, address):
     log_path = tmp_path / 'log'
     status = gmemcload.main(['--pattern', str(tmp_path / '*.tsv.gz'),

@@ -137,10 +137,30 @@ def test_set_command_frames_the_value_by_length():
         b'set k 0 0 4\r\nv\r\nx\r\n'
 
 
-def test_line_chunks_joins_lines_longer_than_a_chunk(monkeypatch):
+def chunked(data):
     import io
+    lines, oversized = [], []
+    for chunk_lines, chunk_oversized in gmemcload._line_chunks(
+            io.BytesIO(data)):
+        lines += chunk_lines
+        oversized += chunk_oversized
+    return lines, oversized
+
+
+def test_line_chunks_joins_lines_longer_than_a_chunk(monkeypatch):
     monkeypatch.setattr(gmemcload, 'READ_CHUNK', 7)
     data = b'short\n' + b'L' * 50 + b'\nlast'
-    lines = [line for chunk in gmemcload._line_chunks(io.BytesIO(data))
-             for line in chunk]
-    assert lines == [b'short', b'L' * 50, b'last']
+    assert chunked(data) == ([b'short', b'L' * 50, b'last'], [])
+
+
+@pytest.mark.parametrize('chunk', [7, 64, 100])  # <= MAX_LINE_BYTES
+@pytest.mark.parametrize('ending', [b'', b'\n'])
+def test_a_line_over_the_limit_is_reported_by_its_prefix_only(
+        monkeypatch, chunk, ending):
+    monkeypatch.setattr(gmemcload, 'READ_CHUNK', chunk)
+    monkeypatch.setattr(gmemcload, 'MAX_LINE_BYTES', 100)
+    monkeypatch.setattr(gmemcload, 'OVERSIZED_PREFIX', 10)
+    data = b'a\n' + b'B' * 100 + b'\n' + b'C' * 101 + b'\nd\n' + \
+        b'E' * 300 + ending
+    assert chunked(data) == ([b'a', b'B' * 100, b'd'],
+                             [b'C' * 10, b'E' * 10])
