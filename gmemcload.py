@@ -837,10 +837,12 @@ class Progress:
 def shard_of(line, shards):
     """The worker that owns ``line``: a stable hash of its key mod
     ``shards``, the same in every process and run (crc32, never Python's
-    salted hash()).  Bits 8 and up are used, so the shard does not
-    correlate with the lane (crc32 mod uploaders) of the key."""
-    head = line.strip().split(b'\t', 2)
-    key = head[0] + b':' + head[1] if len(head) > 1 else head[0]
+    salted hash()).  The key is hashed as ``dev_type TAB dev_id``, found
+    without splitting the rest of the line.  Bits 8 and up are used, so the
+    shard does not correlate with the lane (crc32 mod uploaders)."""
+    line = line.strip()  # no copy when there is nothing to strip
+    end = line.find(b'\t', line.find(b'\t') + 1)
+    key = line[:end] if end > 0 else line
     return (zlib.crc32(key) >> 8) % shards
 
 

@@ -47,6 +47,20 @@ def wait_for(predicate, seconds=20.0):
         time.sleep(0.05)
 
 
+def wait_for_log(tmp_path, text):
+    log_path = tmp_path / 'run.log'
+    wait_for(lambda: log_path.exists() and text in log_path.read_text())
+
+
+def stop_within(loader, signum, seconds):
+    """Send ``signum``; return the exit status, due within ``seconds``."""
+    loader.send_signal(signum)
+    signalled = time.monotonic()
+    status = loader.wait(timeout=seconds + 5)
+    assert time.monotonic() - signalled < seconds
+    return status
+
+
 # -- retries with the fake server --
 
 def test_resets_mid_batch_are_retried_and_nothing_is_lost(
@@ -241,10 +255,7 @@ def test_a_signal_mid_file_keeps_it_and_earlier_renames(
     loader = start_loader(tmp_path, memcached_set)
     try:
         wait_for(lambda: (tmp_path / '.20170929000000.tsv.gz').exists())
-        loader.send_signal(signum)
-        signalled = time.monotonic()
-        assert loader.wait(timeout=10) == code
-        assert time.monotonic() - signalled < 5
+        assert stop_within(loader, signum, 5) == code
     finally:
         loader.kill()
     assert listing(tmp_path) == ['.20170929000000.tsv.gz',
@@ -261,11 +272,8 @@ def test_a_signal_is_heard_while_a_file_yields_no_records(
         out.write(b'zzzz\tx\t1\t1\t1\n' * 3000000)
     loader = start_loader(tmp_path, memcached_set, *extra)
     try:
-        log_path = tmp_path / 'run.log'
-        wait_for(lambda: log_path.exists()
-                 and 'Processing' in log_path.read_text())
-        loader.send_signal(signal.SIGTERM)
-        assert loader.wait(timeout=3) == 143
+        wait_for_log(tmp_path, 'Processing')
+        assert stop_within(loader, signal.SIGTERM, 3) == 143
     finally:
         loader.kill()
     assert listing(tmp_path) == ['20170929000000.tsv.gz']
@@ -276,15 +284,12 @@ def test_a_second_sigint_stops_at_once(tmp_path, memcached_set):
     memcached_set['gaid'].pause()
     loader = start_loader(tmp_path, memcached_set, '--timeout', '30')
     try:
-        log_path = tmp_path / 'run.log'
-        wait_for(lambda: log_path.exists()
-                 and 'Processing' in log_path.read_text())
+        wait_for_log(tmp_path, 'Processing')
         time.sleep(0.5)
         loader.send_signal(signal.SIGINT)
         time.sleep(0.3)
         assert loader.poll() is None  # waiting for the in-flight batch
-        loader.send_signal(signal.SIGINT)
-        assert loader.wait(timeout=3) == 130
+        assert stop_within(loader, signal.SIGINT, 3) == 130
     finally:
         loader.kill()
     assert listing(tmp_path) == ['20170929000000.tsv.gz']

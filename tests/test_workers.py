@@ -3,14 +3,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 import generate
 import gmemcload
 from conftest import expected_value, write_gz
-from test_faults import lines_for, start_loader, wait_for
+from test_faults import lines_for, start_loader, stop_within, wait_for
 from test_load import expected_state, listing, run, stored_values
 
 
@@ -118,10 +117,7 @@ def test_a_signal_stops_every_worker(tmp_path, memcached_set, signum, code):
         wait_for(lambda: (tmp_path / '.20170929000000.tsv.gz').exists())
         workers = children_of(loader.pid)
         assert len(workers) == 3
-        loader.send_signal(signum)
-        signalled = time.monotonic()
-        assert loader.wait(timeout=10) == code
-        assert time.monotonic() - signalled < 5
+        assert stop_within(loader, signum, 5) == code
     finally:
         loader.kill()
     assert not [pid for pid in workers if alive(pid)]
