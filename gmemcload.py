@@ -1232,6 +1232,7 @@ class WorkerSet:
         self.settings = settings
         self.log_path = log_path
         self.keep_fds = keep_fds  # the lock: held until the last one exits
+        self.stop_signal = None
         self.loads = []
         self.reported = []
         self.shares = {}  # (worker, file index) -> its latest report
@@ -1245,6 +1246,11 @@ class WorkerSet:
         config = {'paths': paths, 'settings': self.settings.as_dict(),
                   'log': self.log_path}
         for worker in range(self.count):
+            if self.stop_signal is not None:  # no new worker after a stop
+                for load in self.loads:
+                    load.fail('stopped by a signal')
+                    self._reported(load)
+                continue
             process = subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), '--worker'],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -1256,9 +1262,12 @@ class WorkerSet:
             process.stdin.flush()
             self.readers.spawn(self._follow, worker, process)
             self.readers.spawn(self._relay_stderr, process)
+            if self.stop_signal is not None:  # it came while starting
+                process.send_signal(self.stop_signal)
 
     def stop(self, signum):
-        """Pass a stop signal on to every worker."""
+        """Pass a stop signal on to every worker, now and to come."""
+        self.stop_signal = signum
         for process in self.processes:
             if process.poll() is None:
                 process.send_signal(signum)

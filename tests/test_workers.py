@@ -151,3 +151,15 @@ def test_dry_run_with_workers_logs_each_record_once(tmp_path):
         key = expected_value(line)[0].decode()
         assert text.count(' - %s -> ' % key) == 1
     assert listing(tmp_path) == ['20170929000000.tsv.gz']
+
+
+def test_a_stop_before_the_workers_start_starts_none(tmp_path):
+    path = write_gz(tmp_path / '20170929000000.tsv.gz', lines_for('idfa', 5))
+    settings = gmemcload.Settings(
+        {t: ['127.0.0.1:1'] for t in gmemcload.DEVICE_TYPES})
+    workers = gmemcload.WorkerSet(2, settings, str(tmp_path / 'log'))
+    workers.stop(signal.SIGTERM)
+    done = []
+    loads = workers.run([path], done.append)
+    assert workers.processes == []
+    assert done == loads and loads[0].failure == 'stopped by a signal'
