@@ -230,6 +230,7 @@ class FileLoad:
         self.started = None
         self.seconds = 0.0
         self.pending_batches = 0
+        self.lanes_used = set()
         self.enqueuing_done = False
         self.enqueued = gevent.event.Event()
         self.acked = gevent.event.Event()
@@ -325,6 +326,10 @@ class Batch:
 class Server:
     """One memcached address and the lanes that write to it.
 
+    A memcached restart empties it.  Every new connection reads the
+    server's pid and start time; a change counts in ``restarts``, and a
+    file that wrote to the server while it changed is not loaded.
+
     ``down`` is set once a batch has failed after all its retries; from then
     on the server's remaining batches in this run fail at once, so a dead
     host costs one retry cycle, not one per batch.
@@ -334,6 +339,20 @@ class Server:
         self.address = address
         self.lanes = []
         self.down = None
+        self.instance = None  # (pid, start time) of the memcached process
+        self.restarts = 0  # restarts seen in this run
+
+    def check_instance(self, instance):
+        """Note the identity a new connection found; count a restart."""
+        if instance is None:
+            return
+        if self.instance is not None and instance != self.instance:
+            self.restarts += 1
+            log.warning('%s: memcached restarted (pid %s, was %s): what it'
+                        ' stored earlier is gone; files not yet renamed'
+                        ' that wrote to it are kept', self.address,
+                        instance[0], self.instance[0])
+        self.instance = instance
 
 
 class Lane:
@@ -445,8 +464,9 @@ class Lane:
                 if attempt == retries or self.stopping.is_set():
                     break
                 delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt)
-                log.warning('%s; retry %d/%d of a batch of %d in %.2fs',
-                            reason, attempt + 1, retries, count, delay)
+                log.warning('%s; retry %d/%d of %s in %.2fs', reason,
+                            attempt + 1, retries, 'a batch of %d' % count
+                            if count else 'a connection check', delay)
                 self.stopping.wait(delay)  # a backoff a signal cuts short
                 continue
             for index, reply in refused:
@@ -491,17 +511,35 @@ class Lane:
             sock.close()
             self.in_doubt.pop(0)
 
-    @staticmethod
-    def _exchange(host, payload, count):
-        """Send ``count`` pipelined sets and read every reply.
+    def _connect(self, host):
+        """The client's connection, made anew if needed; a new one checks
+        the server's identity.  Raises OSError with the real reason."""
+        if host.socket is None:
+            sock = socket.socket(host.family, socket.SOCK_STREAM)
+            sock.settimeout(self.settings.timeout)
+            try:
+                sock.connect(host.address)
+            except OSError as exc:
+                sock.close()
+                raise OSError('connect: %s' % exc) from None
+            host.socket, host.buffer = sock, b''
+            self.server.check_instance(_server_instance(sock))
+        return host.socket
+
+    def _exchange(self, host, payload, count):
+        """Send ``count`` pipelined sets and read every reply; with no
+        sets, a ``version`` round trip that proves the connection.
 
         Returns the (index, reply) pairs of records that memcached refused
         for good (SERVER_ERROR, NOT_STORED).  Raises OSError or
         ProtocolError when the batch must be sent again.
         """
-        if not host.connect():
-            raise ConnectionError('cannot connect')
-        sock = host.socket
+        sock = self._connect(host)
+        if not count:
+            sock.sendall(b'version\r\n')
+            if not _read_reply(sock, bool)[0].startswith(b'VERSION'):
+                raise ProtocolError('no answer to version')
+            return []
         sock.sendall(payload)
         replies = bytearray()
         lines = 0
@@ -526,6 +564,35 @@ class Lane:
             else:
                 raise ProtocolError('unexpected reply %r' % reply[:80])
         return refused
+
+
+def _read_reply(sock, done, limit=1 << 20):
+    """Read a small reply until ``done(lines)`` says it is complete; for
+    replies that are the only thing in flight on the connection."""
+    reply = b''
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError('connection closed by memcached')
+        reply += chunk
+        if reply.endswith(b'\r\n'):
+            lines = reply[:-2].split(b'\r\n')
+            if done(lines):
+                return lines
+        if len(reply) > limit:
+            raise ProtocolError('reply too long')
+
+
+def _server_instance(sock):
+    """(pid, start time) from ``stats``, or None if it does not say."""
+    sock.sendall(b'stats\r\n')
+    lines = _read_reply(sock, lambda lines: not lines[-1].startswith(b'STAT '))
+    try:
+        stats = dict(line.split(b' ', 2)[1:] for line in lines[:-1])
+        return (int(stats[b'pid']),
+                int(stats[b'time']) - int(stats[b'uptime']))
+    except (KeyError, ValueError):
+        return None  # not END, or a server that keeps no such stats
 
 
 class DryLane:
@@ -647,6 +714,8 @@ class Loader:
         if previous is not None:
             previous.enqueued.wait()
         load.started = time.monotonic()
+        restarts_before = {server: server.restarts
+                           for server in self.servers.values()}
         self.current = load
         log.info('Processing %s', load.path)
         try:
@@ -665,6 +734,11 @@ class Loader:
             self._drop_partial_batches()
         load.finish_enqueuing()
         load.acked.wait()
+        for server in {lane.server for lane in load.lanes_used}:
+            if server.restarts != restarts_before[server]:
+                load.fail('memcached %s restarted while this file loaded'
+                          % server.address)
+        load.lanes_used = None
         load.log_unshown()
 
     def _enqueue_file(self, load):
@@ -717,11 +791,17 @@ class Loader:
                             flush(lane, load)
                 load.bytes_read = load.size
         self._flush_all(load)
+        # A round trip behind the file's last batch on every lane it used:
+        # a connection that is still the same proves no restart since.
+        for lane in list(load.lanes_used):
+            load.batch_enqueued()
+            lane.submit(Batch(load, []))
 
     def _flush(self, lane, load):
         """Hand the lane's pending commands to its uploader (may block)."""
         batch = Batch(load, lane.commands)
         lane.commands = []
+        load.lanes_used.add(lane)
         load.batch_enqueued()
         lane.submit(batch)
 

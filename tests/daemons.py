@@ -20,18 +20,30 @@ class MemcachedDaemon:
     test."""
 
     def __init__(self, memory_mb=64, threads=2):
+        self.options = ['-U', '0', '-t', str(threads), '-m', str(memory_mb)]
+        if os.geteuid() == 0:
+            self.options += ['-u', 'root']
         for _ in range(3):  # another process may take the free port first
             self.port = free_port()
             self.address = '127.0.0.1:%d' % self.port
-            args = [self.binary(), '-l', '127.0.0.1', '-p', str(self.port),
-                    '-U', '0', '-t', str(threads), '-m', str(memory_mb)]
-            if os.geteuid() == 0:
-                args += ['-u', 'root']
-            self.process = subprocess.Popen(args)
-            if self.wait_ready():
+            if self._start():
                 return
-            self.stop()
         raise RuntimeError('memcached did not start')
+
+    def _start(self):
+        self.process = subprocess.Popen(
+            [self.binary(), '-l', '127.0.0.1', '-p', str(self.port)]
+            + self.options)
+        if self.wait_ready():
+            return True
+        self.stop()
+        return False
+
+    def restart(self):
+        """Kill the daemon and start a new, empty one on the same port."""
+        self.stop()
+        if not self._start():
+            raise RuntimeError('memcached did not restart')
 
     @staticmethod
     def binary():

@@ -1,8 +1,8 @@
 """A fake memcached for faults a real one cannot be made to show on cue.
 
 It speaks the part of the text protocol the loader and the tests use:
-``set`` (with ``noreply``), ``get``, ``delete``, ``version``, ``flush_all``
-and ``quit``, and can be told to:
+``set`` (with ``noreply``), ``get``, ``delete``, ``version``, ``stats``
+(pid, uptime, time), ``flush_all`` and ``quit``, and can be told to:
 
 * refuse connections (``refuse = True``: accept, then reset at once);
 * delay each reply by ``delay`` seconds, for the next ``delay_replies``
@@ -10,13 +10,17 @@ and ``quit``, and can be told to:
 * reset a connection after it has carried ``reset_after`` commands, for
   the next ``resets`` connections (None: every connection);
 * answer ``SERVER_ERROR object too large for cache`` to a ``set`` whose
-  value is longer than ``max_value`` bytes, as real memcached does.
+  value is longer than ``max_value`` bytes, as real memcached does;
+* ``restart()``: drop every connection and all data and take a new pid,
+  as a restarted memcached does.
 
 It runs as a greenlet server in the test process; use it as a context
 manager so that it always stops.
 """
+import itertools
 import socket
 import struct
+import time
 
 import gevent
 from gevent.server import StreamServer
@@ -34,7 +38,11 @@ class FakeMemcached:
         self.reset_after = None
         self.resets = None
         self.commands = 0  # commands seen, over all connections
+        self.sets = 0
         self.connections = 0
+        self.pid = next(_PIDS)
+        self.started = int(time.time())
+        self._open = set()
         self._server = StreamServer(('127.0.0.1', 0), self._handle)
 
     @property
@@ -48,8 +56,20 @@ class FakeMemcached:
     def __exit__(self, *exc_info):
         self._server.stop(timeout=1)
 
+    def restart(self):
+        for sock in list(self._open):
+            try:  # shutdown reaches the connection whatever holds the socket
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._open.clear()
+        self.data.clear()
+        self.pid = next(_PIDS)
+        self.started = int(time.time()) - 1
+
     def _handle(self, sock, _peer):
         self.connections += 1
+        self._open.add(sock)
         if self.refuse:
             _reset(sock)
             return
@@ -79,6 +99,7 @@ class FakeMemcached:
         except OSError:
             return
         finally:
+            self._open.discard(sock)
             reader.close()
             sock.close()
 
@@ -94,6 +115,7 @@ class FakeMemcached:
             return b'ERROR\r\n'
         name = words[0]
         if name == b'set':
+            self.sets += 1
             key, length = words[1], int(words[4])
             value = reader.read(length + 2)[:-2]
             if length > self.max_value:
@@ -113,6 +135,10 @@ class FakeMemcached:
         if name == b'delete':
             found = self.data.pop(words[1], None) is not None
             return b'DELETED\r\n' if found else b'NOT_FOUND\r\n'
+        if name == b'stats':
+            now = int(time.time())
+            return (b'STAT pid %d\r\nSTAT uptime %d\r\nSTAT time %d\r\n'
+                    b'END\r\n' % (self.pid, now - self.started, now))
         if name == b'version':
             return b'VERSION 1.6.0-fake\r\n'
         if name == b'flush_all':
@@ -121,6 +147,9 @@ class FakeMemcached:
         if name == b'quit':
             return None
         return b'ERROR\r\n'
+
+
+_PIDS = itertools.count(1000)
 
 
 def _reset(sock):

@@ -100,7 +100,7 @@ def test_a_refused_record_is_an_error_and_is_not_retried(
                        '--batch-size', '64')
     assert status == 0, text  # 1 error in 300 records
     assert 'dvid:big not stored: SERVER_ERROR object too large' in text
-    assert fake_memcached.commands == 300  # each record sent once
+    assert fake_memcached.sets == 300  # each record sent once
     assert b'dvid:big' not in fake_memcached.data
     assert len(fake_memcached.data) == 299
 
@@ -142,7 +142,7 @@ def test_a_server_that_is_not_running_fails_in_bounded_time(
     assert time.monotonic() - started < 1.75 + 3
     assert status == 1
     assert listing(tmp_path) == ['20170929000000.tsv.gz']
-    assert 'cannot connect' in text
+    assert 'connect: [Errno 111] Connection refused' in text
     assert 'kept: 3000 records not acknowledged by memcached' in text
     adid = [expected_value(line)[0] for line in lines_for('adid', 3000)]
     assert len(memcached_set['adid'].get_many(adid)) == 3000
@@ -306,3 +306,43 @@ def test_peak_memory_stays_bounded_on_a_large_file(tmp_path, memcached_set):
     peak_mb = usage.ru_maxrss / 1024
     # The file is ~110 MB of text; holding it would be several times this.
     assert peak_mb < 100, peak_mb
+
+
+# -- memcached restarts --
+
+def test_a_restart_after_a_files_last_write_there_keeps_the_file(
+        tmp_path, fake_memcached, memcached_set):
+    daemons = dict(memcached_set, idfa=fake_memcached)
+    write_gz(tmp_path / '20170929000000.tsv.gz',
+             lines_for('idfa', 300) + lines_for('gaid', 30000))
+    write_gz(tmp_path / '20170929000100.tsv.gz', lines_for('idfa', 10, 'n'))
+    loader = gevent.spawn(run, tmp_path, daemons, '--uploaders', '1',
+                          '--batch-size', '100')
+    wait_for(lambda: fake_memcached.sets == 300)
+    fake_memcached.restart()  # idfa's 300 records are gone
+    status, text = loader.get(timeout=60)
+    assert status == 1
+    assert 'memcached restarted' in text
+    assert 'kept: memcached %s restarted while this file loaded' \
+        % fake_memcached.address in text
+    assert listing(tmp_path) == ['20170929000000.tsv.gz',
+                                 '20170929000100.tsv.gz']
+    status, text = run(tmp_path, daemons)
+    assert status == 0, text
+    assert_all_in_fake(fake_memcached, lines_for('idfa', 300))
+
+
+def test_a_real_restart_mid_load_keeps_the_file_and_a_rerun_loads_it(
+        tmp_path, memcached_set):
+    paths = generate.generate(str(tmp_path), files=2, lines=30000, seed=9)
+    expected = expected_state(paths)
+    loader = gevent.spawn(run, tmp_path, memcached_set, '--batch-size', '50')
+    wait_for(lambda: int(memcached_set['adid'].client().get_stats()[0][1]
+                         ['cmd_set']) > 2000)
+    memcached_set['adid'].restart()
+    status, text = loader.get(timeout=60)
+    assert status == 1, text
+    assert 'memcached restarted' in text
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    assert stored_values(memcached_set, expected) == expected
