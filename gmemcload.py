@@ -32,6 +32,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import collections  # noqa: E402
 import contextlib  # noqa: E402
 import errno  # noqa: E402
 import fcntl  # noqa: E402
@@ -86,6 +87,8 @@ READ_CHUNK = 1 << 20  # decompressed bytes read at a time
 MAX_LINE_BYTES = 8 << 20  # at least READ_CHUNK: a line within a chunk fits
 OVERSIZED_PREFIX = 4096  # what is kept of such a line, to log and shard it
 QUEUED_BATCHES_PER_LANE = 4  # back-pressure: bounds memory per lane
+OPEN_FILES = 3  # file greenlets alive at once
+SUMMARY_ROWS = 100  # past this many files the summary lists only kept ones
 BACKOFF_FIRST = 0.25  # seconds before the first retry; doubles per retry
 BACKOFF_MAX = 4.0
 PROGRESS_INTERVAL = 5.0  # seconds between progress lines
@@ -210,8 +213,16 @@ class FileLoad:
     """What happened to one file: counts, outcome and timing.
 
     ``pending_batches`` counts batches enqueued and not yet finished by an
-    uploader; ``acked`` is set once enqueuing is over and it is zero.
+    uploader; ``acked`` is set once enqueuing is over and it is zero.  The
+    events and ``lanes_used`` exist only while the file is being loaded
+    (``track`` to ``release``), so a run of many files stays small.
     """
+
+    __slots__ = ('path', 'index', 'name', 'lines', 'stored', 'errors',
+                 'unacknowledged', 'failure', 'write_failure', 'renamed',
+                 'kept_because', 'bytes_read', 'size', 'started', 'seconds',
+                 'pending_batches', 'lanes_used', 'enqueuing_done',
+                 'enqueued', 'acked', '_logged_bad', '_logged_dropped')
 
     def __init__(self, path, index=0):
         self.path = path
@@ -230,13 +241,18 @@ class FileLoad:
         self.started = None
         self.seconds = 0.0
         self.pending_batches = 0
-        self.lanes_used = set()
         self.enqueuing_done = False
-        self.enqueued = gevent.event.Event()
-        self.acked = gevent.event.Event()
+        self.lanes_used = self.enqueued = self.acked = None
         self._logged_bad = 0
         self._logged_dropped = 0
-        self.lines_with_dropped_apps = 0
+
+    def track(self):
+        self.lanes_used = set()
+        self.enqueued = gevent.event.Event()
+        self.acked = gevent.event.Event()
+
+    def release(self):
+        self.lanes_used = self.enqueued = self.acked = None
 
     @property
     def error_rate(self):
@@ -271,7 +287,6 @@ class FileLoad:
                       line[:1000])
 
     def dropped_apps(self, line, dropped):
-        self.lines_with_dropped_apps += 1
         self._logged_dropped += 1
         if self._logged_dropped <= LOGGED_LINES_PER_FILE:
             log.info('%s: dropped %d app ids that are not uint32: %r',
@@ -688,31 +703,48 @@ class Loader:
         ``on_done(load)`` is called for each file strictly in order, once
         every record of it is acknowledged or counted as an error.
         """
-        loads = [FileLoad(path, index) for index, path in enumerate(paths)]
         uploaders = gevent.pool.Group()
         for server in self.servers.values():
             pool = gevent.pool.Pool(len(server.lanes))
             for lane in server.lanes:
                 uploaders.add(pool.spawn(lane.run))
-        readers = []
-        previous = None
-        for load in loads:
-            readers.append(gevent.spawn(self._load_file, load, previous))
-            previous = load
+        loads = []
+        # File greenlets alive at once, joined oldest first: enough for one
+        # file to enqueue while the one before it is acknowledged, and few
+        # enough that memory does not grow with the number of files.
+        open_files = collections.deque()
+        previous_enqueued = None
         try:
-            for load, reader in zip(loads, readers):
-                reader.get()
-                on_done(load)
+            for index, path in enumerate(paths):
+                if len(open_files) == OPEN_FILES:
+                    self._finish(open_files.popleft(), on_done)
+                load = FileLoad(path, index)
+                load.track()
+                loads.append(load)
+                open_files.append((load, gevent.spawn(
+                    self._load_file, load, previous_enqueued)))
+                previous_enqueued = load.enqueued
+            while open_files:
+                self._finish(open_files.popleft(), on_done)
         finally:
             for lane in self._all_lanes():
                 lane.close()
             uploaders.join()
         return loads
 
-    def _load_file(self, load, previous):
-        """Read, parse and enqueue one file, then wait for its acks."""
-        if previous is not None:
-            previous.enqueued.wait()
+    @staticmethod
+    def _finish(open_file, on_done):
+        load, reader = open_file
+        reader.get()
+        on_done(load)
+        load.release()
+
+    def _load_file(self, load, previous_enqueued):
+        """Read, parse and enqueue one file, then wait for its acks.
+
+        It starts once the file before it has finished enqueuing."""
+        if previous_enqueued is not None:
+            previous_enqueued.wait()
         load.started = time.monotonic()
         restarts_before = {server: server.restarts
                            for server in self.servers.values()}
@@ -738,7 +770,6 @@ class Loader:
             if server.restarts != restarts_before[server]:
                 load.fail('memcached %s restarted while this file loaded'
                           % server.address)
-        load.lanes_used = None
         load.log_unshown()
 
     def _enqueue_file(self, load):
@@ -750,6 +781,8 @@ class Loader:
         shard_index, shards = self.shard
         with open(load.path, 'rb') as raw:
             load.size = os.fstat(raw.fileno()).st_size
+            if not load.size:  # an empty gzip stream is 20 bytes, not 0
+                raise EOFError('empty file, not gzip (still being written?)')
             with igzip.IGzipFile(fileobj=raw, mode='rb') as stream:
                 for lines, oversized in _line_chunks(stream):
                     load.bytes_read = raw.tell()
@@ -969,15 +1002,33 @@ def _line_chunks(stream):
 
 # -- files, lock, renames ---------------------------------------------------
 
+def pattern_directory(pattern):
+    """The deepest directory of ``pattern`` with no glob characters."""
+    directory = os.path.dirname(pattern)
+    while directory and glob.has_magic(directory):
+        directory = os.path.dirname(directory)
+    return directory or '.'
+
+
 def find_files(pattern):
     """Files matching ``pattern`` in the order they must be loaded.
 
     Sorted by name (the timestamp), never by mtime; names that begin with a
-    dot (already processed) are never matched.
+    dot (already processed) are never matched.  Raises OSError when the
+    pattern's directory exists but cannot be listed (glob would say
+    nothing).
     """
-    paths = [path for path in glob.glob(pattern)
-             if not os.path.basename(path).startswith('.')
-             and os.path.isfile(path)]
+    directory = pattern_directory(pattern)
+    if os.path.isdir(directory):
+        os.listdir(directory)
+    paths = []
+    for path in glob.glob(pattern):
+        if os.path.basename(path).startswith('.'):
+            continue
+        if not os.path.isfile(path):
+            log.warning('skipping %s: not a regular file', path)
+            continue
+        paths.append(path)
     return sorted(paths, key=lambda path: (os.path.basename(path), path))
 
 
@@ -987,12 +1038,8 @@ def dot_rename(path):
 
 
 def default_lock_path(pattern):
-    """The lock file in the deepest directory of ``pattern`` with no glob
-    characters."""
-    directory = os.path.dirname(pattern)
-    while directory and glob.has_magic(directory):
-        directory = os.path.dirname(directory)
-    return os.path.join(directory or '.', LOCK_FILE_NAME)
+    """The lock file, in the directory of ``pattern``."""
+    return os.path.join(pattern_directory(pattern), LOCK_FILE_NAME)
 
 
 class RunLock:
@@ -1137,8 +1184,8 @@ def build_parser():
 def setup_logging(log_path, debug, tag=None):
     """Log in the original format to stderr or to ``log_path``; a worker's
     lines carry its ``tag``."""
-    handler = (logging.FileHandler(log_path) if log_path
-               else logging.StreamHandler(sys.stderr))
+    handler = (logging.FileHandler(log_path, errors='backslashreplace')
+               if log_path else logging.StreamHandler(sys.stderr))
     prefix = '[%s] ' % tag if tag else ''
     handler.setFormatter(logging.Formatter(
         '[%(asctime)s] %(levelname).1s ' + prefix + '%(message)s',
@@ -1161,11 +1208,14 @@ def prototest():
 
 
 def log_summary(loads, max_error_rate, dry=False):
-    header = '%-28s %10s %10s %8s %8s %8s  %s' % (
-        'file', 'lines', 'stored', 'errors', 'err.rate', 'seconds', 'result')
+    """One row per file (past SUMMARY_ROWS files, per kept file), then the
+    totals."""
     log.info('Summary:')
-    log.info(header)
-    for load in loads:
+    log.info('%-28s %10s %10s %8s %8s %8s  %s', 'file', 'lines', 'stored',
+             'errors', 'err.rate', 'seconds', 'result')
+    listed = loads if len(loads) <= SUMMARY_ROWS else \
+        [load for load in loads if not load.renamed][:SUMMARY_ROWS]
+    for load in listed:
         if load.renamed:
             result = 'renamed'
         else:
@@ -1174,10 +1224,16 @@ def log_summary(loads, max_error_rate, dry=False):
         log.info('%-28s %10d %10d %8d %8.4f %8.1f  %s', load.name, load.lines,
                  load.stored, load.errors, load.error_rate, load.seconds,
                  result)
-    kept = sum(not load.renamed for load in loads)
-    if kept and not dry:
+    renamed = sum(load.renamed for load in loads)
+    if len(listed) < len(loads):
+        log.info('(%d more files not listed)', len(loads) - len(listed))
+    log.info('total: %d files, %d lines, %d stored, %d errors; %d renamed',
+             len(loads), sum(load.lines for load in loads),
+             sum(load.stored for load in loads),
+             sum(load.errors for load in loads), renamed)
+    if renamed < len(loads) and not dry:
         log.warning('%d of %d files kept; the next run retries them in'
-                    ' order', kept, len(loads))
+                    ' order', len(loads) - renamed, len(loads))
 
 
 def main(argv=None):
@@ -1224,8 +1280,8 @@ def _run(args):
             holder = lock.acquire()
         except OSError as exc:
             if not args.lock and exc.errno == errno.ENOENT:
-                log.info('No files match %s (no such directory)',
-                         args.pattern)
+                log.warning('No files match %s (no such directory)',
+                            args.pattern)
                 return EXIT_OK
             log.error('cannot open lock file %s: %s (choose another with'
                       ' --lock)', lock_path, exc)
@@ -1262,7 +1318,11 @@ def catch_stop_signals(on_stop):
 
 
 def _load(args, settings, lock=None):
-    paths = find_files(args.pattern)
+    try:
+        paths = find_files(args.pattern)
+    except OSError as exc:
+        log.error('cannot list the files of %s: %s', args.pattern, exc)
+        return EXIT_FAILED
     if not paths:
         log.info('No files match %s', args.pattern)
         return EXIT_OK
@@ -1314,7 +1374,9 @@ class WorkerSet:
         self.keep_fds = keep_fds  # the lock: held until the last one exits
         self.stop_signal = None
         self.loads = []
-        self.reported = []
+        self.reported = []  # per file: how many workers reported it done
+        self.reports = gevent.event.Event()  # set on each done report
+        self.done = 0  # files passed to on_done
         self.shares = {}  # (worker, file index) -> its latest report
         self.processes = []
         self.readers = gevent.pool.Group()
@@ -1354,9 +1416,9 @@ class WorkerSet:
 
     def current_load(self):
         """The first file not yet done by every worker, once started."""
-        for load in self.loads:
-            if not load.acked.is_set():
-                return load if load.started is not None else None
+        if self.done < len(self.loads):
+            load = self.loads[self.done]
+            return load if load.started is not None else None
         return None
 
     def run(self, paths, on_done):
@@ -1364,8 +1426,13 @@ class WorkerSet:
         try:
             self._start(paths)
             for load in self.loads:
-                load.acked.wait()
+                while self.reported[load.index] < self.count:
+                    self.reports.wait()
+                    self.reports.clear()
                 on_done(load)
+                self.done += 1
+                for worker in range(self.count):
+                    self.shares.pop((worker, load.index), None)
             self.readers.join()
         finally:
             self._close()
@@ -1404,6 +1471,8 @@ class WorkerSet:
         next_file = 0
         for line in process.stdout:
             report = json.loads(line)
+            if report['file'] < next_file:
+                continue  # progress sent just before that file was done
             load = self.loads[report['file']]
             if load.started is None:
                 load.started = time.monotonic()
@@ -1439,8 +1508,7 @@ class WorkerSet:
 
     def _reported(self, load):
         self.reported[load.index] += 1
-        if self.reported[load.index] == self.count:
-            load.acked.set()
+        self.reports.set()
 
 
 def _send_report(load, done=False):

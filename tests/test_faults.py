@@ -308,6 +308,22 @@ def test_peak_memory_stays_bounded_on_a_large_file(tmp_path, memcached_set):
     assert peak_mb < 100, peak_mb
 
 
+def test_peak_memory_does_not_grow_with_the_number_of_files(
+        tmp_path, memcached_set):
+    for minute in range(5000):
+        write_gz(tmp_path / ('2017%010d.tsv.gz' % minute),
+                 ['idfa\tdev%d\t1\t2\t3' % minute])
+    loader = start_loader(tmp_path, memcached_set)
+    _, status, usage = os.wait4(loader.pid, 0)
+    loader.returncode = os.waitstatus_to_exitcode(status)
+    text = (tmp_path / 'run.log').read_text()
+    assert loader.returncode == 0, text[-2000:]
+    assert usage.ru_maxrss / 1024 < 70, usage.ru_maxrss
+    assert '(5000 more files not listed)' in text
+    assert 'total: 5000 files, 5000 lines, 5000 stored, 0 errors;' \
+        ' 5000 renamed' in text
+
+
 # -- memcached restarts --
 
 def test_a_restart_after_a_files_last_write_there_keeps_the_file(

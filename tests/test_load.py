@@ -208,6 +208,42 @@ def test_an_empty_file_is_loaded_and_renamed(tmp_path, memcached_set):
     assert listing(tmp_path) == ['.20170929000000.tsv.gz']
 
 
+def test_a_zero_byte_file_is_not_loaded(tmp_path, memcached_set):
+    (tmp_path / '20170929000000.tsv.gz').write_bytes(b'')
+    status, text = run(tmp_path, memcached_set)
+    assert status == 1
+    assert 'unreadable: empty file' in text
+    assert listing(tmp_path) == ['20170929000000.tsv.gz']
+
+
+def test_odd_names_and_non_files_are_handled(tmp_path, memcached_set):
+    odd = os.fsencode(str(tmp_path)) + b'/20170929000000 \xff.tsv.gz'
+    write_gz(os.fsdecode(odd), ['idfa\todd\t1\t1\t1'])
+    os.mkdir(tmp_path / '20170929000100.tsv.gz')
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    assert '\\udcff' in text or '\\xff' in text
+    assert 'Successful load' in text
+    assert 'not a regular file' in text
+    assert os.path.exists(os.fsencode(str(tmp_path))
+                          + b'/.20170929000000 \xff.tsv.gz')
+
+
+def test_an_unlistable_directory_is_a_failure_not_no_files(
+        tmp_path, memcached_set, monkeypatch):
+    real_listdir = os.listdir
+
+    def listdir(path='.'):
+        if str(path) == str(tmp_path):
+            raise PermissionError(13, 'Permission denied', str(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, 'listdir', listdir)
+    status, text = run(tmp_path, memcached_set)
+    assert status == 1
+    assert 'cannot list the files' in text and 'Permission denied' in text
+
+
 def test_no_matching_files_is_not_an_error(tmp_path, memcached_set):
     status, text = run(tmp_path, memcached_set)
     assert status == 0
