@@ -22,6 +22,8 @@ How it is built:
 * One greenlet per file reads, parses and enqueues it.  A file starts
   enqueuing only once the file before it has finished enqueuing, and the
   file greenlets are joined in sorted order, which is also the rename order.
+* ``--workers N`` runs that pipeline in N processes, each owning a fixed
+  shard of the keys of every file; the parent renames (see WorkerSet).
 
 A file is renamed to ``.<name>`` only when it was read to its end, every
 record in it was acknowledged by memcached or counted as an error, and its

@@ -13,6 +13,9 @@ daemons that the bench starts on free loopback ports and stops afterwards:
 * gmemcload with its defaults, with --workers 1 and 2, then a sweep of
   --batch-size and --uploaders on the first file.
 
+The rows the targets compare (reference, ceiling, defaults, --workers 1
+and 2) are each the fastest of BEST_OF runs.
+
 Each run is a separate process; wall and CPU seconds and peak RSS come from
 ``os.wait4``.  After every loader run a sample of keys is read back from
 memcached and compared with an independent encoding of the newest source
@@ -46,6 +49,7 @@ SAMPLE_ONE_IN = 256  # keys whose crc32 is 0 mod this are checked
 REFERENCE_LINES = 20000
 SWEEP_BATCH_SIZES = (100, 250, 500, 1000, 2000, 4000)
 SWEEP_UPLOADERS = (1, 2, 4, 8)
+BEST_OF = 2
 
 
 # -- the two baselines, each run in a process of its own ----------------------
@@ -201,24 +205,37 @@ class Bench:
                                          row['check']), file=sys.stderr)
         return row
 
-    def baseline(self, name, mode, lines, *extra):
-        status, wall, cpu, rss = measure(
-            [sys.executable, __file__, '--mode', mode] + list(extra)
-            + self.paths)
+    def baseline(self, name, mode, lines, *extra, repeat=1):
+        runs = [measure([sys.executable, __file__, '--mode', mode]
+                        + list(extra) + self.paths) for _ in range(repeat)]
+        status, wall, cpu, rss = _fastest(runs)
         return self.add(name, lines, status, wall, cpu, rss, 'n/a')
 
-    def loader(self, name, lines, paths_glob, sample, *options):
-        restore_names(self.directory)
-        flush(self.daemons)
+    def loader(self, name, lines, paths_glob, sample, *options, repeat=1):
+        """Run gmemcload ``repeat`` times and keep the fastest run; every
+        run's sample of keys must check out."""
         argv = [sys.executable, GMEMCLOAD, '--pattern', paths_glob,
                 '--log', os.path.join(BENCH_DIR, 'run.log')]
         for dev_type in DEVICE_TYPES:
             argv += ['--' + dev_type, self.daemons[dev_type].address]
-        status, wall, cpu, rss = measure(argv + list(options))
-        wrong = check_sample(self.daemons, sample)
+        runs, wrong = [], 0
+        for _ in range(repeat):
+            restore_names(self.directory)
+            flush(self.daemons)
+            runs.append(measure(argv + list(options)))
+            wrong = max(wrong, check_sample(self.daemons, sample))
+        status, wall, cpu, rss = _fastest(runs)
+        if any(run[0] for run in runs):
+            status = max(run[0] for run in runs)
         check = ('ok (%d keys)' % len(sample) if not wrong
                  else 'FAIL (%d of %d keys wrong)' % (wrong, len(sample)))
         return self.add(name, lines, status, wall, cpu, rss, check)
+
+
+def _fastest(runs):
+    """The run with the shortest wall time: on a shared machine the others
+    measure the neighbours as much as the code."""
+    return min(runs, key=lambda run: run[1])
 
 
 def count_lines(paths):
@@ -290,16 +307,21 @@ def main(argv=None):
         bench = Bench(daemons, directory, paths, sample)
         addresses = json.dumps({t: d.address for t, d in daemons.items()})
         limit = min(REFERENCE_LINES, total)
+        # The rows the targets compare are the best of BEST_OF runs each.
         reference = bench.baseline('reference (original algorithm)',
                                    'reference', limit, '--addresses',
-                                   addresses, '--limit', str(limit))
-        ceiling = bench.baseline('ceiling (no network)', 'ceiling', total)
+                                   addresses, '--limit', str(limit),
+                                   repeat=BEST_OF)
+        ceiling = bench.baseline('ceiling (no network)', 'ceiling', total,
+                                 repeat=BEST_OF)
         bench.baseline('decompress only', 'decompress', total)
         every_file = os.path.join(directory, '*.tsv.gz')
-        bench.loader('gmemcload (defaults)', total, every_file, sample)
+        bench.loader('gmemcload (defaults)', total, every_file, sample,
+                     repeat=BEST_OF)
         for workers in (1, 2):
             bench.loader('gmemcload --workers %d' % workers, total,
-                         every_file, sample, '--workers', str(workers))
+                         every_file, sample, '--workers', str(workers),
+                         repeat=BEST_OF)
         if not args.no_sweep:
             first = paths[0]
             lines = total // len(paths)
