@@ -78,6 +78,12 @@ def test_shards_are_stable_across_processes_and_spread_keys():
                              env=dict(os.environ, PYTHONHASHSEED=seed))
         assert eval(out.stdout) == here
     assert all(350 < here.count(shard) < 650 for shard in range(4))
+    variants = lines + [b' \t' + line + b'\r' for line in lines[:50]] + \
+        [b'', b'gaid', b'gaid\tx', b'\tgaid\tx\t']
+    for shard in range(4):
+        assert gmemcload.lines_in_shard(variants, shard, 4) == \
+            [line for line in variants
+             if gmemcload.shard_of(line, 4) == shard]
     # A key's shard does not depend on anything after its id.
     assert gmemcload.shard_of(b' gaid\tx\t1\t2\t3\r\n', 4) == \
         gmemcload.shard_of(b'gaid\tx\tjunk', 4)
