@@ -13,10 +13,10 @@ daemons that the bench starts on free loopback ports and stops afterwards:
 * gmemcload with its defaults, with --workers 1 and 2, then a sweep of
   --batch-size and --uploaders on the first file.
 
-The rows the targets compare are each the fastest of several runs:
-BEST_OF for the reference, the ceiling and the defaults, and one more for
---workers 1 and 2, which run in turn.  The daemons get one thread each: the
-machine's cores are shared by the loader and four daemons.
+The rows the targets compare run in turn, round after round, and each
+keeps its fastest of ROUNDS runs: on a shared machine a slow spell then
+hits them alike instead of skewing a ratio.  The daemons get one thread
+each: the machine's cores are shared by the loader and four daemons.
 
 Each run is a separate process; wall and CPU seconds and peak RSS come from
 ``os.wait4``.  After every loader run a sample of keys is read back from
@@ -51,7 +51,7 @@ SAMPLE_ONE_IN = 256  # keys whose crc32 is 0 mod this are checked
 REFERENCE_LINES = 20000
 SWEEP_BATCH_SIZES = (100, 250, 500, 1000, 2000, 4000)
 SWEEP_UPLOADERS = (1, 2, 4, 8)
-BEST_OF = 2
+ROUNDS = 3  # the compared rows are each the fastest of this many runs
 
 
 # -- the two baselines, each run in a process of its own ----------------------
@@ -186,15 +186,61 @@ def flush(daemons):
 
 
 class Bench:
-    def __init__(self, daemons, directory, paths, sample):
+    """Runs and records the rows of the table."""
+
+    def __init__(self, daemons, directory, paths):
         self.daemons = daemons
         self.directory = directory
         self.paths = paths
-        self.sample = sample
         self.rows = []
         self.failed = False
 
-    def add(self, name, lines, status, wall, cpu, rss, check):
+    def baseline(self, mode, *extra):
+        """A variant's command for one of this script's baseline modes."""
+        return [sys.executable, __file__, '--mode', mode] + list(extra) + \
+            self.paths
+
+    def loader(self, paths_glob, *options):
+        """A variant's command for gmemcload on this bench's daemons."""
+        argv = [sys.executable, GMEMCLOAD, '--pattern', paths_glob,
+                '--log', os.path.join(BENCH_DIR, 'run.log')]
+        for dev_type in DEVICE_TYPES:
+            argv += ['--' + dev_type, self.daemons[dev_type].address]
+        return argv + list(options)
+
+    def compare(self, variants, rounds=1):
+        """Run each (name, lines, argv, sample) variant once per round, in
+        turn, so that a slow spell of the machine hits them alike; keep
+        each one's fastest run.  A variant with a sample is a loader run,
+        and every run's sample of keys must check out.  Every run starts
+        from the original file names and an empty memcached.  Returns the
+        rows."""
+        runs = {name: [] for name, _, _, _ in variants}
+        wrong = dict.fromkeys(runs, 0)
+        for _ in range(rounds):
+            for name, _, argv, sample in variants:
+                restore_names(self.directory)
+                flush(self.daemons)
+                runs[name].append(measure(argv))
+                if sample is not None:
+                    wrong[name] = max(wrong[name],
+                                      check_sample(self.daemons, sample))
+        rows = []
+        for name, lines, _, sample in variants:
+            status, wall, cpu, rss = _fastest(runs[name])
+            status = max([status] + [run[0] for run in runs[name]])
+            if sample is None:
+                check = 'n/a'
+            elif wrong[name]:
+                check = 'FAIL (%d of %d keys wrong)' % (wrong[name],
+                                                        len(sample))
+            else:
+                check = 'ok (%d keys)' % len(sample)
+            rows.append(self._add(name, lines, status, wall, cpu, rss,
+                                  check))
+        return rows
+
+    def _add(self, name, lines, status, wall, cpu, rss, check):
         row = {'name': name, 'lines': lines, 'wall_s': round(wall, 2),
                'cpu_s': round(cpu, 2), 'lines_per_s': round(lines / wall),
                'peak_rss_mb': round(rss, 1), 'check': check}
@@ -206,45 +252,6 @@ class Bench:
         print('%-34s %9d lines/s  %s' % (name, row['lines_per_s'],
                                          row['check']), file=sys.stderr)
         return row
-
-    def baseline(self, name, mode, lines, *extra, repeat=1):
-        runs = [measure([sys.executable, __file__, '--mode', mode]
-                        + list(extra) + self.paths) for _ in range(repeat)]
-        status, wall, cpu, rss = _fastest(runs)
-        return self.add(name, lines, status, wall, cpu, rss, 'n/a')
-
-    def loader(self, name, lines, paths_glob, sample, *options, repeat=1):
-        """Run gmemcload ``repeat`` times and keep the fastest run; every
-        run's sample of keys must check out."""
-        return self.loaders([(name, options)], lines, paths_glob, sample,
-                            repeat)[0]
-
-    def loaders(self, variants, lines, paths_glob, sample, repeat):
-        """Like loader, for (name, options) variants run in turn, round
-        after round, so that a slow spell of the machine hits them alike."""
-        argv = [sys.executable, GMEMCLOAD, '--pattern', paths_glob,
-                '--log', os.path.join(BENCH_DIR, 'run.log')]
-        for dev_type in DEVICE_TYPES:
-            argv += ['--' + dev_type, self.daemons[dev_type].address]
-        runs = {name: [] for name, _ in variants}
-        wrong = dict.fromkeys(runs, 0)
-        for _ in range(repeat):
-            for name, options in variants:
-                restore_names(self.directory)
-                flush(self.daemons)
-                runs[name].append(measure(argv + list(options)))
-                wrong[name] = max(wrong[name],
-                                  check_sample(self.daemons, sample))
-        rows = []
-        for name, _ in variants:
-            status, wall, cpu, rss = _fastest(runs[name])
-            status = max([status] + [run[0] for run in runs[name]])
-            check = ('ok (%d keys)' % len(sample) if not wrong[name] else
-                     'FAIL (%d of %d keys wrong)' % (wrong[name],
-                                                     len(sample)))
-            rows.append(self.add(name, lines, status, wall, cpu, rss,
-                                 check))
-        return rows
 
 
 def _fastest(runs):
@@ -320,34 +327,32 @@ def main(argv=None):
     daemons = {t: MemcachedDaemon(memory_mb=1024, threads=1)
                for t in DEVICE_TYPES}
     try:
-        bench = Bench(daemons, directory, paths, sample)
+        bench = Bench(daemons, directory, paths)
         addresses = json.dumps({t: d.address for t, d in daemons.items()})
         limit = min(REFERENCE_LINES, total)
-        # The rows the targets compare are the best of BEST_OF runs each.
-        reference = bench.baseline('reference (original algorithm)',
-                                   'reference', limit, '--addresses',
-                                   addresses, '--limit', str(limit),
-                                   repeat=BEST_OF)
-        ceiling = bench.baseline('ceiling (no network)', 'ceiling', total,
-                                 repeat=BEST_OF)
-        bench.baseline('decompress only', 'decompress', total)
         every_file = os.path.join(directory, '*.tsv.gz')
-        bench.loader('gmemcload (defaults)', total, every_file, sample,
-                     repeat=BEST_OF)
-        bench.loaders([('gmemcload --workers %d' % workers,
-                        ('--workers', str(workers))) for workers in (1, 2)],
-                      total, every_file, sample, repeat=BEST_OF + 1)
+        reference, ceiling = bench.compare([
+            ('reference (original algorithm)', limit,
+             bench.baseline('reference', '--addresses', addresses,
+                            '--limit', str(limit)), None),
+            ('ceiling (no network)', total, bench.baseline('ceiling'), None),
+            ('decompress only', total, bench.baseline('decompress'), None),
+            ('gmemcload (defaults)', total, bench.loader(every_file),
+             sample),
+            ('gmemcload --workers 1', total,
+             bench.loader(every_file, '--workers', '1'), sample),
+            ('gmemcload --workers 2', total,
+             bench.loader(every_file, '--workers', '2'), sample),
+        ], rounds=ROUNDS)[:2]
         if not args.no_sweep:
-            first = paths[0]
-            lines = total // len(paths)
-            for size in SWEEP_BATCH_SIZES:
-                bench.loader('sweep: first file, --batch-size %d' % size,
-                             lines, first, first_sample,
-                             '--batch-size', str(size))
-            for uploaders in SWEEP_UPLOADERS:
-                bench.loader('sweep: first file, --uploaders %d' % uploaders,
-                             lines, first, first_sample,
-                             '--uploaders', str(uploaders))
+            first, lines = paths[0], total // len(paths)
+            bench.compare(
+                [('sweep: first file, --batch-size %d' % size, lines,
+                  bench.loader(first, '--batch-size', str(size)),
+                  first_sample) for size in SWEEP_BATCH_SIZES]
+                + [('sweep: first file, --uploaders %d' % uploaders, lines,
+                    bench.loader(first, '--uploaders', str(uploaders)),
+                    first_sample) for uploaders in SWEEP_UPLOADERS])
     finally:
         for daemon in daemons.values():
             daemon.stop()

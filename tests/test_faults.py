@@ -164,15 +164,22 @@ def test_a_stalled_server_fails_in_bounded_time_and_never_hangs(
     assert len(memcached_set['idfa'].get_many(idfa)) == 2000
 
 
+def run_through_stall(tmp_path, daemons, stalled, seconds, *extra):
+    """Run the loader while ``stalled`` is paused for its first
+    ``seconds``; return (exit status, log text)."""
+    stalled.pause()
+    loader = gevent.spawn(run, tmp_path, daemons, *extra)
+    gevent.sleep(seconds)
+    stalled.resume()
+    return loader.get(timeout=60)
+
+
 def test_a_four_second_stall_costs_retries_not_data(tmp_path, memcached_set):
     paths = generate.generate(str(tmp_path), files=2, lines=20000,
                               repeat=0.3, seed=3)
     expected = expected_state(paths)
-    memcached_set['idfa'].pause()
-    loader = gevent.spawn(run, tmp_path, memcached_set)
-    gevent.sleep(4)
-    memcached_set['idfa'].resume()
-    status, text = loader.get(timeout=60)
+    status, text = run_through_stall(tmp_path, memcached_set,
+                                     memcached_set['idfa'], 4)
     assert status == 0, text
     assert 'retry' in text
     assert stored_values(memcached_set, expected) == expected
@@ -186,12 +193,9 @@ def test_newest_wins_across_a_retry(tmp_path, memcached_set):
         paths.append(write_gz(tmp_path / ('2017092900%02d00.tsv.gz'
                                           % minute), lines))
     expected = expected_state(paths)
-    memcached_set['idfa'].pause()
-    loader = gevent.spawn(run, tmp_path, memcached_set, '--timeout', '0.3',
-                          '--batch-size', '7', '--uploaders', '3')
-    gevent.sleep(1.5)
-    memcached_set['idfa'].resume()
-    status, text = loader.get(timeout=60)
+    status, text = run_through_stall(
+        tmp_path, memcached_set, memcached_set['idfa'], 1.5,
+        '--timeout', '0.3', '--batch-size', '7', '--uploaders', '3')
     assert status == 0, text
     assert 'retry' in text
     assert stored_values(memcached_set, expected) == expected
