@@ -687,14 +687,16 @@ class Loader:
     def current_load(self):
         return self.current
 
-    def lane_for(self, dev_type, key):
-        """The lane a key always travels through.
+    @staticmethod
+    def lane_for(lanes_by_server, key):
+        """The lane a key always travels through, among its type's route.
 
         The server is python-memcached's own choice for that server list
         (``serverHashFunction(key) % len(servers)``), so a Client with the
         same list finds the key; the lane within it is crc32 mod uploaders.
         """
-        lanes_by_server = self.routes[dev_type]
+        if len(lanes_by_server) == 1 and len(lanes_by_server[0]) == 1:
+            return lanes_by_server[0][0]
         crc = zlib.crc32(key)
         lanes = lanes_by_server[((crc >> 16) & 0x7fff) % len(lanes_by_server)]
         return lanes[crc % len(lanes)]
@@ -791,15 +793,15 @@ class Loader:
                     gevent.idle()  # signals, progress, uploaders: a turn
                     if stopping.is_set():
                         raise Interrupted()
-                    for prefix in oversized:
-                        if shards == 1 or \
-                                shard_of(prefix, shards) == shard_index:
-                            load.lines += 1
-                            load.bad_line(prefix, BadLine(
-                                MALFORMED, 'line longer than %d bytes'
-                                % MAX_LINE_BYTES))
                     if shards > 1:
                         lines = lines_in_shard(lines, shard_index, shards)
+                        oversized = lines_in_shard(oversized, shard_index,
+                                                   shards)
+                    for prefix in oversized:
+                        load.lines += 1
+                        load.bad_line(prefix, BadLine(
+                            MALFORMED, 'line longer than %d bytes'
+                            % MAX_LINE_BYTES))
                     for line in lines:
                         try:
                             record = parse_line(line)
@@ -814,11 +816,7 @@ class Loader:
                         if dropped:
                             load.dropped_apps(line, dropped)
                         value = pack_user_apps(apps, lat, lon)
-                        lanes = routes[dev_type]
-                        if len(lanes) == 1 and len(lanes[0]) == 1:
-                            lane = lanes[0][0]
-                        else:
-                            lane = lane_for(dev_type, key)
+                        lane = lane_for(routes[dev_type], key)
                         commands = lane.commands
                         commands.append(set_command(key, value))
                         if len(commands) >= batch_size:
