@@ -36,8 +36,10 @@ monkey.patch_all()
 import argparse  # noqa: E402
 import collections  # noqa: E402
 import contextlib  # noqa: E402
+import ctypes  # noqa: E402
 import errno  # noqa: E402
 import fcntl  # noqa: E402
+import fnmatch  # noqa: E402
 import glob  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -125,6 +127,16 @@ class ProtocolError(Exception):
 
 class Interrupted(Exception):
     """A stop was requested by a signal while a file was being read."""
+
+
+class Unreadable(Exception):
+    """The decompressor rejected a file: the input's fault, never the
+    tool's; the message says why."""
+
+
+class AbandonIO(gevent.GreenletExit):
+    """Thrown into a greenlet blocked on memcached after a stop, so that
+    the stop does not wait out ``--timeout``."""
 
 
 # -- the line contract ------------------------------------------------------
@@ -223,13 +235,14 @@ class FileLoad:
     __slots__ = ('path', 'index', 'name', 'lines', 'stored', 'errors',
                  'unacknowledged', 'failure', 'write_failure', 'renamed',
                  'kept_because', 'bytes_read', 'size', 'started', 'seconds',
-                 'pending_batches', 'lanes_used', 'enqueuing_done',
-                 'enqueued', 'acked', '_logged_bad', '_logged_dropped')
+                 'identity', 'instances', 'pending_batches', 'lanes_used',
+                 'enqueuing_done', 'enqueued', 'acked', '_logged_bad',
+                 '_logged_dropped')
 
-    def __init__(self, path, index=0):
+    def __init__(self, path, index=0, name=None):
         self.path = path
         self.index = index  # position in the sorted run
-        self.name = os.path.basename(path)
+        self.name = name or os.path.basename(path)  # as logs show it
         self.lines = 0
         self.stored = 0
         self.errors = 0
@@ -242,6 +255,10 @@ class FileLoad:
         self.size = 0
         self.started = None
         self.seconds = 0.0
+        self.identity = None  # file_identity() of the file when opened
+        # address -> the server instance that acknowledged this file's
+        # writes there (None: the server does not tell); see wrote_to
+        self.instances = {}
         self.pending_batches = 0
         self.enqueuing_done = False
         self.lanes_used = self.enqueued = self.acked = None
@@ -280,6 +297,23 @@ class FileLoad:
     def fail(self, reason):
         if self.failure is None:
             self.failure = reason
+
+    def opened(self, identity):
+        """Note what the path named when it was opened (file_identity);
+        a second reader that opened something else fails the file."""
+        if self.identity is None:
+            self.identity = identity
+        elif identity != self.identity:
+            self.fail('changed while loading: its readers opened different'
+                      ' files')
+
+    def wrote_to(self, address, instance):
+        """Note that the server instance ``instance`` acknowledged writes
+        of this file; two instances mean the server restarted meanwhile."""
+        seen = self.instances.setdefault(address, instance)
+        if seen != instance:
+            self.fail('memcached %s restarted while this file loaded'
+                      % address)
 
     def bad_line(self, line, bad):
         self.errors += 1
@@ -395,6 +429,8 @@ class Lane:
         self.queue = gevent.queue.Queue(QUEUED_BATCHES_PER_LANE)
         self.commands = []
         self.in_doubt = []
+        self.instance = None  # the server instance of the open connection
+        self.greenlet = None  # the uploader, once it runs
 
     def submit(self, batch):
         """Queue a batch for upload; blocks while the queue is full."""
@@ -404,8 +440,15 @@ class Lane:
         """Let the uploader finish what is queued, then end."""
         self.queue.put(None)
 
+    def abandon_io(self):
+        """After a stop: end the operation in flight now, whatever its
+        timeout; its batch fails and the rest fail at once."""
+        if self.greenlet is not None:
+            self.greenlet.kill(AbandonIO, block=False)
+
     def run(self):
         """Upload batches until the None sentinel arrives."""
+        self.greenlet = gevent.getcurrent()
         # Client is a threading.local, i.e. greenlet-local once patched: it
         # is made here, in the greenlet that uses it.  dead_retry=0 makes
         # every retry really reconnect instead of skipping the host.
@@ -421,25 +464,38 @@ class Lane:
             host = None
         try:
             while True:
-                batch = self.queue.get()
-                if batch is None:
-                    return
-                if host is None:
-                    batch.load.batch_done(0, 0, len(batch.commands),
-                                          'uploader could not start')
-                    continue
+                batch = None
                 try:
+                    batch = self.queue.get()
+                    if batch is None:
+                        return
+                    if host is None:
+                        batch.load.batch_done(0, 0, len(batch.commands),
+                                              'uploader could not start')
+                        continue
                     self._upload(host, batch)
+                except AbandonIO:
+                    self._abandon(host)
+                    if batch is not None:
+                        batch.load.batch_done(0, 0, len(batch.commands),
+                                              'stopped by a signal')
                 except Exception:
                     log.exception('%s: uploader failed on a batch',
                                   self.server.address)
                     self._abandon(host)
-                    batch.load.batch_done(0, 0, len(batch.commands),
-                                          'internal error')
+                    if batch is not None:
+                        batch.load.batch_done(0, 0, len(batch.commands),
+                                              'internal error')
         finally:
             if host is not None:
                 host.close_socket()
-            self._settle_before_exit()
+            try:
+                self._settle_before_exit()
+            except AbandonIO:
+                pass
+            for sock in self.in_doubt:
+                sock.close()
+            self.in_doubt = []
 
     def _settle_before_exit(self):
         """Give abandoned connections one timeout to be answered, so that a
@@ -453,9 +509,6 @@ class Lane:
             log.warning('%s: an abandoned connection is still unanswered;'
                         ' memcached may yet apply its writes (their files'
                         ' are kept)', self.server.address)
-        for sock in self.in_doubt:
-            sock.close()
-        self.in_doubt = []
 
     def _upload(self, host, batch):
         count = len(batch.commands)
@@ -481,9 +534,8 @@ class Lane:
                 if attempt == retries or self.stopping.is_set():
                     break
                 delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt)
-                log.warning('%s; retry %d/%d of %s in %.2fs', reason,
-                            attempt + 1, retries, 'a batch of %d' % count
-                            if count else 'a connection check', delay)
+                log.warning('%s; retry %d/%d of a batch of %d in %.2fs',
+                            reason, attempt + 1, retries, count, delay)
                 self.stopping.wait(delay)  # a backoff a signal cuts short
                 continue
             for index, reply in refused:
@@ -491,6 +543,7 @@ class Lane:
                           _key_of(batch.commands[index]).decode(
                               'ascii', 'backslashreplace'),
                           reply.decode('ascii', 'replace'))
+            batch.load.wrote_to(address, self.instance)
             batch.load.batch_done(count - len(refused), len(refused))
             return
         if not self.stopping.is_set():
@@ -502,6 +555,8 @@ class Lane:
     def _abandon(self, host):
         """Give up the client's connection; keep it in doubt if it may
         still be live."""
+        if host is None:
+            return
         sock, host.socket = host.socket, None
         if sock is None:
             return
@@ -532,31 +587,20 @@ class Lane:
         """The client's connection, made anew if needed; a new one checks
         the server's identity.  Raises OSError with the real reason."""
         if host.socket is None:
-            sock = socket.socket(host.family, socket.SOCK_STREAM)
-            sock.settimeout(self.settings.timeout)
-            try:
-                sock.connect(host.address)
-            except OSError as exc:
-                sock.close()
-                raise OSError('connect: %s' % exc) from None
+            sock = connect(host, self.settings.timeout)
             host.socket, host.buffer = sock, b''
-            self.server.check_instance(_server_instance(sock))
+            self.instance = _server_instance(sock)
+            self.server.check_instance(self.instance)
         return host.socket
 
     def _exchange(self, host, payload, count):
-        """Send ``count`` pipelined sets and read every reply; with no
-        sets, a ``version`` round trip that proves the connection.
+        """Send ``count`` pipelined sets and read every reply.
 
         Returns the (index, reply) pairs of records that memcached refused
         for good (SERVER_ERROR, NOT_STORED).  Raises OSError or
         ProtocolError when the batch must be sent again.
         """
         sock = self._connect(host)
-        if not count:
-            sock.sendall(b'version\r\n')
-            if not _read_reply(sock, bool)[0].startswith(b'VERSION'):
-                raise ProtocolError('no answer to version')
-            return []
         sock.sendall(payload)
         replies = bytearray()
         lines = 0
@@ -581,6 +625,20 @@ class Lane:
             else:
                 raise ProtocolError('unexpected reply %r' % reply[:80])
         return refused
+
+
+def connect(host, timeout):
+    """A new connection to python-memcached's ``host`` (a ``_Host``), with
+    ``timeout`` on every operation.  Raises OSError with the real reason
+    (python-memcached's own connect() drops it)."""
+    sock = socket.socket(host.family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(host.address)
+    except OSError as exc:
+        sock.close()
+        raise OSError('connect: %s' % exc) from None
+    return sock
 
 
 def _read_reply(sock, done, limit=1 << 20):
@@ -623,6 +681,9 @@ class DryLane:
         pass
 
     def close(self):
+        pass
+
+    def abandon_io(self):
         pass
 
     def submit(self, batch):
@@ -681,8 +742,10 @@ class Loader:
         self.current = None  # the FileLoad being read, for progress
 
     def stop(self, signum=None):
-        """Stop reading; abandon what is queued (see Lane)."""
+        """Stop reading; abandon what is in flight or queued (see Lane)."""
         self.stopping.set()
+        for lane in self._all_lanes():
+            lane.abandon_io()
 
     def current_load(self):
         return self.current
@@ -701,8 +764,8 @@ class Loader:
         lanes = lanes_by_server[((crc >> 16) & 0x7fff) % len(lanes_by_server)]
         return lanes[crc % len(lanes)]
 
-    def run(self, paths, on_done):
-        """Load ``paths`` (sorted); return their FileLoads in order.
+    def run(self, loads, on_done):
+        """Load the files of ``loads`` (FileLoads, sorted).
 
         ``on_done(load)`` is called for each file strictly in order, once
         every record of it is acknowledged or counted as an error.
@@ -712,19 +775,16 @@ class Loader:
             pool = gevent.pool.Pool(len(server.lanes))
             for lane in server.lanes:
                 uploaders.add(pool.spawn(lane.run))
-        loads = []
         # File greenlets alive at once, joined oldest first: enough for one
         # file to enqueue while the one before it is acknowledged, and few
         # enough that memory does not grow with the number of files.
         open_files = collections.deque()
         previous_enqueued = None
         try:
-            for index, path in enumerate(paths):
+            for load in loads:
                 if len(open_files) == OPEN_FILES:
                     self._finish(open_files.popleft(), on_done)
-                load = FileLoad(path, index)
                 load.track()
-                loads.append(load)
                 open_files.append((load, gevent.spawn(
                     self._load_file, load, previous_enqueued)))
                 previous_enqueued = load.enqueued
@@ -734,7 +794,6 @@ class Loader:
             for lane in self._all_lanes():
                 lane.close()
             uploaders.join()
-        return loads
 
     @staticmethod
     def _finish(open_file, on_done):
@@ -750,8 +809,6 @@ class Loader:
         if previous_enqueued is not None:
             previous_enqueued.wait()
         load.started = time.monotonic()
-        restarts_before = {server: server.restarts
-                           for server in self.servers.values()}
         self.current = load
         log.info('Processing %s', load.path)
         try:
@@ -761,7 +818,7 @@ class Loader:
         except Interrupted:
             load.fail('stopped by a signal')
             self._drop_partial_batches()
-        except (OSError, EOFError, zlib.error) as exc:
+        except (OSError, Unreadable) as exc:
             load.fail('unreadable: %s' % exc)
             self._flush_all(load)
         except Exception:
@@ -770,10 +827,6 @@ class Loader:
             self._drop_partial_batches()
         load.finish_enqueuing()
         load.acked.wait()
-        for server in {lane.server for lane in load.lanes_used}:
-            if server.restarts != restarts_before[server]:
-                load.fail('memcached %s restarted while this file loaded'
-                          % server.address)
         load.log_unshown()
 
     def _enqueue_file(self, load):
@@ -784,9 +837,12 @@ class Loader:
         flush = self._flush
         shard_index, shards = self.shard
         with open(load.path, 'rb') as raw:
-            load.size = os.fstat(raw.fileno()).st_size
+            status = os.fstat(raw.fileno())
+            load.opened(file_identity(status))
+            load.size = status.st_size
             if not load.size:  # an empty gzip stream is 20 bytes, not 0
-                raise EOFError('empty file, not gzip (still being written?)')
+                raise Unreadable('empty file, not gzip (still being'
+                                 ' written?)')
             with igzip.IGzipFile(fileobj=raw, mode='rb') as stream:
                 for lines, oversized in _line_chunks(stream):
                     load.bytes_read = raw.tell()
@@ -823,11 +879,6 @@ class Loader:
                             flush(lane, load)
                 load.bytes_read = load.size
         self._flush_all(load)
-        # A round trip behind the file's last batch on every lane it used:
-        # a connection that is still the same proves no restart since.
-        for lane in list(load.lanes_used):
-            load.batch_enqueued()
-            lane.submit(Batch(load, []))
 
     def _flush(self, lane, load):
         """Hand the lane's pending commands to its uploader (may block)."""
@@ -865,32 +916,134 @@ def log_outcome(load, max_error_rate):
         log.error('%s: Failed load: %s', load.name, problem)
 
 
+class InstanceCheck:
+    """Proof, just before a rename, that a file's records are still in
+    memcached: each server the file wrote to is asked for its identity (one
+    ``stats`` round trip on a connection of the renaming process's own),
+    which must be the instance that acknowledged the writes.  A restarted
+    server is empty; one that cannot be asked proves nothing.
+
+    A server that tells no pid or start time (a proxy, say) cannot be
+    checked: that is logged once per run and does not keep files.
+    """
+
+    def __init__(self, timeout):
+        self.timeout = timeout
+        self.connections = {}  # address -> a connection kept for reuse
+        self.warned = set()  # addresses logged as not checkable
+        self.greenlet = None  # the check in flight, for abort()
+
+    def problem(self, load):
+        """Why ``load``'s records are not proven to be in memcached now, or
+        None.  abort() ends it at once with 'stopped by a signal'."""
+        self.greenlet = gevent.spawn(self._problem, load)
+        try:
+            result = self.greenlet.get()
+        finally:
+            self.greenlet = None
+        return 'stopped by a signal' if isinstance(result, AbandonIO) \
+            else result
+
+    def abort(self):
+        if self.greenlet is not None:
+            self.greenlet.kill(AbandonIO, block=False)
+
+    def close(self):
+        for sock in self.connections.values():
+            sock.close()
+        self.connections.clear()
+
+    def _problem(self, load):
+        for address, instance in sorted(load.instances.items()):
+            if instance is None:
+                self._cannot_check(address)
+                continue
+            now, error = self._ask(address)
+            if error is not None:
+                return 'cannot check memcached %s before the rename: %s' \
+                    % (address, error)
+            if now != instance:
+                return ('memcached %s restarted after this file was written'
+                        ' (now %s, wrote to %s): its records there are gone'
+                        % (address, describe_instance(now),
+                           describe_instance(instance)))
+        return None
+
+    def _ask(self, address):
+        """(the server's identity, None) or (None, why it did not tell)."""
+        sock = self.connections.pop(address, None)
+        while True:
+            reused = sock is not None
+            try:
+                if sock is None:
+                    sock = connect(memcache._Host(address), self.timeout)
+                instance = _server_instance(sock)
+            except (OSError, ProtocolError) as exc:
+                if sock is not None:
+                    sock.close()
+                    sock = None
+                if reused:  # it may have died with a restart: ask anew
+                    continue
+                return None, str(exc) or type(exc).__name__
+            self.connections[address] = sock
+            return instance, None
+
+    def _cannot_check(self, address):
+        if address not in self.warned:
+            self.warned.add(address)
+            log.warning('%s tells no pid and start time (a proxy?): a'
+                        ' restart of it cannot be noticed, and files are'
+                        ' renamed without that check', address)
+
+
+def describe_instance(instance):
+    if instance is None:
+        return 'an instance with no pid'
+    pid, started = instance
+    return 'pid %d started %s' % (pid, time.strftime(
+        '%Y-%m-%d %H:%M:%S', time.localtime(started)))
+
+
 class RenameInOrder:
     """The one place where files are renamed: called with each FileLoad in
     sorted order, it renames a loaded file to ``.<name>`` until the first
-    file that is not loaded; every file after that is kept."""
+    file that is not loaded; every file after that is kept.
 
-    def __init__(self, max_error_rate, dry=False):
+    Loaded means: read to its end, every record acknowledged or counted as
+    an error, the error rate within bounds (FileLoad.problem), every server
+    it wrote to still the instance that acknowledged it (InstanceCheck),
+    and its path still naming the bytes that were read (rename_loaded).
+    After a stop nothing more is renamed.
+    """
+
+    def __init__(self, max_error_rate, check=None):
         self.max_error_rate = max_error_rate
-        self.dry = dry
+        self.check = check  # an InstanceCheck; None: rename nothing (--dry)
         self.renaming = True
+        self.stopped = False
+
+    def stop(self):
+        """Rename nothing more, and end a check in flight at once."""
+        self.stopped = True
+        if self.check is not None:
+            self.check.abort()
 
     def __call__(self, load):
+        if self.renaming and self.check is not None \
+                and load.loaded(self.max_error_rate):
+            problem = 'stopped by a signal' if self.stopped else (
+                self.check.problem(load)
+                or rename_loaded(load.path, load.identity))
+            if problem is None:
+                load.renamed = True
+            else:
+                load.fail(problem)
         log_outcome(load, self.max_error_rate)
         if not load.loaded(self.max_error_rate):
             self.renaming = False
         elif not self.renaming:
             load.kept_because = 'an earlier file was not loaded'
             log.warning('%s: kept: %s', load.name, load.kept_because)
-        elif not self.dry:
-            try:
-                dot_rename(load.path)
-            except OSError as exc:
-                load.fail('rename failed: %s' % exc)
-                log.error('%s: %s', load.name, load.failure)
-                self.renaming = False
-            else:
-                load.renamed = True
 
 
 class Progress:
@@ -979,10 +1132,17 @@ def _line_chunks(stream):
     chunk is joined from its pieces, in linear time; a line longer than
     MAX_LINE_BYTES is never held whole: ``oversized`` has its first
     OVERSIZED_PREFIX bytes, to count and log it as one malformed line.
+    Raises Unreadable for any error of the decompressor.
     """
     pending, held, oversized_prefix = [], 0, None
     while True:
-        data = stream.read(READ_CHUNK)
+        try:
+            data = stream.read(READ_CHUNK)
+        except MemoryError:
+            raise
+        except Exception as exc:  # whatever the decompressor rejects
+            raise Unreadable('%s (%s)' % (exc, type(exc).__name__)) \
+                from None
         if not data:
             break
         lines = data.split(b'\n')
@@ -1045,9 +1205,94 @@ def find_files(pattern):
     return sorted(paths, key=lambda path: (os.path.basename(path), path))
 
 
-def dot_rename(path):
+def display_names(paths):
+    """How logs name each path: its base name, or the whole path where
+    two matched files share a base name."""
+    names = collections.Counter(map(os.path.basename, paths))
+    return [os.path.basename(path) if names[os.path.basename(path)] == 1
+            else path for path in paths]
+
+
+def late_files(paths, pattern):
+    """{path: why it is late} for the paths that sort at or before a file
+    already processed in their directory (a ``.<name>`` whose name the
+    pattern matches).  Loading such a file would overwrite newer values."""
+    name_glob = os.path.basename(pattern)
+    newest = {}  # directory -> newest processed name in it
+    late = {}
+    for path in paths:
+        directory, name = os.path.split(path)
+        if directory not in newest:
+            newest[directory] = max(
+                (entry[1:] for entry in os.listdir(directory or '.')
+                 if entry.startswith('.') and not entry.startswith('..')
+                 and fnmatch.fnmatchcase(entry[1:], name_glob)),
+                default=None)
+        if newest[directory] is not None and name <= newest[directory]:
+            late[path] = newest[directory]
+    return late
+
+
+def file_identity(status):
+    """What tells one unchanged file from any other: device, inode, size
+    and modification time of an ``os.stat_result``."""
+    return (status.st_dev, status.st_ino, status.st_size,
+            status.st_mtime_ns)
+
+
+def dot_path(path):
     head, name = os.path.split(path)
-    os.rename(path, os.path.join(head, '.' + name))
+    return os.path.join(head, '.' + name)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def rename_noreplace(source, target):
+    """Rename ``source`` to ``target``; raise FileExistsError rather than
+    replace an existing ``target``.  Atomic with Linux's renameat2; on a
+    filesystem without RENAME_NOREPLACE, a check just before the rename."""
+    renameat2 = getattr(_libc, 'renameat2', None)
+    if renameat2 is not None:
+        if renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD,
+                     os.fsencode(target), _RENAME_NOREPLACE) == 0:
+            return
+        error = ctypes.get_errno()
+        if error not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(error, os.strerror(error), source, None, target)
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST),
+                              source, None, target)
+    os.rename(source, target)
+
+
+def rename_loaded(path, identity):
+    """Rename ``path`` to ``.<name>`` if it still names the file that was
+    read (``identity``, see file_identity), never over an existing file.
+    Returns None, or why the file is kept."""
+    target = dot_path(path)
+    changed = 'changed while loading (replaced or written to): the next run' \
+              ' loads it again'
+    try:
+        if file_identity(os.stat(path)) != identity:
+            return changed
+        rename_noreplace(path, target)
+    except FileExistsError:
+        return 'not renamed: %s already exists' % target
+    except OSError as exc:
+        return 'rename failed: %s' % exc
+    # The path may have been replaced between the check and the rename:
+    # then the file renamed is not the one read, and goes back.
+    try:
+        if file_identity(os.stat(target)) == identity:
+            return None
+        rename_noreplace(target, path)
+    except OSError as exc:
+        log.error('%s was replaced while being renamed, and could not be'
+                  ' put back: %s; rename it back by hand', target, exc)
+    return changed
 
 
 def default_lock_path(pattern):
@@ -1067,23 +1312,36 @@ class RunLock:
         self.handle = None
 
     def acquire(self):
-        """Return None on success, else the holder's pid (or '?')."""
+        """Return None on success, else the holder's pid (or '?').
+
+        The pid is written only into a file that is empty or holds a pid:
+        any other file is locked as it is, never truncated.
+        """
         self.handle = open(self.path, 'a+')
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
                 raise
-            self.handle.seek(0)
-            holder = self.handle.read().strip() or '?'
+            holder = self._pid_written()
             self.handle.close()
             self.handle = None
-            return holder
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write('%d\n' % os.getpid())
-        self.handle.flush()
+            return holder or '?'
+        if self._pid_written() is not None or not os.fstat(
+                self.handle.fileno()).st_size:
+            self.handle.seek(0)
+            self.handle.truncate()
+            self.handle.write('%d\n' % os.getpid())
+            self.handle.flush()
         return None
+
+    def _pid_written(self):
+        """The pid the lock file holds, or None if it holds anything else
+        (a pid and white space fit in 32 bytes; a longer file is not one)."""
+        self.handle.seek(0)
+        text = self.handle.read(33)
+        return text.strip() if len(text) <= 32 and text.strip().isdigit() \
+            else None
 
     def fds(self):
         """File descriptors a child process keeps to share the lock."""
@@ -1188,6 +1446,11 @@ def build_parser():
                              ' %(default)s)')
     parser.add_argument('--worker', action='store_true',
                         help=argparse.SUPPRESS)  # internal: a shard's process
+    parser.add_argument('--load-late', action='store_true',
+                        help='load a file even if a newer file of its'
+                             ' directory was already processed (its values'
+                             ' then overwrite newer ones); by default such'
+                             ' a file is kept and the run exits 1')
     parser.add_argument('--lock', metavar='PATH',
                         help='lock file that keeps runs apart (default: %s in'
                              ' the directory of --pattern)' % LOCK_FILE_NAME)
@@ -1222,27 +1485,30 @@ def prototest():
 
 def log_summary(loads, max_error_rate, dry=False):
     """One row per file (past SUMMARY_ROWS files, per kept file), then the
-    totals."""
+    totals.  Under --dry nothing is stored: the records are counted."""
+    records = 'records' if dry else 'stored'
     log.info('Summary:')
-    log.info('%-28s %10s %10s %8s %8s %8s  %s', 'file', 'lines', 'stored',
+    log.info('%-28s %10s %10s %8s %8s %8s  %s', 'file', 'lines', records,
              'errors', 'err.rate', 'seconds', 'result')
     listed = loads if len(loads) <= SUMMARY_ROWS else \
         [load for load in loads if not load.renamed][:SUMMARY_ROWS]
     for load in listed:
+        problem = load.problem(max_error_rate) or load.kept_because
         if load.renamed:
             result = 'renamed'
+        elif problem is None:  # loaded, under --dry
+            result = 'parsed (dry run: nothing sent or renamed)'
         else:
-            result = 'kept: ' + (load.problem(max_error_rate)
-                                 or load.kept_because or 'dry run')
+            result = 'kept: ' + problem
         log.info('%-28s %10d %10d %8d %8.4f %8.1f  %s', load.name, load.lines,
                  load.stored, load.errors, load.error_rate, load.seconds,
                  result)
     renamed = sum(load.renamed for load in loads)
     if len(listed) < len(loads):
         log.info('(%d more files not listed)', len(loads) - len(listed))
-    log.info('total: %d files, %d lines, %d stored, %d errors; %d renamed',
+    log.info('total: %d files, %d lines, %d %s, %d errors; %d renamed',
              len(loads), sum(load.lines for load in loads),
-             sum(load.stored for load in loads),
+             sum(load.stored for load in loads), records,
              sum(load.errors for load in loads), renamed)
     if renamed < len(loads) and not dry:
         log.warning('%d of %d files kept; the next run retries them in'
@@ -1330,9 +1596,39 @@ def catch_stop_signals(on_stop):
     return caught, handlers
 
 
+def set_aside_late(loads, pattern, load_late):
+    """Mark the late files of ``loads`` failed, unless ``load_late``; return
+    the loads that go on to be loaded.  See late_files."""
+    late = late_files([load.path for load in loads], pattern)
+    to_load = []
+    for load in loads:
+        newer = late.get(load.path)
+        if newer is None:
+            to_load.append(load)
+        elif os.path.lexists(dot_path(load.path)):
+            load.fail('late: a processed copy %s already exists (the same'
+                      ' minute delivered again?); move one of them aside'
+                      % dot_path(load.path))
+        elif not load_late:
+            load.fail('late: .%s, a newer file, was already processed and'
+                      ' this older one would overwrite its values; move it'
+                      ' aside, or load it anyway with --load-late' % newer)
+        else:
+            log.warning('%s: late (.%s is newer and already processed),'
+                        ' loaded on --load-late: its values overwrite newer'
+                        ' ones', load.name, newer)
+            to_load.append(load)
+        if load.failure is not None:
+            log.error('%s: kept: %s', load.name, load.failure)
+    return to_load
+
+
 def _load(args, settings, lock=None):
     try:
         paths = find_files(args.pattern)
+        loads = [FileLoad(path, index, name) for index, (path, name)
+                 in enumerate(zip(paths, display_names(paths)))]
+        to_load = set_aside_late(loads, args.pattern, args.load_late)
     except OSError as exc:
         log.error('cannot list the files of %s: %s', args.pattern, exc)
         return EXIT_FAILED
@@ -1344,16 +1640,24 @@ def _load(args, settings, lock=None):
                            keep_fds=lock.fds() if lock else ())
     else:
         engine = Loader(settings)
-    caught, handlers = catch_stop_signals(engine.stop)
+    check = None if settings.dry else InstanceCheck(settings.timeout)
+    renamer = RenameInOrder(settings.max_error_rate, check)
+
+    def stop(signum):
+        engine.stop(signum)
+        renamer.stop()
+
+    caught, handlers = catch_stop_signals(stop)
     show_bar = not args.log and sys.stderr.isatty()
     progress = Progress(engine.current_load, bar=show_bar)
     try:
         with (logging_redirect_tqdm(loggers=[log]) if show_bar
               else contextlib.nullcontext()):
-            loads = engine.run(paths, RenameInOrder(settings.max_error_rate,
-                                                    settings.dry))
+            engine.run(to_load, renamer)
     finally:
         progress.stop()
+        if check is not None:
+            check.close()
         gevent.sleep(0)  # run a signal callback that is still pending
         for handler in handlers:
             handler.cancel()
@@ -1394,17 +1698,17 @@ class WorkerSet:
         self.processes = []
         self.readers = gevent.pool.Group()
 
-    def _start(self, paths):
-        self.loads = [FileLoad(path, index) for index, path in
-                      enumerate(paths)]
-        self.reported = [0] * len(paths)
-        config = {'paths': paths, 'settings': self.settings.as_dict(),
-                  'log': self.log_path}
+    def _start(self, loads):
+        # Workers number the files 0..n-1, the position in ``loads``.
+        self.loads = loads
+        self.reported = [0] * len(loads)
+        config = {'paths': [load.path for load in loads],
+                  'settings': self.settings.as_dict(), 'log': self.log_path}
         for worker in range(self.count):
             if self.stop_signal is not None:  # no new worker after a stop
-                for load in self.loads:
+                for position, load in enumerate(self.loads):
                     load.fail('stopped by a signal')
-                    self._reported(load)
+                    self._reported(position)
                 continue
             process = subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), '--worker'],
@@ -1434,22 +1738,21 @@ class WorkerSet:
             return load if load.started is not None else None
         return None
 
-    def run(self, paths, on_done):
+    def run(self, loads, on_done):
         """Like Loader.run: ``on_done`` for each file, in order."""
         try:
-            self._start(paths)
-            for load in self.loads:
-                while self.reported[load.index] < self.count:
+            self._start(loads)
+            for position, load in enumerate(self.loads):
+                while self.reported[position] < self.count:
                     self.reports.wait()
                     self.reports.clear()
                 on_done(load)
                 self.done += 1
                 for worker in range(self.count):
-                    self.shares.pop((worker, load.index), None)
+                    self.shares.pop((worker, position), None)
             self.readers.join()
         finally:
             self._close()
-        return self.loads
 
     def _close(self):
         """Leave no worker behind, whatever happened."""
@@ -1473,10 +1776,11 @@ class WorkerSet:
                           self.count)
             process.kill()
         status = process.wait()
-        for load in self.loads[next_file:]:
-            load.fail('worker %d/%d exited with status %s before finishing'
-                      ' it' % (worker + 1, self.count, status))
-            self._reported(load)
+        for position in range(next_file, len(self.loads)):
+            self.loads[position].fail(
+                'worker %d/%d exited with status %s before finishing it'
+                % (worker + 1, self.count, status))
+            self._reported(position)
 
     def _merge_reports(self, worker, process):
         """Merge reports until the worker's stdout ends; return the index
@@ -1484,13 +1788,14 @@ class WorkerSet:
         next_file = 0
         for line in process.stdout:
             report = json.loads(line)
-            if report['file'] < next_file:
+            position = report['file']
+            if position < next_file:
                 continue  # progress sent just before that file was done
-            load = self.loads[report['file']]
+            load = self.loads[position]
             if load.started is None:
                 load.started = time.monotonic()
-            self.shares[worker, load.index] = report
-            shares = [self.shares.get((other, load.index), {})
+            self.shares[worker, position] = report
+            shares = [self.shares.get((other, position), {})
                       for other in range(self.count)]
             load.lines = sum(share.get('lines', 0) for share in shares)
             load.errors = sum(share.get('errors', 0) for share in shares)
@@ -1505,8 +1810,12 @@ class WorkerSet:
                 if report['write_failure'] and load.write_failure is None:
                     load.write_failure = report['write_failure']
                 load.seconds = max(load.seconds, report['seconds'])
-                next_file = load.index + 1
-                self._reported(load)
+                if report['identity'] is not None:
+                    load.opened(tuple(report['identity']))
+                for address, instance in report['instances'].items():
+                    load.wrote_to(address, instance and tuple(instance))
+                next_file = position + 1
+                self._reported(position)
         return next_file
 
     @staticmethod
@@ -1519,8 +1828,8 @@ class WorkerSet:
             except Exception:  # our stderr is gone: still drain theirs
                 pass
 
-    def _reported(self, load):
-        self.reported[load.index] += 1
+    def _reported(self, position):
+        self.reported[position] += 1
         self.reports.set()
 
 
@@ -1532,7 +1841,8 @@ def _send_report(load, done=False):
         report.update(done=True, stored=load.stored,
                       unacknowledged=load.unacknowledged,
                       failure=load.failure, write_failure=load.write_failure,
-                      seconds=load.seconds)
+                      seconds=load.seconds, identity=load.identity,
+                      instances=load.instances)
     sys.stdout.buffer.write(json.dumps(report).encode() + b'\n')
     sys.stdout.buffer.flush()
 
@@ -1564,7 +1874,9 @@ def run_worker():
 
     reporter = gevent.spawn(report_progress)
     try:
-        loader.run(config['paths'], lambda load: _send_report(load, True))
+        loader.run([FileLoad(path, index) for index, path
+                    in enumerate(config['paths'])],
+                   lambda load: _send_report(load, True))
     finally:
         reporter.kill()
         gevent.sleep(0)  # run a signal callback that is still pending

@@ -85,8 +85,8 @@ def test_files_are_taken_by_name_not_mtime_and_renamed_in_order(
         os.utime(path, (1000 + age, 1000 + age))
     write_gz(tmp_path / '.20170928235900.tsv.gz', ['idfa\told\t1\t1\t1'])
     renamed = []
-    real_rename = os.rename
-    monkeypatch.setattr(os, 'rename', lambda a, b: (
+    real_rename = gmemcload.rename_noreplace
+    monkeypatch.setattr(gmemcload, 'rename_noreplace', lambda a, b: (
         renamed.append(os.path.basename(a)), real_rename(a, b)))
     status, text = run(tmp_path, memcached_set)
     assert status == 0, text

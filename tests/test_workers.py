@@ -166,6 +166,7 @@ def test_a_stop_before_the_workers_start_starts_none(tmp_path):
     workers = gmemcload.WorkerSet(2, settings, str(tmp_path / 'log'))
     workers.stop(signal.SIGTERM)
     done = []
-    loads = workers.run([path], done.append)
+    loads = [gmemcload.FileLoad(path)]
+    workers.run(loads, done.append)
     assert workers.processes == []
     assert done == loads and loads[0].failure == 'stopped by a signal'
