@@ -10,7 +10,7 @@ RUN_DIR := .run
 BENCH_FILES ?= 3
 BENCH_LINES ?= 500000
 
-.PHONY: help install memcached run stop test lint bench proto clean
+.PHONY: help install memcached run stop test lint bench mutants proto clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -44,7 +44,8 @@ run: install memcached  ## load a generated sample into memcached on 33013-33016
 		fi; \
 	done
 	@ls $(DATA)/*.tsv.gz >/dev/null 2>&1 || \
-		$(PY) tests/generate.py $(DATA) --files 3 --lines 100000
+		$(PY) tests/generate.py $(DATA) --files 3 --lines 100000 \
+			--after-processed
 	$(PY) gmemcload.py --pattern '$(DATA)/*.tsv.gz'
 
 stop:  ## stop the memcached daemons that `make run` started
@@ -60,6 +61,9 @@ test: install memcached lint  ## lint, then run every test
 
 bench: install memcached  ## measure speed and correctness (BENCH_FILES, BENCH_LINES)
 	$(PY) tests/bench.py --files $(BENCH_FILES) --lines $(BENCH_LINES)
+
+mutants: install memcached  ## break each guarantee on purpose; fail if a test misses it
+	$(PY) tests/mutants.py
 
 proto:  ## regenerate proto/appsinstalled_pb2.py with protoc
 	@command -v protoc >/dev/null || { \

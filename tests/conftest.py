@@ -4,7 +4,9 @@ monkey.patch_all()
 
 import gzip  # noqa: E402
 import os  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -14,6 +16,7 @@ sys.path.insert(0, os.path.join(ROOT, 'tests'))
 
 from daemons import MemcachedDaemon, free_port  # noqa: E402,F401
 from fake_memcached import FakeMemcached  # noqa: E402
+import gmemcload  # noqa: E402
 from proto import appsinstalled_pb2  # noqa: E402
 
 GMEMCLOAD = os.path.join(ROOT, 'gmemcload.py')
@@ -78,3 +81,85 @@ def expected_value(line):
     message.apps.extend(int(app) for app in apps.split(',') if app)
     return ('%s:%s' % (dev_type, dev_id)).encode(), \
         message.SerializeToString()
+
+
+# -- running the loader and reading what it left --
+
+def run(tmp_path, daemons, *extra):
+    """Run main() on tmp_path/*.tsv.gz; return (exit status, log text)."""
+    log_path = tmp_path / 'run.log'
+    status = gmemcload.main(['--pattern', str(tmp_path / '*.tsv.gz'),
+                             '--log', str(log_path)]
+                            + address_args(daemons) + list(extra))
+    return status, log_path.read_text()
+
+
+def listing(tmp_path):
+    return sorted(name for name in os.listdir(tmp_path)
+                  if name.endswith('.tsv.gz'))
+
+
+def expected_state(paths):
+    """What loading ``paths`` one at a time, in order, leaves: key->value."""
+    state = {}
+    for path in paths:
+        with gzip.open(path, 'rt') as lines:
+            for line in lines:
+                key, value = expected_value(line)
+                state[key] = value
+    return state
+
+
+def stored_values(daemons, keys):
+    found = {}
+    by_type = {}
+    for key in keys:
+        by_type.setdefault(key.split(b':')[0].decode(), []).append(key)
+    for dev_type, type_keys in by_type.items():
+        found.update(daemons[dev_type].get_many(type_keys))
+    return found
+
+
+# -- lines, processes and bounded waits --
+
+def same_server(server):
+    return {dev_type: server for dev_type in DEVICE_TYPES}
+
+
+def lines_for(dev_type, count, tag='', start=0):
+    return ['%s\t%s%05d\t%d.5\t-1.25\t%d,%d' % (dev_type, tag, i, i, i, i + 1)
+            for i in range(start, start + count)]
+
+
+def assert_all_in_fake(fake, lines):
+    want = dict(expected_value(line) for line in lines)
+    assert {key: fake.data.get(key) for key in want} == want
+
+
+def start_loader(tmp_path, daemons, *extra):
+    """Run gmemcload.py as a process; its log goes to tmp_path/run.log."""
+    return subprocess.Popen(
+        [sys.executable, GMEMCLOAD, '--pattern', str(tmp_path / '*.tsv.gz'),
+         '--log', str(tmp_path / 'run.log')] + address_args(daemons)
+        + list(extra))
+
+
+def wait_for(predicate, seconds=20.0):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, 'timed out waiting'
+        time.sleep(0.05)
+
+
+def wait_for_log(tmp_path, text):
+    log_path = tmp_path / 'run.log'
+    wait_for(lambda: log_path.exists() and text in log_path.read_text())
+
+
+def stop_within(loader, signum, seconds):
+    """Send ``signum``; return the exit status, due within ``seconds``."""
+    loader.send_signal(signum)
+    signalled = time.monotonic()
+    status = loader.wait(timeout=seconds + 5)
+    assert time.monotonic() - signalled < seconds
+    return status

@@ -70,15 +70,16 @@ class MemcachedDaemon:
         return self.client().get_multi(list(keys))
 
     def connections(self):
-        """Established TCP connections to the daemon's port, as the kernel
-        sees them: counted even while the daemon is paused."""
+        """TCP connections to the daemon's port that the kernel has
+        accepted, whether or not the daemon has: counted while it is
+        paused too."""
         count = 0
         with open('/proc/net/tcp') as table:
             next(table)
             for row in table:
                 local, state = row.split()[1], row.split()[3]
                 if int(local.split(':')[1], 16) == self.port and \
-                        state == '01':
+                        state != '0A':  # not the listening socket
                     count += 1
         return count
 

@@ -12,7 +12,9 @@ It speaks the part of the text protocol the loader and the tests use:
 * answer ``SERVER_ERROR object too large for cache`` to a ``set`` whose
   value is longer than ``max_value`` bytes, as real memcached does;
 * ``restart()``: drop every connection and all data and take a new pid,
-  as a restarted memcached does.
+  as a restarted memcached does;
+* answer ``stats`` without pid and uptime (``tells_identity = False``), as
+  a proxy in front of memcached may.
 
 It runs as a greenlet server in the test process; use it as a context
 manager so that it always stops.
@@ -37,6 +39,7 @@ class FakeMemcached:
         self.delay_replies = None
         self.reset_after = None
         self.resets = None
+        self.tells_identity = True
         self.commands = 0  # commands seen, over all connections
         self.sets = 0
         self.connections = 0
@@ -136,6 +139,8 @@ class FakeMemcached:
             found = self.data.pop(words[1], None) is not None
             return b'DELETED\r\n' if found else b'NOT_FOUND\r\n'
         if name == b'stats':
+            if not self.tells_identity:
+                return b'STAT version 1.6.0-fake\r\nEND\r\n'
             now = int(time.time())
             return (b'STAT pid %d\r\nSTAT uptime %d\r\nSTAT time %d\r\n'
                     b'END\r\n' % (self.pid, now - self.started, now))

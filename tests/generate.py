@@ -24,10 +24,27 @@ APP_LIST_POOL = 4096
 SHARED_ID_POOL = 10000
 
 
-def file_names(count):
-    """The names of ``count`` consecutive minute files."""
-    return ['%s.tsv.gz' % (FIRST_MINUTE + datetime.timedelta(minutes=i))
+def file_names(count, first=FIRST_MINUTE):
+    """The names of ``count`` consecutive minute files from ``first``."""
+    return ['%s.tsv.gz' % (first + datetime.timedelta(minutes=i))
             .strftime('%Y%m%d%H%M%S') for i in range(count)]
+
+
+def after_processed(directory):
+    """The minute after the newest file already processed (``.<name>``)
+    in ``directory``, so that new files are not late; FIRST_MINUTE if
+    there is none."""
+    newest = FIRST_MINUTE - datetime.timedelta(minutes=1)
+    if os.path.isdir(directory):
+        for entry in os.listdir(directory):
+            if entry.startswith('.') and entry.endswith('.tsv.gz'):
+                try:
+                    minute = datetime.datetime.strptime(
+                        entry[1:-len('.tsv.gz')], '%Y%m%d%H%M%S')
+                except ValueError:
+                    continue
+                newest = max(newest, minute)
+    return newest + datetime.timedelta(minutes=1)
 
 
 def generate_lines(rng, count, repeat, shared_ids, app_lists):
@@ -46,7 +63,8 @@ def generate_lines(rng, count, repeat, shared_ids, app_lists):
             choice(app_lists))
 
 
-def generate(directory, files=3, lines=1000, repeat=0.1, seed=1):
+def generate(directory, files=3, lines=1000, repeat=0.1, seed=1,
+             first=FIRST_MINUTE):
     """Write the files into ``directory``; return their paths in order."""
     os.makedirs(directory, exist_ok=True)
     rng = random.Random(seed)
@@ -56,7 +74,7 @@ def generate(directory, files=3, lines=1000, repeat=0.1, seed=1):
                           for _ in range(rng.randint(1, 110)))
                  for _ in range(APP_LIST_POOL)]
     paths = []
-    for name in file_names(files):
+    for name in file_names(files, first):
         path = os.path.join(directory, name)
         with igzip.open(path + '.part', 'wt', compresslevel=1) as out:
             batch = []
@@ -84,9 +102,16 @@ def main(argv=None):
                              ' files (default: %(default)s)')
     parser.add_argument('--seed', type=int, default=1,
                         help='random seed (default: %(default)s)')
+    parser.add_argument('--after-processed', action='store_true',
+                        help='name the files from the minute after the'
+                             ' newest processed file of the directory, so'
+                             ' that they are not late (default: from %s)'
+                             % FIRST_MINUTE.strftime('%Y%m%d%H%M%S'))
     args = parser.parse_args(argv)
+    first = after_processed(args.directory) if args.after_processed \
+        else FIRST_MINUTE
     for path in generate(args.directory, args.files, args.lines, args.repeat,
-                         args.seed):
+                         args.seed, first):
         print(path, file=sys.stderr)
     return 0
 

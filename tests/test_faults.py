@@ -11,54 +11,13 @@ import pytest
 
 import generate
 import gmemcload
-from conftest import GMEMCLOAD, address_args, expected_value, write_gz
+from conftest import (GMEMCLOAD, assert_all_in_fake, expected_state,
+                      expected_value, lines_for, listing, run, same_server,
+                      start_loader, stop_within, stored_values, wait_for,
+                      wait_for_log, write_gz)
 from daemons import free_port
-from test_load import expected_state, listing, run, stored_values
 
 TYPES = gmemcload.DEVICE_TYPES
-
-
-def same_server(server):
-    return {dev_type: server for dev_type in TYPES}
-
-
-def lines_for(dev_type, count, tag='', start=0):
-    return ['%s\t%s%05d\t%d.5\t-1.25\t%d,%d' % (dev_type, tag, i, i, i, i + 1)
-            for i in range(start, start + count)]
-
-
-def assert_all_in_fake(fake, lines):
-    want = dict(expected_value(line) for line in lines)
-    assert {key: fake.data.get(key) for key in want} == want
-
-
-def start_loader(tmp_path, daemons, *extra):
-    """Run gmemcload.py as a process; its log goes to tmp_path/run.log."""
-    return subprocess.Popen(
-        [sys.executable, GMEMCLOAD, '--pattern', str(tmp_path / '*.tsv.gz'),
-         '--log', str(tmp_path / 'run.log')] + address_args(daemons)
-        + list(extra))
-
-
-def wait_for(predicate, seconds=20.0):
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, 'timed out waiting'
-        time.sleep(0.05)
-
-
-def wait_for_log(tmp_path, text):
-    log_path = tmp_path / 'run.log'
-    wait_for(lambda: log_path.exists() and text in log_path.read_text())
-
-
-def stop_within(loader, signum, seconds):
-    """Send ``signum``; return the exit status, due within ``seconds``."""
-    loader.send_signal(signum)
-    signalled = time.monotonic()
-    status = loader.wait(timeout=seconds + 5)
-    assert time.monotonic() - signalled < seconds
-    return status
 
 
 # -- retries with the fake server --

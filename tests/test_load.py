@@ -1,5 +1,4 @@
 """End to end against real memcached: values, newest wins, renames."""
-import gzip
 import os
 
 import memcache
@@ -7,42 +6,8 @@ import pytest
 
 import generate
 import gmemcload
-from conftest import address_args, expected_value, write_gz
-
-
-def run(tmp_path, daemons, *extra):
-    """Run main() on tmp_path/*.tsv.gz; return (exit status, log text)."""
-    log_path = tmp_path / 'run.log'
-    status = gmemcload.main(['--pattern', str(tmp_path / '*.tsv.gz'),
-                             '--log', str(log_path)]
-                            + address_args(daemons) + list(extra))
-    return status, log_path.read_text()
-
-
-def listing(tmp_path):
-    return sorted(name for name in os.listdir(tmp_path)
-                  if name.endswith('.tsv.gz'))
-
-
-def expected_state(paths):
-    """What loading ``paths`` one at a time, in order, leaves: key->value."""
-    state = {}
-    for path in paths:
-        with gzip.open(path, 'rt') as lines:
-            for line in lines:
-                key, value = expected_value(line)
-                state[key] = value
-    return state
-
-
-def stored_values(daemons, keys):
-    found = {}
-    by_type = {}
-    for key in keys:
-        by_type.setdefault(key.split(b':')[0].decode(), []).append(key)
-    for dev_type, type_keys in by_type.items():
-        found.update(daemons[dev_type].get_many(type_keys))
-    return found
+from conftest import (expected_state, expected_value, listing, run,
+                      stored_values, write_gz)
 
 
 def test_generated_files_load_byte_exact_with_newest_winning(

@@ -8,9 +8,9 @@ import pytest
 
 import generate
 import gmemcload
-from conftest import expected_value, write_gz
-from test_faults import lines_for, start_loader, stop_within, wait_for
-from test_load import expected_state, listing, run, stored_values
+from conftest import (expected_state, expected_value, lines_for, listing, run,
+                      start_loader, stop_within, stored_values, wait_for,
+                      write_gz)
 
 
 def children_of(pid):

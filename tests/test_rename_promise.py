@@ -1,0 +1,270 @@
+"""The rename promise: a file renamed to .<name> has every record in
+memcached, whatever happened between its read and its rename; no file is
+ever destroyed."""
+import gzip
+import io
+import os
+
+import gevent
+import pytest
+from isal import igzip
+
+import gmemcload
+from conftest import (expected_state, expected_value, lines_for, listing, run,
+                      same_server, stored_values, wait_for, write_gz)
+
+FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
+                        '20170929000200.tsv.gz')
+
+
+def all_stored(daemon, lines):
+    keys = [expected_value(line)[0] for line in lines]
+    return len(daemon.get_many(keys)) == len(keys)
+
+
+# -- the servers a file wrote to, at rename time --
+
+@pytest.mark.parametrize('workers', ['1', '2'])
+def test_a_restart_between_a_files_writes_and_its_rename_keeps_it(
+        tmp_path, memcached_set, workers):
+    gaid, idfa = memcached_set['gaid'], memcached_set['idfa']
+    first = lines_for('gaid', 200) + lines_for('idfa', 200)
+    second = lines_for('idfa', 200, 'b')
+    paths = [write_gz(tmp_path / FIRST, first),
+             write_gz(tmp_path / SECOND, second)]
+    gaid.pause()  # the first file, and so both renames, wait for gaid
+    loader = gevent.spawn(run, tmp_path, memcached_set, '--timeout', '0.5',
+                          '--retries', '10', '--workers', workers)
+    try:
+        # Both files' idfa writes are acknowledged; then idfa restarts
+        # empty, and nothing writes to it any more in this run.
+        wait_for(lambda: all_stored(idfa, first[200:] + second))
+        idfa.restart()
+    finally:
+        gaid.resume()
+    status, text = loader.get(timeout=60)
+    assert status == 1, text
+    assert 'kept: memcached %s restarted after this file was written' \
+        % idfa.address in text
+    assert listing(tmp_path) == [FIRST, SECOND]
+    expected = expected_state(paths)
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    assert stored_values(memcached_set, expected) == expected
+
+
+def test_a_server_that_cannot_be_asked_at_rename_time_keeps_the_file(
+        tmp_path, memcached_set):
+    gaid, idfa = memcached_set['gaid'], memcached_set['idfa']
+    lines = lines_for('gaid', 100) + lines_for('idfa', 100)
+    write_gz(tmp_path / FIRST, lines)
+    gaid.pause()
+    loader = gevent.spawn(run, tmp_path, memcached_set, '--timeout', '0.5',
+                          '--retries', '10')
+    try:
+        wait_for(lambda: all_stored(idfa, lines[100:]))
+        idfa.pause()  # acknowledged, then silent when the renamer asks
+        gaid.resume()
+        status, text = loader.get(timeout=60)
+    finally:
+        gaid.resume()
+        idfa.resume()
+    assert status == 1, text
+    assert 'kept: cannot check memcached %s before the rename: timed out' \
+        % idfa.address in text
+    assert listing(tmp_path) == [FIRST]
+
+
+def test_a_server_that_tells_no_identity_is_named_once_and_not_held_against(
+        tmp_path, fake_memcached):
+    fake_memcached.tells_identity = False
+    for name in (FIRST, SECOND):
+        write_gz(tmp_path / name, lines_for('adid', 50, name[:14]))
+    status, text = run(tmp_path, same_server(fake_memcached))
+    assert status == 0, text
+    assert text.count('tells no pid and start time') == 1
+    assert listing(tmp_path) == ['.' + FIRST, '.' + SECOND]
+
+
+# -- the path still names what was read --
+
+def append_member(path, lines):
+    with gzip.open(path, 'ab') as out:
+        out.write(b''.join(line.encode() + b'\n' for line in lines))
+
+
+@pytest.mark.parametrize('change', ['replaced', 'appended'])
+def test_a_file_that_changes_while_its_writes_wait_is_kept(
+        tmp_path, memcached_set, change):
+    gaid = memcached_set['gaid']
+    first = lines_for('gaid', 100)
+    later = lines_for('gaid', 100, 'new')
+    path = write_gz(tmp_path / FIRST, first)
+    gaid.pause()
+    loader = gevent.spawn(run, tmp_path, memcached_set, '--timeout', '0.5',
+                          '--retries', '10')
+    try:
+        # The file is read to its end before its only batch is sent.
+        wait_for(lambda: gaid.connections() > 0)
+        if change == 'replaced':  # a new delivery moved over the path
+            os.replace(write_gz(tmp_path / 'incoming', later), path)
+        else:  # a second gzip member
+            append_member(path, later)
+    finally:
+        gaid.resume()
+    status, text = loader.get(timeout=60)
+    assert status == 1, text
+    assert 'kept: changed while loading' in text
+    assert listing(tmp_path) == [FIRST]
+    expected = expected_state([path])
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    assert stored_values(memcached_set, expected) == expected
+    assert len(expected) == (200 if change == 'appended' else 100)
+
+
+def test_a_path_replaced_during_the_rename_is_put_back(tmp_path,
+                                                       monkeypatch):
+    path = write_gz(tmp_path / FIRST, ['idfa\ta\t1\t1\t1'])
+    identity = gmemcload.file_identity(os.stat(path))
+    real_rename = gmemcload.rename_noreplace
+
+    def replaced_just_before(source, target):
+        os.replace(write_gz(tmp_path / 'incoming', ['idfa\tb\t1\t1\t1']),
+                   source)
+        monkeypatch.setattr(gmemcload, 'rename_noreplace', real_rename)
+        real_rename(source, target)
+
+    monkeypatch.setattr(gmemcload, 'rename_noreplace', replaced_just_before)
+    problem = gmemcload.rename_loaded(path, identity)
+    assert problem.startswith('changed while loading')
+    assert listing(tmp_path) == [FIRST]
+    with gzip.open(path) as unread:
+        assert unread.read() == b'idfa\tb\t1\t1\t1\n'
+
+
+# -- late and re-delivered files --
+
+def test_a_late_older_file_is_kept_until_the_operator_says_load_it(
+        tmp_path, memcached_set):
+    write_gz(tmp_path / SECOND, ['idfa\tk\t2\t2\t2'])
+    assert run(tmp_path, memcached_set)[0] == 0
+    write_gz(tmp_path / FIRST, ['idfa\tk\t1\t1\t1', 'idfa\tonly\t1\t1\t1'])
+    write_gz(tmp_path / THIRD, ['idfa\tnew\t3\t3\t3'])
+    status, text = run(tmp_path, memcached_set)
+    assert status == 1, text
+    assert '%s: kept: late: .%s, a newer file, was already processed' \
+        % (FIRST, SECOND) in text
+    # The late file is left alone; the newer one still loads.
+    assert listing(tmp_path) == ['.' + SECOND, '.' + THIRD, FIRST]
+    newer = dict([expected_value('idfa\tk\t2\t2\t2')])
+    assert stored_values(memcached_set, [b'idfa:k', b'idfa:only']) == newer
+    status, text = run(tmp_path, memcached_set, '--load-late')
+    assert status == 0, text
+    assert 'loaded on --load-late' in text
+    assert listing(tmp_path) == ['.' + FIRST, '.' + SECOND, '.' + THIRD]
+    older = dict([expected_value('idfa\tk\t1\t1\t1')])
+    assert stored_values(memcached_set, [b'idfa:k']) == older
+
+
+@pytest.mark.parametrize('extra', [[], ['--load-late']])
+def test_a_redelivered_file_never_replaces_the_processed_copy(
+        tmp_path, memcached_set, extra):
+    write_gz(tmp_path / FIRST, ['idfa\tk\t1\t1\t1'])
+    assert run(tmp_path, memcached_set)[0] == 0
+    processed = (tmp_path / ('.' + FIRST)).read_bytes()
+    write_gz(tmp_path / FIRST, ['idfa\tk\t9\t9\t9'])
+    status, text = run(tmp_path, memcached_set, *extra)
+    assert status == 1, text
+    assert 'kept: late: a processed copy %s already exists' \
+        % (tmp_path / ('.' + FIRST)) in text
+    assert listing(tmp_path) == ['.' + FIRST, FIRST]
+    assert (tmp_path / ('.' + FIRST)).read_bytes() == processed
+    want = dict([expected_value('idfa\tk\t1\t1\t1')])
+    assert stored_values(memcached_set, want) == want
+
+
+@pytest.mark.parametrize('renameat2', [True, False])
+def test_a_rename_never_replaces_an_existing_file(tmp_path, monkeypatch,
+                                                  renameat2):
+    if not renameat2:  # a filesystem or libc without RENAME_NOREPLACE
+        monkeypatch.setattr(gmemcload, '_libc', object())
+    (tmp_path / 'a').write_text('new')
+    (tmp_path / 'b').write_text('old')
+    with pytest.raises(FileExistsError):
+        gmemcload.rename_noreplace(str(tmp_path / 'a'), str(tmp_path / 'b'))
+    assert (tmp_path / 'b').read_text() == 'old'
+    gmemcload.rename_noreplace(str(tmp_path / 'a'), str(tmp_path / 'c'))
+    assert (tmp_path / 'c').read_text() == 'new'
+
+
+# -- corrupt input, the lock, names --
+
+def corrupt_deflate(lines):
+    """A gzip file whose deflate stream isal rejects mid-way (not merely a
+    CRC that fails at the end)."""
+    data = b''.join(line.encode() + b'\n' for line in lines)
+    good = gzip.compress(data)
+    for offset in range(len(good) // 2, len(good) - 8):
+        bad = bytearray(good)
+        bad[offset] ^= 0xff
+        try:
+            with igzip.IGzipFile(fileobj=io.BytesIO(bytes(bad))) as stream:
+                stream.read()
+        except gzip.BadGzipFile:
+            continue
+        except Exception:
+            return bytes(bad)
+    raise AssertionError('no corruption found that isal rejects')
+
+
+def test_a_corrupt_deflate_stream_is_the_inputs_fault(tmp_path,
+                                                      memcached_set):
+    (tmp_path / FIRST).write_bytes(corrupt_deflate(lines_for('idfa', 5000)))
+    status, text = run(tmp_path, memcached_set)
+    assert status == 1
+    assert '%s: Failed load: unreadable: ' % FIRST in text
+    assert 'IsalError' in text
+    assert 'Traceback' not in text and 'internal error' not in text
+    assert listing(tmp_path) == [FIRST]
+
+
+def test_lock_keeps_what_its_file_holds(tmp_path, memcached_set):
+    write_gz(tmp_path / FIRST, lines_for('idfa', 10))
+    settings = tmp_path / 'settings.conf'
+    settings.write_text('do not lose me\n')
+    status, text = run(tmp_path, memcached_set, '--lock', str(settings))
+    assert status == 0, text
+    assert settings.read_text() == 'do not lose me\n'
+    pid_file = tmp_path / 'pid.lock'
+    pid_file.write_text('1\n')  # a pid from an earlier run: replaced
+    status, text = run(tmp_path, memcached_set, '--lock', str(pid_file))
+    assert status == 0, text
+    assert pid_file.read_text() == '%d\n' % os.getpid()
+
+
+def test_files_that_share_a_base_name_are_shown_by_path(tmp_path,
+                                                        memcached_set):
+    paths = []
+    for directory in ('east', 'west'):
+        (tmp_path / directory).mkdir()
+        paths.append(write_gz(tmp_path / directory / FIRST,
+                              lines_for('idfa', 5, directory)))
+    status, text = run(tmp_path, memcached_set,
+                       '--pattern', str(tmp_path / '*' / '*.tsv.gz'))
+    assert status == 0, text
+    for path in paths:
+        assert 'I %s: Acceptable error rate' % path in text
+        assert 'I %s ' % path in text.split('Summary:')[1]
+
+
+def test_the_dry_summary_counts_records_and_stores_nothing(tmp_path):
+    write_gz(tmp_path / FIRST, lines_for('idfa', 5))
+    status, text = run(tmp_path, same_server(type('Nowhere', (), {
+        'address': '127.0.0.1:1'})), '--dry')
+    assert status == 0, text
+    summary = text.split('Summary:')[1]
+    assert 'stored' not in summary
+    assert 'total: 1 files, 5 lines, 5 records, 0 errors; 0 renamed' \
+        in summary
+    assert 'parsed (dry run: nothing sent or renamed)' in summary
