@@ -41,12 +41,14 @@ import errno  # noqa: E402
 import fcntl  # noqa: E402
 import fnmatch  # noqa: E402
 import glob  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
+import marshal  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
+import resource  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
+import struct  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -54,6 +56,7 @@ import zlib  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
+import gevent.lock  # noqa: E402
 import gevent.os  # noqa: E402
 import gevent.pool  # noqa: E402
 import gevent.queue  # noqa: E402
@@ -91,7 +94,9 @@ READ_CHUNK = 1 << 20  # decompressed bytes read at a time
 MAX_LINE_BYTES = 8 << 20  # at least READ_CHUNK: a line within a chunk fits
 OVERSIZED_PREFIX = 4096  # what is kept of such a line, to log and shard it
 QUEUED_BATCHES_PER_LANE = 4  # back-pressure: bounds memory per lane
-OPEN_FILES = 3  # file greenlets alive at once
+OPEN_FILES = 3  # files read and not yet renamed or kept, at most
+ENCODER_CHUNKS = 2  # chunks in flight per encoder process
+F_SETPIPE_SZ = 1031  # fcntl: a pipe's capacity (Linux)
 SUMMARY_ROWS = 100  # past this many files the summary lists only kept ones
 BACKOFF_FIRST = 0.25  # seconds before the first retry; doubles per retry
 BACKOFF_MAX = 4.0
@@ -212,13 +217,414 @@ def set_command(key, value):
     return b'set %b 0 0 %d\r\n%b\r\n' % (key, len(value), value)
 
 
-def _key_of(command):
-    return command[4:command.index(b' ', 4)]
-
-
 def describe_value(value):
     """Show a packed UserApps on one line, as the original tool logged it."""
     return str(_UserApps.FromString(value)).replace('\n', ' ').strip()
+
+
+# -- chunks and encoding ----------------------------------------------------
+
+def read_chunks(read):
+    """Yield ``(data, oversized)`` pairs from ``read(size)``, a reader of
+    decompressed bytes.
+
+    ``data`` holds whole lines, each ended by b'\\n' except perhaps a last
+    line without one at the very end.  A line longer than a chunk is joined
+    from its pieces, in linear time; a line longer than MAX_LINE_BYTES is
+    never held whole: ``oversized`` has its first OVERSIZED_PREFIX bytes, to
+    count and log it as one malformed line.  Raises Unreadable for any
+    error of the decompressor.
+    """
+    held, held_bytes = [], 0  # the start of a line not ended yet
+    skipped = None  # the prefix of an oversized line being skipped
+    while True:
+        try:
+            data = read(READ_CHUNK)
+        except MemoryError:
+            raise
+        except Exception as exc:  # whatever the decompressor rejects
+            raise Unreadable('%s (%s)' % (exc, type(exc).__name__)) \
+                from None
+        if not data:
+            break
+        oversized = []
+        first_end = data.find(b'\n')
+        if first_end >= 0 and (skipped is not None or held):
+            if skipped is None and held_bytes + first_end <= MAX_LINE_BYTES:
+                held.append(data)  # the held line ends in this chunk
+                data = b''.join(held)
+                first_end += held_bytes
+            else:
+                oversized.append(skipped if skipped is not None else
+                                 b''.join(held)[:OVERSIZED_PREFIX])
+                data = data[first_end + 1:]
+            held, held_bytes, skipped = [], 0, None
+        last_end = data.rfind(b'\n')
+        tail = data[last_end + 1:]
+        data = data[:last_end + 1]
+        if tail and skipped is None:
+            held.append(tail)
+            held_bytes += len(tail)
+            if held_bytes > MAX_LINE_BYTES:
+                skipped = b''.join(held)[:OVERSIZED_PREFIX]
+                held, held_bytes = [], 0
+        if data or oversized:
+            yield data, oversized
+    if skipped is not None:
+        yield b'', [skipped]
+    elif held:
+        yield b''.join(held), []
+
+
+def build_routes(addresses, uploaders):
+    """The lane numbers of every device type, as encode_chunk takes them.
+
+    Returns ``{dev_type (bytes): ((lane, ...) per server, ...)}``: a server
+    listed for several types has the same lanes in each, and lanes are
+    numbered in the order of first appearance.
+    """
+    lanes_of = {}
+    routes = {}
+    for dev_type in DEVICE_TYPES:
+        servers = []
+        for address in addresses[dev_type]:
+            if address not in lanes_of:
+                first = len(lanes_of) * uploaders
+                lanes_of[address] = tuple(range(first, first + uploaders))
+            servers.append(lanes_of[address])
+        routes[dev_type.encode()] = tuple(servers)
+    return routes
+
+
+def lane_for(lanes_by_server, key):
+    """The lane a key always travels through, among its type's route.
+
+    The server is python-memcached's own choice for that server list
+    (``serverHashFunction(key) % len(servers)``), so a Client with the
+    same list finds the key; the lane within it is crc32 mod uploaders.
+    """
+    lanes = lanes_by_server[0] if len(lanes_by_server) == 1 else \
+        lanes_by_server[memcache.serverHashFunction(key)
+                        % len(lanes_by_server)]
+    return lanes[0] if len(lanes) == 1 else lanes[zlib.crc32(key)
+                                                  % len(lanes)]
+
+
+def encode_chunk(data, routes):
+    """Parse and serialize every line of ``data`` (whole lines).
+
+    A pure function of its arguments: no I/O, no state.  Returns the
+    EncodedChunk tuple ``(lines, errors, batches, bad, dropped,
+    dropped_samples)``: ``batches`` is ``[(lane, count, commands)]``, the
+    ``set`` commands of each lane in line order, joined; ``bad`` holds up
+    to LOGGED_LINES_PER_FILE ``(kind, reason, line prefix)`` of the bad
+    lines, which ``errors`` counts; ``dropped`` counts the lines with app
+    ids left out, ``dropped_samples`` shows a few.
+    """
+    lines = errors = dropped = 0
+    bad, dropped_samples = [], []
+    commands_of = {}
+    for line in data.split(b'\n'):
+        try:
+            record = parse_line(line)
+        except BadLine as exc:
+            lines += 1
+            errors += 1
+            if len(bad) < LOGGED_LINES_PER_FILE:
+                bad.append((exc.kind, str(exc), line[:1000]))
+            continue
+        if record is None:
+            continue
+        lines += 1
+        dev_type, key, lat, lon, apps, dropped_apps = record
+        if dropped_apps:
+            dropped += 1
+            if len(dropped_samples) < LOGGED_LINES_PER_FILE:
+                dropped_samples.append((dropped_apps, line[:1000]))
+        lane = lane_for(routes[dev_type], key)
+        commands = commands_of.get(lane)
+        if commands is None:
+            commands = commands_of[lane] = []
+        commands.append(set_command(key, pack_user_apps(apps, lat, lon)))
+    batches = [(lane, len(commands), b''.join(commands))
+               for lane, commands in commands_of.items()]
+    return lines, errors, batches, bad, dropped, dropped_samples
+
+
+def key_at(payload, index):
+    """The key of the ``index``-th ``set`` command in ``payload``."""
+    for number, (key, _) in enumerate(iter_commands(payload)):
+        if number == index:
+            return key
+    raise IndexError(index)
+
+
+def iter_commands(payload):
+    """Yield ``(key, value)`` of each ``set`` command in ``payload``."""
+    position = 0
+    while position < len(payload):
+        header_end = payload.index(b'\r\n', position)
+        _, key, _, _, length = payload[position:header_end].split(b' ')
+        start = header_end + 2
+        yield key, payload[start:start + int(length)]
+        position = start + int(length) + 2
+
+
+class EncodingFailed(Exception):
+    """A chunk could not be encoded: the file it belongs to fails."""
+
+
+class InProcessEncoder:
+    """``--workers 1``: encode_chunk runs in this process, at submit."""
+
+    def __init__(self, routes):
+        self.routes = routes
+
+    def start(self):
+        pass
+
+    def submit(self, data):
+        """The chunk's EncodedChunk, as a result with ``get()``."""
+        result = gevent.event.AsyncResult()
+        result.set(encode_chunk(data, self.routes))
+        return result
+
+    def close(self):
+        pass
+
+
+class EncoderProcesses:
+    """N encoder processes, each running encode_chunk on the chunks sent
+    to it, ENCODER_CHUNKS at most in flight, answered in order.
+
+    An encoder is this file run with ``--encoder``: a clean interpreter
+    that reads framed chunks on stdin and writes framed results on stdout.
+    It has no sockets, no files and no lock, and exits when its stdin
+    ends, so it never outlives the run.  Chunks go to the encoders in
+    turn; the caller takes the results in the order it submitted them.
+
+    An encoder that dies has its chunks sent again to a fresh one; the
+    chunk it was encoding is blamed, and a chunk that kills two encoders
+    fails with EncodingFailed.
+    """
+
+    def __init__(self, count, routes):
+        self.count = count
+        self.routes = routes
+        self.slots = []
+        self.turn = 0
+        self.closed = False
+        self.receivers = gevent.pool.Group()  # one per live encoder
+
+    def start(self):
+        self.slots = [_EncoderSlot(self, number)
+                      for number in range(self.count)]
+        for slot in self.slots:
+            slot.spawn()
+
+    def submit(self, data):
+        """Send a chunk to the next encoder in turn (waits while it has
+        ENCODER_CHUNKS in flight); return its result, with ``get()``."""
+        slot = self.slots[self.turn]
+        self.turn = (self.turn + 1) % self.count
+        result = gevent.event.AsyncResult()
+        if self.closed:
+            result.set_exception(EncodingFailed('stopped'))
+        else:
+            slot.send(_Chunk(data, result))
+        return result
+
+    def close(self):
+        """Kill every encoder and reap it; chunks in flight fail."""
+        self.closed = True
+        for slot in self.slots:
+            slot.kill()
+        self.receivers.join()
+
+
+class _Chunk:
+    __slots__ = ('data', 'result', 'blamed')
+
+    def __init__(self, data, result):
+        self.data = data
+        self.result = result
+        self.blamed = 0  # encoders that died encoding it
+
+
+class _EncoderSlot:
+    """One encoder process and its chunks in flight (oldest first),
+    replaced when it dies."""
+
+    def __init__(self, pool, number):
+        self.pool = pool
+        self.number = number
+        self.process = None
+        self.to_encoder = self.from_encoder = None
+        self.in_flight = collections.deque()
+        self.room = gevent.lock.BoundedSemaphore(ENCODER_CHUNKS)
+        self.writing = gevent.lock.Semaphore()  # one frame at a time
+
+    def spawn(self):
+        """Start a fresh encoder process and send it the routes; the
+        caller holds ``writing`` or is alone."""
+        child_in, to_encoder = os.pipe()
+        from_encoder, child_out = os.pipe()
+        for fd in (to_encoder, from_encoder):
+            _grow_pipe(fd)
+        try:
+            process = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), '--encoder'],
+                stdin=child_in, stdout=child_out, start_new_session=True)
+        finally:
+            os.close(child_in)
+            os.close(child_out)
+        gevent.os.make_nonblocking(to_encoder)
+        gevent.os.make_nonblocking(from_encoder)
+        self.process = process
+        self.to_encoder, self.from_encoder = to_encoder, from_encoder
+        self._write(marshal.dumps(self.pool.routes))
+        self.pool.receivers.spawn(self._receive, process, from_encoder)
+
+    def send(self, chunk):
+        self.room.acquire()
+        with self.writing:  # in_flight stays in the order of the writes
+            if self.pool.closed:
+                self._fail(chunk, 'stopped')
+                return
+            self.in_flight.append(chunk)
+            self._write(chunk.data)
+
+    def kill(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+
+    def _write(self, data):
+        try:
+            _write_frame(self.to_encoder, data, gevent.os.nb_write)
+        except OSError:
+            pass  # it died: _receive sees its end and sends again
+
+    def _receive(self, process, fd):
+        """Hand out results in order until the encoder's output ends."""
+        try:
+            while True:
+                frame = _read_frame(fd, gevent.os.nb_read)
+                if frame is None:
+                    break
+                chunk = self.in_flight.popleft()
+                self.room.release()
+                chunk.result.set(marshal.loads(frame))
+        except Exception:
+            log.exception('encoder %d: unreadable result', self.number + 1)
+        process.kill()
+        process.wait()
+        with self.writing:  # no frame is half written to the old pipe
+            os.close(self.to_encoder)
+            os.close(self.from_encoder)
+            self._died(process.returncode)
+
+    def _died(self, status):
+        """Send the chunks in flight to a fresh encoder, blaming the one
+        the dead encoder was encoding."""
+        chunks = list(self.in_flight)
+        self.in_flight.clear()
+        if self.pool.closed:
+            for chunk in chunks:
+                self._fail(chunk, 'stopped')
+            return
+        log.warning('encoder %d exited with status %s; its %d chunks in'
+                    ' flight go to a fresh encoder', self.number + 1,
+                    status, len(chunks))
+        if chunks:
+            chunks[0].blamed += 1
+        self.spawn()
+        for chunk in chunks:
+            if chunk.blamed >= 2:
+                self._fail(chunk, 'a chunk of it killed two encoders (exit'
+                                  ' status %s)' % status)
+            else:
+                self.in_flight.append(chunk)
+                self._write(chunk.data)
+
+    def _fail(self, chunk, reason):
+        chunk.result.set_exception(EncodingFailed(reason))
+        self.room.release()
+
+
+def _grow_pipe(fd):
+    """Room for a whole chunk in the pipe, where the system allows it."""
+    try:
+        fcntl.fcntl(fd, F_SETPIPE_SZ, READ_CHUNK)
+    except OSError:
+        pass
+
+
+def _write_frame(fd, data, write):
+    """Write ``data`` with its length in front."""
+    view = memoryview(struct.pack('!I', len(data)) + data) \
+        if len(data) < 65536 else None
+    if view is None:
+        _write_all(fd, memoryview(struct.pack('!I', len(data))), write)
+        view = memoryview(data)
+    _write_all(fd, view, write)
+
+
+def _write_all(fd, view, write):
+    while view:
+        view = view[write(fd, view):]
+
+
+def _read_frame(fd, read):
+    """The next frame's data, or None at the end of the stream."""
+    header = _read_exactly(fd, 4, read)
+    if header is None:
+        return None
+    data = _read_exactly(fd, struct.unpack('!I', header)[0], read)
+    if data is None:
+        raise EOFError('stream ended inside a frame')
+    return data
+
+
+def _read_exactly(fd, size, read):
+    parts = []
+    while size:
+        part = read(fd, min(size, READ_CHUNK))
+        if not part:
+            if parts:
+                raise EOFError('stream ended inside a frame')
+            return None if size else b''
+        parts.append(part)
+        size -= len(part)
+    return b''.join(parts)
+
+
+def run_encoder():
+    """The ``--encoder`` process: encode each chunk read on stdin and
+    write its result on stdout, in order, until stdin ends (the parent is
+    done, or gone)."""
+    routes = marshal.loads(_read_frame(0, os.read))
+    while True:
+        data = _read_frame(0, os.read)
+        if data is None:
+            return EXIT_OK
+        _crash_for_tests(data)
+        _write_frame(1, marshal.dumps(encode_chunk(data, routes)), os.write)
+
+
+def _crash_for_tests(data):
+    """Tests only: die by SIGKILL on a chunk that holds the bytes of
+    $GMEMCLOAD_TEST_CRASH_ON; with $GMEMCLOAD_TEST_CRASH_ONCE, only if that
+    file can still be created (so once)."""
+    marker = os.environ.get('GMEMCLOAD_TEST_CRASH_ON')
+    if not marker or marker.encode() not in data:
+        return
+    once = os.environ.get('GMEMCLOAD_TEST_CRASH_ONCE')
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 # -- per-file bookkeeping ---------------------------------------------------
@@ -228,20 +634,19 @@ class FileLoad:
 
     ``pending_batches`` counts batches enqueued and not yet finished by an
     uploader; ``acked`` is set once enqueuing is over and it is zero.  The
-    events and ``lanes_used`` exist only while the file is being loaded
-    (``track`` to ``release``), so a run of many files stays small.
+    event exists only while the file is being loaded (``track`` to
+    ``release``), so a run of many files stays small.
     """
 
-    __slots__ = ('path', 'index', 'name', 'lines', 'stored', 'errors',
+    __slots__ = ('path', 'name', 'lines', 'stored', 'errors',
                  'unacknowledged', 'failure', 'write_failure', 'renamed',
                  'kept_because', 'bytes_read', 'size', 'started', 'seconds',
-                 'identity', 'instances', 'pending_batches', 'lanes_used',
-                 'enqueuing_done', 'enqueued', 'acked', '_logged_bad',
-                 '_logged_dropped')
+                 'identity', 'instances', 'pending_batches',
+                 'enqueuing_done', 'acked', '_bad_lines', '_shown_bad',
+                 '_dropped', '_shown_dropped')
 
-    def __init__(self, path, index=0, name=None):
+    def __init__(self, path, name=None):
         self.path = path
-        self.index = index  # position in the sorted run
         self.name = name or os.path.basename(path)  # as logs show it
         self.lines = 0
         self.stored = 0
@@ -261,17 +666,15 @@ class FileLoad:
         self.instances = {}
         self.pending_batches = 0
         self.enqueuing_done = False
-        self.lanes_used = self.enqueued = self.acked = None
-        self._logged_bad = 0
-        self._logged_dropped = 0
+        self.acked = None
+        self._bad_lines = self._shown_bad = 0
+        self._dropped = self._shown_dropped = 0
 
     def track(self):
-        self.lanes_used = set()
-        self.enqueued = gevent.event.Event()
         self.acked = gevent.event.Event()
 
     def release(self):
-        self.lanes_used = self.enqueued = self.acked = None
+        self.acked = None
 
     @property
     def error_rate(self):
@@ -295,17 +698,10 @@ class FileLoad:
         return self.problem(max_error_rate) is None
 
     def fail(self, reason):
+        """Note why the file is not loaded; the first reason stays (None
+        is no reason)."""
         if self.failure is None:
             self.failure = reason
-
-    def opened(self, identity):
-        """Note what the path named when it was opened (file_identity);
-        a second reader that opened something else fails the file."""
-        if self.identity is None:
-            self.identity = identity
-        elif identity != self.identity:
-            self.fail('changed while loading: its readers opened different'
-                      ' files')
 
     def wrote_to(self, address, instance):
         """Note that the server instance ``instance`` acknowledged writes
@@ -315,18 +711,25 @@ class FileLoad:
             self.fail('memcached %s restarted while this file loaded'
                       % address)
 
-    def bad_line(self, line, bad):
-        self.errors += 1
-        self._logged_bad += 1
-        if self._logged_bad <= LOGGED_LINES_PER_FILE:
-            log.error('%s: %s line: %s: %r', self.name, bad.kind, bad,
-                      line[:1000])
-
-    def dropped_apps(self, line, dropped):
-        self._logged_dropped += 1
-        if self._logged_dropped <= LOGGED_LINES_PER_FILE:
-            log.info('%s: dropped %d app ids that are not uint32: %r',
-                     self.name, dropped, line[:1000])
+    def add_lines(self, lines, errors, bad=(), dropped=0,
+                  dropped_samples=()):
+        """Count a chunk's lines and bad lines (``errors``); log the first
+        LOGGED_LINES_PER_FILE bad lines and lines with dropped app ids of
+        the file, from the chunk's samples."""
+        self.lines += lines
+        self.errors += errors
+        for kind, reason, line in bad:
+            if self._shown_bad < LOGGED_LINES_PER_FILE:
+                self._shown_bad += 1
+                log.error('%s: %s line: %s: %r', self.name, kind, reason,
+                          line)
+        self._bad_lines += errors
+        for count, line in dropped_samples:
+            if self._shown_dropped < LOGGED_LINES_PER_FILE:
+                self._shown_dropped += 1
+                log.info('%s: dropped %d app ids that are not uint32: %r',
+                         self.name, count, line)
+        self._dropped += dropped
 
     def batch_enqueued(self):
         self.pending_batches += 1
@@ -344,7 +747,6 @@ class FileLoad:
 
     def finish_enqueuing(self):
         self.enqueuing_done = True
-        self.enqueued.set()
         self._check_acked()
 
     def _check_acked(self):
@@ -354,22 +756,24 @@ class FileLoad:
             self.acked.set()
 
     def log_unshown(self):
-        if self._logged_bad > LOGGED_LINES_PER_FILE:
+        if self._bad_lines > self._shown_bad:
             log.error('%s: %d more bad lines not shown', self.name,
-                      self._logged_bad - LOGGED_LINES_PER_FILE)
-        if self._logged_dropped > LOGGED_LINES_PER_FILE:
+                      self._bad_lines - self._shown_bad)
+        if self._dropped > self._shown_dropped:
             log.info('%s: %d more lines with dropped app ids not shown',
-                     self.name, self._logged_dropped - LOGGED_LINES_PER_FILE)
+                     self.name, self._dropped - self._shown_dropped)
 
 
 class Batch:
-    """Consecutive ``set`` commands of one file for one lane."""
+    """``count`` consecutive ``set`` commands of one file for one lane,
+    joined in ``payload``."""
 
-    __slots__ = ('load', 'commands')
+    __slots__ = ('load', 'payload', 'count')
 
-    def __init__(self, load, commands):
+    def __init__(self, load, payload, count):
         self.load = load
-        self.commands = commands
+        self.payload = payload
+        self.count = count
 
 
 # -- uploading --------------------------------------------------------------
@@ -409,8 +813,8 @@ class Server:
 class Lane:
     """One uploader greenlet's share of a server: queue, batch, client.
 
-    Only the file greenlet that is currently enqueuing appends to
-    ``commands``; only this lane's greenlet takes from ``queue``.  Batches
+    Only the writer puts batches in ``queue``; only this lane's greenlet
+    takes from it.  Batches
     are sent strictly in queue order, each (with its retries) finished
     before the next is taken, so writes of one key keep their order.
 
@@ -427,7 +831,6 @@ class Lane:
         self.settings = settings
         self.stopping = stopping
         self.queue = gevent.queue.Queue(QUEUED_BATCHES_PER_LANE)
-        self.commands = []
         self.in_doubt = []
         self.instance = None  # the server instance of the open connection
         self.greenlet = None  # the uploader, once it runs
@@ -470,21 +873,21 @@ class Lane:
                     if batch is None:
                         return
                     if host is None:
-                        batch.load.batch_done(0, 0, len(batch.commands),
+                        batch.load.batch_done(0, 0, batch.count,
                                               'uploader could not start')
                         continue
                     self._upload(host, batch)
                 except AbandonIO:
                     self._abandon(host)
                     if batch is not None:
-                        batch.load.batch_done(0, 0, len(batch.commands),
+                        batch.load.batch_done(0, 0, batch.count,
                                               'stopped by a signal')
                 except Exception:
                     log.exception('%s: uploader failed on a batch',
                                   self.server.address)
                     self._abandon(host)
                     if batch is not None:
-                        batch.load.batch_done(0, 0, len(batch.commands),
+                        batch.load.batch_done(0, 0, batch.count,
                                               'internal error')
         finally:
             if host is not None:
@@ -511,12 +914,12 @@ class Lane:
                         ' are kept)', self.server.address)
 
     def _upload(self, host, batch):
-        count = len(batch.commands)
+        count = batch.count
         address = self.server.address
         if self.stopping.is_set():
             batch.load.batch_done(0, 0, count, 'stopped by a signal')
             return
-        payload = b''.join(batch.commands)
+        payload = batch.payload
         retries = self.settings.retries
         for attempt in range(retries + 1):
             if self.server.down:
@@ -540,7 +943,7 @@ class Lane:
                 continue
             for index, reply in refused:
                 log.error('%s: %s not stored: %s', address,
-                          _key_of(batch.commands[index]).decode(
+                          key_at(payload, index).decode(
                               'ascii', 'backslashreplace'),
                           reply.decode('ascii', 'replace'))
             batch.load.wrote_to(address, self.instance)
@@ -675,7 +1078,6 @@ class DryLane:
 
     def __init__(self, server):
         self.server = server
-        self.commands = []
 
     def run(self):
         pass
@@ -687,13 +1089,11 @@ class DryLane:
         pass
 
     def submit(self, batch):
-        for command in batch.commands:
-            key = _key_of(command)
-            value = command[command.index(b'\r\n') + 2:-2]
+        for key, value in iter_commands(batch.payload):
             log.debug('%s - %s -> %s', self.server.address,
                       key.decode('ascii', 'backslashreplace'),
                       describe_value(value))
-        batch.load.batch_done(len(batch.commands), 0)
+        batch.load.batch_done(batch.count, 0)
 
 
 # -- the run ----------------------------------------------------------------
@@ -702,7 +1102,7 @@ class Settings:
     """Validated options of one run."""
 
     def __init__(self, addresses, batch_size=1000, uploaders=2, timeout=2.0,
-                 retries=5, max_error_rate=0.01, dry=False):
+                 retries=5, max_error_rate=0.01, dry=False, workers=1):
         self.addresses = addresses  # device type -> list of 'host:port'
         self.batch_size = batch_size
         self.uploaders = uploaders
@@ -710,59 +1110,58 @@ class Settings:
         self.retries = retries
         self.max_error_rate = max_error_rate
         self.dry = dry
-
-    def as_dict(self):
-        return dict(vars(self))
+        self.workers = workers  # encoders; 1: in this process
 
 
 class Loader:
-    """Loads a sorted list of files into memcached; see the module doc."""
+    """Loads sorted files into memcached: one reader, an encoder, one
+    writer, the lanes; see the module docstring.
 
-    def __init__(self, settings, shard=(0, 1)):
+    The reader greenlet decompresses each file once, cuts it into chunks
+    and submits them to the encoder; the writer greenlet takes the
+    results strictly in submission order and appends them to the lanes, so
+    writes of a key keep the file order by construction.
+    """
+
+    def __init__(self, settings):
         self.settings = settings
-        self.shard = shard  # (index, count): this process's share of keys
         self.stopping = gevent.event.Event()
+        self.routes = build_routes(settings.addresses, settings.uploaders)
+        # One code path, two executors of encode_chunk.
+        if settings.workers == 1:
+            self.encoder = InProcessEncoder(self.routes)
+        else:
+            self.encoder = EncoderProcesses(settings.workers, self.routes)
         self.servers = {}  # address -> Server
-        # device type (bytes) -> tuple per server of that server's lanes
-        self.routes = {}
+        self.lanes = []  # by lane number, as build_routes numbers them
         for dev_type in DEVICE_TYPES:
-            lanes_by_server = []
             for address in settings.addresses[dev_type]:
-                server = self.servers.get(address)
-                if server is None:
-                    server = self.servers[address] = Server(address)
-                    if settings.dry:
-                        server.lanes.append(DryLane(server))
-                    else:
-                        server.lanes.extend(
-                            Lane(server, settings, self.stopping)
-                            for _ in range(settings.uploaders))
-                lanes_by_server.append(tuple(server.lanes))
-            self.routes[dev_type.encode()] = tuple(lanes_by_server)
+                if address in self.servers:
+                    continue
+                server = self.servers[address] = Server(address)
+                if settings.dry:
+                    server.lanes.append(DryLane(server))
+                    server.lanes *= settings.uploaders
+                else:
+                    server.lanes.extend(Lane(server, settings, self.stopping)
+                                        for _ in range(settings.uploaders))
+                self.lanes.extend(server.lanes)
+        # In file order: (load, a chunk's result, its oversized lines), and
+        # after a file's chunks (load, None, why it failed or None).  Room
+        # for every encoder to have its chunks in flight, and two more.
+        self.ordered = gevent.queue.Queue(
+            settings.workers * ENCODER_CHUNKS + 2)
         self.current = None  # the FileLoad being read, for progress
 
     def stop(self, signum=None):
         """Stop reading; abandon what is in flight or queued (see Lane)."""
         self.stopping.set()
-        for lane in self._all_lanes():
+        self.encoder.close()
+        for lane in self.lanes:
             lane.abandon_io()
 
     def current_load(self):
         return self.current
-
-    @staticmethod
-    def lane_for(lanes_by_server, key):
-        """The lane a key always travels through, among its type's route.
-
-        The server is python-memcached's own choice for that server list
-        (``serverHashFunction(key) % len(servers)``), so a Client with the
-        same list finds the key; the lane within it is crc32 mod uploaders.
-        """
-        if len(lanes_by_server) == 1 and len(lanes_by_server[0]) == 1:
-            return lanes_by_server[0][0]
-        crc = zlib.crc32(key)
-        lanes = lanes_by_server[((crc >> 16) & 0x7fff) % len(lanes_by_server)]
-        return lanes[crc % len(lanes)]
 
     def run(self, loads, on_done):
         """Load the files of ``loads`` (FileLoads, sorted).
@@ -770,136 +1169,135 @@ class Loader:
         ``on_done(load)`` is called for each file strictly in order, once
         every record of it is acknowledged or counted as an error.
         """
+        # A Group, not a Pool: every lane runs from start to end.
         uploaders = gevent.pool.Group()
-        for server in self.servers.values():
-            pool = gevent.pool.Pool(len(server.lanes))
-            for lane in server.lanes:
-                uploaders.add(pool.spawn(lane.run))
-        # File greenlets alive at once, joined oldest first: enough for one
-        # file to enqueue while the one before it is acknowledged, and few
-        # enough that memory does not grow with the number of files.
-        open_files = collections.deque()
-        previous_enqueued = None
+        for lane in set(self.lanes):
+            uploaders.spawn(lane.run)
+        # Files read and not yet handed to on_done: few enough that memory
+        # does not grow with the number of files.
+        started = gevent.queue.Queue(OPEN_FILES)
+        self.encoder.start()
+        reader = gevent.spawn(self._read_files, loads, started)
+        writer = gevent.spawn(self._write)
         try:
-            for load in loads:
-                if len(open_files) == OPEN_FILES:
-                    self._finish(open_files.popleft(), on_done)
-                load.track()
-                open_files.append((load, gevent.spawn(
-                    self._load_file, load, previous_enqueued)))
-                previous_enqueued = load.enqueued
-            while open_files:
-                self._finish(open_files.popleft(), on_done)
+            for load in iter(started.get, None):
+                load.acked.wait()
+                load.log_unshown()
+                on_done(load)
+                load.release()
         finally:
-            for lane in self._all_lanes():
+            reader.kill()
+            self.ordered.put(None)
+            writer.join()
+            for lane in set(self.lanes):
                 lane.close()
             uploaders.join()
+            self.encoder.close()
 
-    @staticmethod
-    def _finish(open_file, on_done):
-        load, reader = open_file
-        reader.get()
-        on_done(load)
-        load.release()
+    # -- the reader --
 
-    def _load_file(self, load, previous_enqueued):
-        """Read, parse and enqueue one file, then wait for its acks.
-
-        It starts once the file before it has finished enqueuing."""
-        if previous_enqueued is not None:
-            previous_enqueued.wait()
-        load.started = time.monotonic()
-        self.current = load
-        log.info('Processing %s', load.path)
-        try:
+    def _read_files(self, loads, started):
+        """Read every file in order; after a stop, mark the rest stopped."""
+        for load in loads:
+            load.track()
+            started.put(load)
+            self.current = load
+            load.started = time.monotonic()
             if self.stopping.is_set():
-                raise Interrupted()
-            self._enqueue_file(load)
-        except Interrupted:
-            load.fail('stopped by a signal')
-            self._drop_partial_batches()
-        except (OSError, Unreadable) as exc:
-            load.fail('unreadable: %s' % exc)
-            self._flush_all(load)
-        except Exception:
-            log.exception('%s: failed while reading', load.name)
-            load.fail('internal error while reading')
-            self._drop_partial_batches()
-        load.finish_enqueuing()
-        load.acked.wait()
-        load.log_unshown()
+                self.ordered.put((load, None, 'stopped by a signal'))
+                continue
+            log.info('Processing %s', load.path)
+            try:
+                self._read_file(load)
+            except Interrupted:
+                ending = 'stopped by a signal'
+            except (OSError, Unreadable) as exc:
+                ending = 'unreadable: %s' % exc
+            except Exception:
+                log.exception('%s: failed while reading', load.name)
+                ending = 'internal error while reading'
+            else:
+                ending = None
+            self.ordered.put((load, None, ending))
+        self.current = None
+        started.put(None)
 
-    def _enqueue_file(self, load):
-        batch_size = self.settings.batch_size
-        routes = self.routes
-        lane_for = self.lane_for
-        stopping = self.stopping
-        flush = self._flush
-        shard_index, shards = self.shard
+    def _read_file(self, load):
+        """Submit the chunks of one file to the encoder, in order."""
+        read_in_thread = gevent.get_hub().threadpool.apply
         with open(load.path, 'rb') as raw:
             status = os.fstat(raw.fileno())
-            load.opened(file_identity(status))
+            load.identity = file_identity(status)
             load.size = status.st_size
             if not load.size:  # an empty gzip stream is 20 bytes, not 0
                 raise Unreadable('empty file, not gzip (still being'
                                  ' written?)')
             with igzip.IGzipFile(fileobj=raw, mode='rb') as stream:
-                for lines, oversized in _line_chunks(stream):
+                # isal inflates without the GIL: the loop runs meanwhile.
+                for data, oversized in read_chunks(
+                        lambda size: read_in_thread(stream.read, (size,))):
                     load.bytes_read = raw.tell()
-                    gevent.idle()  # signals, progress, uploaders: a turn
-                    if stopping.is_set():
+                    if self.stopping.is_set():
                         raise Interrupted()
-                    if shards > 1:
-                        lines = lines_in_shard(lines, shard_index, shards)
-                        oversized = lines_in_shard(oversized, shard_index,
-                                                   shards)
-                    for prefix in oversized:
-                        load.lines += 1
-                        load.bad_line(prefix, BadLine(
-                            MALFORMED, 'line longer than %d bytes'
-                            % MAX_LINE_BYTES))
-                    for line in lines:
-                        try:
-                            record = parse_line(line)
-                        except BadLine as bad:
-                            load.bad_line(line, bad)
-                            load.lines += 1
-                            continue
-                        if record is None:
-                            continue
-                        load.lines += 1
-                        dev_type, key, lat, lon, apps, dropped = record
-                        if dropped:
-                            load.dropped_apps(line, dropped)
-                        value = pack_user_apps(apps, lat, lon)
-                        lane = lane_for(routes[dev_type], key)
-                        commands = lane.commands
-                        commands.append(set_command(key, value))
-                        if len(commands) >= batch_size:
-                            flush(lane, load)
+                    self.ordered.put((load, self.encoder.submit(data),
+                                      oversized))
+                    gevent.sleep(0)  # signals, progress, lanes: a turn
                 load.bytes_read = load.size
-        self._flush_all(load)
 
-    def _flush(self, lane, load):
-        """Hand the lane's pending commands to its uploader (may block)."""
-        batch = Batch(load, lane.commands)
-        lane.commands = []
-        load.lanes_used.add(lane)
+    # -- the writer --
+
+    def _write(self):
+        """Take encoded chunks in file order and hand them to the lanes;
+        at each file's end flush its last batches (dropped if it was
+        stopped).
+
+        ``pending[lane]`` holds the joined commands of the lane's next
+        batch, ``pending_count[lane]`` their number: a batch has at least
+        --batch-size records, cut at the end of a chunk, or is a file's
+        last.
+        """
+        batch_size = self.settings.batch_size
+        pending = [[] for _ in self.lanes]
+        pending_count = [0] * len(self.lanes)
+        for load, result, extra in iter(self.ordered.get, None):
+            if result is None:
+                stopped = self.stopping.is_set() or extra is not None \
+                    and extra.startswith('stopped')
+                for number, commands in enumerate(pending):
+                    if commands and not stopped:
+                        self._flush(number, load, commands,
+                                    pending_count[number])
+                    pending[number] = []
+                    pending_count[number] = 0
+                load.fail(extra or ('stopped by a signal' if stopped
+                                    else None))
+                load.finish_enqueuing()
+                continue
+            try:
+                chunk = result.get()
+            except EncodingFailed as exc:
+                load.fail('stopped by a signal' if self.stopping.is_set()
+                          else 'could not be encoded: %s' % exc)
+                continue
+            lines, errors, batches, bad, dropped, dropped_samples = chunk
+            load.add_lines(lines, errors, bad, dropped, dropped_samples)
+            for prefix in extra:
+                load.add_lines(1, 1, [(MALFORMED, 'line longer than %d'
+                                       ' bytes' % MAX_LINE_BYTES, prefix)])
+            for number, count, commands in batches:
+                pending[number].append(commands)
+                pending_count[number] += count
+                if pending_count[number] >= batch_size:
+                    self._flush(number, load, pending[number],
+                                pending_count[number])
+                    pending[number] = []
+                    pending_count[number] = 0
+
+    def _flush(self, number, load, commands, count):
+        """Hand one batch to lane ``number`` (blocks while its queue is
+        full)."""
         load.batch_enqueued()
-        lane.submit(batch)
-
-    def _all_lanes(self):
-        for server in self.servers.values():
-            yield from server.lanes
-
-    def _flush_all(self, load):
-        for lane in self._all_lanes():
-            if lane.commands:
-                self._flush(lane, load)
-
-    def _drop_partial_batches(self):
-        for lane in self._all_lanes():
-            lane.commands = []
+        self.lanes[number].submit(Batch(load, b''.join(commands), count))
 
 
 def log_outcome(load, max_error_rate):
@@ -1097,80 +1495,6 @@ class Progress:
         finally:
             if bar is not None:
                 bar.close()
-
-
-def shard_of(line, shards):
-    """The worker that owns ``line``: a stable hash of its key mod
-    ``shards``, the same in every process and run (crc32, never Python's
-    salted hash()).  The key is hashed as ``dev_type TAB dev_id``, found
-    without splitting the rest of the line.  Bits 8 and up are used, so the
-    shard does not correlate with the lane (crc32 mod uploaders)."""
-    line = line.strip()  # no copy when there is nothing to strip
-    end = line.find(b'\t', line.find(b'\t') + 1)
-    key = line[:end] if end > 0 else line
-    return (zlib.crc32(key) >> 8) % shards
-
-
-def lines_in_shard(lines, shard_index, shards):
-    """The lines whose shard_of is ``shard_index``; shard_of's formula,
-    inlined, since every worker runs it on every line."""
-    crc32 = zlib.crc32
-    mine = []
-    for line in lines:
-        stripped = line.strip()
-        end = stripped.find(b'\t', stripped.find(b'\t') + 1)
-        if (crc32(stripped[:end] if end > 0 else stripped) >> 8) % shards \
-                == shard_index:
-            mine.append(line)
-    return mine
-
-
-def _line_chunks(stream):
-    """Yield ``(lines, oversized)`` pairs read from ``stream``.
-
-    ``lines`` are complete lines without b'\\n'.  A line longer than a
-    chunk is joined from its pieces, in linear time; a line longer than
-    MAX_LINE_BYTES is never held whole: ``oversized`` has its first
-    OVERSIZED_PREFIX bytes, to count and log it as one malformed line.
-    Raises Unreadable for any error of the decompressor.
-    """
-    pending, held, oversized_prefix = [], 0, None
-    while True:
-        try:
-            data = stream.read(READ_CHUNK)
-        except MemoryError:
-            raise
-        except Exception as exc:  # whatever the decompressor rejects
-            raise Unreadable('%s (%s)' % (exc, type(exc).__name__)) \
-                from None
-        if not data:
-            break
-        lines = data.split(b'\n')
-        tail = lines.pop()
-        oversized = []
-        if lines:  # the pending line ends with this chunk's first line
-            if oversized_prefix is not None:
-                oversized.append(oversized_prefix)
-                del lines[0]
-            elif pending:
-                if held + len(lines[0]) > MAX_LINE_BYTES:
-                    oversized.append(b''.join(pending)[:OVERSIZED_PREFIX])
-                    del lines[0]
-                else:
-                    pending.append(lines[0])
-                    lines[0] = b''.join(pending)
-            pending, held, oversized_prefix = [], 0, None
-        if oversized_prefix is None:
-            pending.append(tail)
-            held += len(tail)
-            if held > MAX_LINE_BYTES:
-                oversized_prefix = b''.join(pending)[:OVERSIZED_PREFIX]
-                pending, held = [], 0
-        yield lines, oversized
-    if oversized_prefix is not None:
-        yield [], [oversized_prefix]
-    elif held:
-        yield [b''.join(pending)], []
 
 
 # -- files, lock, renames ---------------------------------------------------
@@ -1394,6 +1718,12 @@ def _positive_float(text):
     return value
 
 
+def _workers(text):
+    if text == 'auto':
+        return len(os.sched_getaffinity(0))
+    return _positive_int(text)
+
+
 def _rate(text):
     value = float(text)
     if not 0 <= value <= 1:
@@ -1440,12 +1770,14 @@ def build_parser():
     parser.add_argument('--max-error-rate', type=_rate, default=0.01,
                         help='highest error rate at which a file still counts'
                              ' as loaded (default: %(default)s)')
-    parser.add_argument('--workers', type=_positive_int, default=1,
-                        help='worker processes, each loading a fixed shard'
-                             ' of the keys of every file (default:'
+    parser.add_argument('--workers', type=_workers, default='auto',
+                        metavar='N|auto',
+                        help='encoder processes that parse and serialize'
+                             ' lines; 1 encodes in the loading process, auto'
+                             ' is the CPUs this process may use (default:'
                              ' %(default)s)')
-    parser.add_argument('--worker', action='store_true',
-                        help=argparse.SUPPRESS)  # internal: a shard's process
+    parser.add_argument('--encoder', action='store_true',
+                        help=argparse.SUPPRESS)  # internal: an encoder
     parser.add_argument('--load-late', action='store_true',
                         help='load a file even if a newer file of its'
                              ' directory was already processed (its values'
@@ -1515,11 +1847,21 @@ def log_summary(loads, max_error_rate, dry=False):
                     ' order', len(loads) - renamed, len(loads))
 
 
+def log_cpu(workers):
+    """CPU seconds of this process and of its encoders, all reaped."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    encoders = resource.getrusage(resource.RUSAGE_CHILDREN)
+    log.info('CPU: %.2f s in this process, %.2f s in %s', own.ru_utime
+             + own.ru_stime, encoders.ru_utime + encoders.ru_stime,
+             '%d encoder processes' % workers if workers > 1
+             else 'no encoder process (--workers 1)')
+
+
 def main(argv=None):
     """Run the loader; return the exit status (see README)."""
     args = build_parser().parse_args(argv)
-    if args.worker:
-        return run_worker()
+    if args.encoder:
+        return run_encoder()
     try:
         handler = setup_logging(args.log, args.dry)
     except OSError as exc:
@@ -1546,9 +1888,10 @@ def _run(args):
     settings = Settings(addresses, batch_size=args.batch_size,
                         uploaders=args.uploaders, timeout=args.timeout,
                         retries=args.retries,
-                        max_error_rate=args.max_error_rate, dry=args.dry)
+                        max_error_rate=args.max_error_rate, dry=args.dry,
+                        workers=args.workers)
     options = dict(vars(args))
-    del options['worker']
+    del options['encoder']
     log.info('Memc loader started with options: %s', options)
 
     lock = None
@@ -1570,7 +1913,7 @@ def _run(args):
                       holder, lock_path)
             return EXIT_LOCKED
     try:
-        return _load(args, settings, lock)
+        return _load(args, settings)
     finally:
         if lock is not None:
             lock.release()
@@ -1623,11 +1966,11 @@ def set_aside_late(loads, pattern, load_late):
     return to_load
 
 
-def _load(args, settings, lock=None):
+def _load(args, settings):
     try:
         paths = find_files(args.pattern)
-        loads = [FileLoad(path, index, name) for index, (path, name)
-                 in enumerate(zip(paths, display_names(paths)))]
+        loads = [FileLoad(path, name)
+                 for path, name in zip(paths, display_names(paths))]
         to_load = set_aside_late(loads, args.pattern, args.load_late)
     except OSError as exc:
         log.error('cannot list the files of %s: %s', args.pattern, exc)
@@ -1635,11 +1978,7 @@ def _load(args, settings, lock=None):
     if not paths:
         log.info('No files match %s', args.pattern)
         return EXIT_OK
-    if args.workers > 1:
-        engine = WorkerSet(args.workers, settings, args.log,
-                           keep_fds=lock.fds() if lock else ())
-    else:
-        engine = Loader(settings)
+    engine = Loader(settings)
     check = None if settings.dry else InstanceCheck(settings.timeout)
     renamer = RenameInOrder(settings.max_error_rate, check)
 
@@ -1662,228 +2001,13 @@ def _load(args, settings, lock=None):
         for handler in handlers:
             handler.cancel()
     log_summary(loads, settings.max_error_rate, settings.dry)
+    log_cpu(settings.workers)
     if caught:
         return EXIT_SIGNAL_BASE + caught[0]
     if all(load.renamed or (settings.dry and load.loaded(
             settings.max_error_rate)) for load in loads):
         return EXIT_OK
     return EXIT_FAILED
-
-
-# -- worker processes (--workers N) ------------------------------------------
-
-class WorkerSet:
-    """N worker processes, each loading its shard of the keys of every file.
-
-    Every worker reads every file in order and keeps the lines whose key
-    is in its shard (shard_of), so each key has one writer and newest-wins
-    needs no coordination.  A worker reports each file, in order, as one
-    JSON line on its stdout; a file is done when all N have reported it.
-    The parent holds the lock and renames.  Workers run in their own
-    session, so a terminal's Ctrl-C reaches only the parent, which forwards
-    it; a worker whose stdin closes (the parent died) exits at once.
-    """
-
-    def __init__(self, count, settings, log_path, keep_fds=()):
-        self.count = count
-        self.settings = settings
-        self.log_path = log_path
-        self.keep_fds = keep_fds  # the lock: held until the last one exits
-        self.stop_signal = None
-        self.loads = []
-        self.reported = []  # per file: how many workers reported it done
-        self.reports = gevent.event.Event()  # set on each done report
-        self.done = 0  # files passed to on_done
-        self.shares = {}  # (worker, file index) -> its latest report
-        self.processes = []
-        self.readers = gevent.pool.Group()
-
-    def _start(self, loads):
-        # Workers number the files 0..n-1, the position in ``loads``.
-        self.loads = loads
-        self.reported = [0] * len(loads)
-        config = {'paths': [load.path for load in loads],
-                  'settings': self.settings.as_dict(), 'log': self.log_path}
-        for worker in range(self.count):
-            if self.stop_signal is not None:  # no new worker after a stop
-                for position, load in enumerate(self.loads):
-                    load.fail('stopped by a signal')
-                    self._reported(position)
-                continue
-            process = subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), '--worker'],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, start_new_session=True,
-                pass_fds=self.keep_fds)
-            self.processes.append(process)
-            process.stdin.write(json.dumps(dict(
-                config, shard=[worker, self.count])).encode() + b'\n')
-            process.stdin.flush()
-            self.readers.spawn(self._follow, worker, process)
-            self.readers.spawn(self._relay_stderr, process)
-            if self.stop_signal is not None:  # it came while starting
-                process.send_signal(self.stop_signal)
-
-    def stop(self, signum):
-        """Pass a stop signal on to every worker, now and to come."""
-        self.stop_signal = signum
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signum)
-
-    def current_load(self):
-        """The first file not yet done by every worker, once started."""
-        if self.done < len(self.loads):
-            load = self.loads[self.done]
-            return load if load.started is not None else None
-        return None
-
-    def run(self, loads, on_done):
-        """Like Loader.run: ``on_done`` for each file, in order."""
-        try:
-            self._start(loads)
-            for position, load in enumerate(self.loads):
-                while self.reported[position] < self.count:
-                    self.reports.wait()
-                    self.reports.clear()
-                on_done(load)
-                self.done += 1
-                for worker in range(self.count):
-                    self.shares.pop((worker, position), None)
-            self.readers.join()
-        finally:
-            self._close()
-
-    def _close(self):
-        """Leave no worker behind, whatever happened."""
-        for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-            process.stdin.close()
-        self.readers.kill()
-        for process in self.processes:
-            process.stdout.close()
-            process.stderr.close()
-
-    def _follow(self, worker, process):
-        """Merge one worker's reports; fail the files it never reported."""
-        next_file = 0
-        try:
-            next_file = self._merge_reports(worker, process)
-        except Exception:
-            log.exception('worker %d/%d: unreadable report', worker + 1,
-                          self.count)
-            process.kill()
-        status = process.wait()
-        for position in range(next_file, len(self.loads)):
-            self.loads[position].fail(
-                'worker %d/%d exited with status %s before finishing it'
-                % (worker + 1, self.count, status))
-            self._reported(position)
-
-    def _merge_reports(self, worker, process):
-        """Merge reports until the worker's stdout ends; return the index
-        of the first file it did not report done."""
-        next_file = 0
-        for line in process.stdout:
-            report = json.loads(line)
-            position = report['file']
-            if position < next_file:
-                continue  # progress sent just before that file was done
-            load = self.loads[position]
-            if load.started is None:
-                load.started = time.monotonic()
-            self.shares[worker, position] = report
-            shares = [self.shares.get((other, position), {})
-                      for other in range(self.count)]
-            load.lines = sum(share.get('lines', 0) for share in shares)
-            load.errors = sum(share.get('errors', 0) for share in shares)
-            load.size = report['size']
-            load.bytes_read = min(share.get('bytes_read', 0)
-                                  for share in shares)
-            if report.get('done'):
-                load.stored += report['stored']
-                load.unacknowledged += report['unacknowledged']
-                if report['failure'] and load.failure is None:
-                    load.failure = report['failure']
-                if report['write_failure'] and load.write_failure is None:
-                    load.write_failure = report['write_failure']
-                load.seconds = max(load.seconds, report['seconds'])
-                if report['identity'] is not None:
-                    load.opened(tuple(report['identity']))
-                for address, instance in report['instances'].items():
-                    load.wrote_to(address, instance and tuple(instance))
-                next_file = position + 1
-                self._reported(position)
-        return next_file
-
-    @staticmethod
-    def _relay_stderr(process):
-        """Pass a worker's log lines on, around the progress bar if any."""
-        for line in process.stderr:
-            try:
-                tqdm.write(line.decode('utf-8', 'replace').rstrip('\n'),
-                           file=sys.stderr)
-            except Exception:  # our stderr is gone: still drain theirs
-                pass
-
-    def _reported(self, position):
-        self.reported[position] += 1
-        self.reports.set()
-
-
-def _send_report(load, done=False):
-    """A worker's report of its share of one file, as a JSON line."""
-    report = {'file': load.index, 'lines': load.lines, 'errors': load.errors,
-              'bytes_read': load.bytes_read, 'size': load.size}
-    if done:
-        report.update(done=True, stored=load.stored,
-                      unacknowledged=load.unacknowledged,
-                      failure=load.failure, write_failure=load.write_failure,
-                      seconds=load.seconds, identity=load.identity,
-                      instances=load.instances)
-    sys.stdout.buffer.write(json.dumps(report).encode() + b'\n')
-    sys.stdout.buffer.flush()
-
-
-def _exit_when_orphaned():
-    """A worker's stdin stays open while its parent lives."""
-    gevent.os.make_nonblocking(0)
-    while gevent.os.nb_read(0, 4096):
-        pass
-    os._exit(EXIT_FAILED)
-
-
-def run_worker():
-    """One shard's process: load, and report each file on stdout."""
-    config = json.loads(sys.stdin.buffer.readline())
-    shard = tuple(config['shard'])
-    settings = Settings(**config['settings'])
-    handler = setup_logging(config['log'], settings.dry,
-                            tag='worker %d/%d' % (shard[0] + 1, shard[1]))
-    gevent.spawn(_exit_when_orphaned)
-    loader = Loader(settings, shard=shard)
-    caught, handlers = catch_stop_signals(loader.stop)
-
-    def report_progress():
-        while True:
-            gevent.sleep(1)
-            if loader.current is not None:
-                _send_report(loader.current)
-
-    reporter = gevent.spawn(report_progress)
-    try:
-        loader.run([FileLoad(path, index) for index, path
-                    in enumerate(config['paths'])],
-                   lambda load: _send_report(load, True))
-    finally:
-        reporter.kill()
-        gevent.sleep(0)  # run a signal callback that is still pending
-        for signal_handler in handlers:
-            signal_handler.cancel()
-        handler.close()
-    return EXIT_SIGNAL_BASE + caught[0] if caught else EXIT_OK
 
 
 if __name__ == '__main__':

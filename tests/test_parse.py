@@ -138,16 +138,20 @@ def test_set_command_frames_the_value_by_length():
 
 
 def chunked(data):
+    """The lines and oversized prefixes read_chunks finds in ``data``;
+    every chunk but the last holds whole lines."""
     import io
-    lines, oversized = [], []
-    for chunk_lines, chunk_oversized in gmemcload._line_chunks(
-            io.BytesIO(data)):
-        lines += chunk_lines
+    reader = io.BytesIO(data)
+    chunks, oversized = [], []
+    for chunk, chunk_oversized in gmemcload.read_chunks(reader.read):
+        chunks.append(chunk)
         oversized += chunk_oversized
-    return lines, oversized
+    assert all(chunk.endswith(b'\n') for chunk in chunks[:-1] if chunk)
+    lines = b''.join(chunks).split(b'\n')
+    return [line for line in lines if line], oversized
 
 
-def test_line_chunks_joins_lines_longer_than_a_chunk(monkeypatch):
+def test_read_chunks_joins_lines_longer_than_a_chunk(monkeypatch):
     monkeypatch.setattr(gmemcload, 'READ_CHUNK', 7)
     data = b'short\n' + b'L' * 50 + b'\nlast'
     assert chunked(data) == ([b'short', b'L' * 50, b'last'], [])
@@ -164,3 +168,10 @@ def test_a_line_over_the_limit_is_reported_by_its_prefix_only(
         b'E' * 300 + ending
     assert chunked(data) == ([b'a', b'B' * 100, b'd'],
                              [b'C' * 10, b'E' * 10])
+
+
+@pytest.mark.parametrize('chunk', [1, 2, 3, 5, 8, 13, 64])
+def test_chunks_cut_anywhere_give_back_every_line(monkeypatch, chunk):
+    monkeypatch.setattr(gmemcload, 'READ_CHUNK', chunk)
+    lines = [b'x' * (i * 7 % 23 + 1) for i in range(60)]
+    assert chunked(b'\n'.join(lines) + b'\n') == (lines, [])

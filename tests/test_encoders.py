@@ -1,0 +1,184 @@
+"""--workers N: one reader, N encoder processes, one writer."""
+import os
+import signal
+
+import pytest
+
+import generate
+import gmemcload
+from conftest import (expected_state, expected_value, lines_for, listing, run,
+                      start_loader, stop_within, stored_values, wait_for,
+                      write_gz)
+
+
+def children_of(pid):
+    """Pids whose parent is ``pid``, read from /proc."""
+    found = []
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                with open('/proc/%s/stat' % entry) as stat:
+                    fields = stat.read().rsplit(')', 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def alive(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as stat:
+            return stat.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize('workers', ['2', '3'])
+def test_newest_wins_and_renames_keep_order_with_encoders(
+        tmp_path, memcached_set, monkeypatch, workers):
+    # Small chunks: many in flight, every encoder busy, results in order.
+    monkeypatch.setattr(gmemcload, 'READ_CHUNK', 4096)
+    paths = generate.generate(str(tmp_path), files=4, lines=4000,
+                              repeat=0.6, seed=11)
+    expected = expected_state(paths)
+    status, text = run(tmp_path, memcached_set, '--workers', workers,
+                       '--batch-size', '64')
+    assert status == 0, text
+    assert stored_values(memcached_set, expected) == expected
+    assert listing(tmp_path) == ['.' + os.path.basename(p) for p in paths]
+    assert text.count('Successful load') == 4
+    assert 'in %s encoder processes' % workers in text
+    for name in map(os.path.basename, paths):
+        assert '%s %10d %10d %8d' % (name.ljust(28), 4000, 4000, 0) in text
+
+
+def test_lines_split_across_chunks_load_as_with_one_process(
+        tmp_path, memcached_set, monkeypatch):
+    monkeypatch.setattr(gmemcload, 'READ_CHUNK', 1000)
+    lines = lines_for('idfa', 400) + [
+        # longer than a chunk, and one crossing several
+        'gaid\tlong%d\t1\t2\t%s' % (i, ','.join(str(n) for n in
+                                                range(i * 300)))
+        for i in range(1, 5)] + lines_for('idfa', 400, 'later')
+    path = write_gz(tmp_path / '20170929000000.tsv.gz', lines)
+    expected = expected_state([path])
+    for workers, encoding in (('1', 'no encoder process'),
+                              ('2', 'in 2 encoder processes')):
+        for daemon in memcached_set.values():
+            daemon.client().flush_all()
+        status, text = run(tmp_path, memcached_set, '--workers', workers)
+        assert status == 0, text
+        assert encoding in text
+        assert stored_values(memcached_set, expected) == expected
+        os.rename(tmp_path / '.20170929000000.tsv.gz', path)  # once more
+
+
+def test_errors_are_counted_over_chunks(tmp_path, memcached_set,
+                                        monkeypatch):
+    monkeypatch.setattr(gmemcload, 'READ_CHUNK', 512)
+    lines = lines_for('idfa', 300) + ['idfa\tbad%d\tx\t1\t1' % i
+                                      for i in range(6)]
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines)
+    status, text = run(tmp_path, memcached_set, '--workers', '3')
+    assert status == 1  # 6 / 306 > 0.01
+    assert 'High error rate (0.01961 > 0.01). Failed load' in text
+    assert '%s %10d %10d %8d' % ('20170929000000.tsv.gz'.ljust(28),
+                                 306, 300, 6) in text
+    assert text.count('malformed line: lat or lon is not a number') == 5
+    assert '1 more bad lines not shown' in text
+    assert listing(tmp_path) == ['20170929000000.tsv.gz']
+
+
+def test_a_killed_encoders_chunks_are_encoded_again_and_nothing_is_lost(
+        tmp_path, memcached_set, monkeypatch):
+    monkeypatch.setattr(gmemcload, 'READ_CHUNK', 2048)
+    monkeypatch.setenv('GMEMCLOAD_TEST_CRASH_ON', 'idfa\tcrash')
+    monkeypatch.setenv('GMEMCLOAD_TEST_CRASH_ONCE', str(tmp_path / 'once'))
+    paths = [write_gz(tmp_path / '20170929000000.tsv.gz',
+                      lines_for('idfa', 500) + ['idfa\tcrash\t1\t1\t1']
+                      + lines_for('gaid', 500)),
+             write_gz(tmp_path / '20170929000100.tsv.gz',
+                      lines_for('idfa', 500, start=250))]
+    expected = expected_state(paths)
+    status, text = run(tmp_path, memcached_set, '--workers', '2')
+    assert status == 0, text
+    assert (tmp_path / 'once').exists()
+    assert 'exited with status -9; its' in text
+    assert 'go to a fresh encoder' in text
+    assert stored_values(memcached_set, expected) == expected
+    assert listing(tmp_path) == ['.' + os.path.basename(p) for p in paths]
+
+
+def test_a_chunk_that_kills_two_encoders_fails_its_file(
+        tmp_path, memcached_set, monkeypatch):
+    monkeypatch.setenv('GMEMCLOAD_TEST_CRASH_ON', 'idfa\tcrash')
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines_for('idfa', 10))
+    write_gz(tmp_path / '20170929000100.tsv.gz',
+             ['idfa\tcrash\t1\t1\t1'] + lines_for('gaid', 10))
+    write_gz(tmp_path / '20170929000200.tsv.gz', lines_for('adid', 10))
+    status, text = run(tmp_path, memcached_set, '--workers', '2')
+    assert status == 1, text
+    assert 'kept: could not be encoded: a chunk of it killed two encoders' \
+        in text
+    assert listing(tmp_path) == ['.20170929000000.tsv.gz',
+                                 '20170929000100.tsv.gz',
+                                 '20170929000200.tsv.gz']
+
+
+@pytest.mark.parametrize('signum, code', [(signal.SIGTERM, 143),
+                                          (signal.SIGINT, 130)])
+def test_a_signal_stops_the_run_and_every_encoder(
+        tmp_path, memcached_set, signum, code):
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines_for('idfa', 300))
+    write_gz(tmp_path / '20170929000100.tsv.gz', lines_for('gaid', 3000))
+    memcached_set['gaid'].pause()
+    loader = start_loader(tmp_path, memcached_set, '--workers', '3')
+    try:
+        wait_for(lambda: (tmp_path / '.20170929000000.tsv.gz').exists())
+        encoders = children_of(loader.pid)
+        assert len(encoders) == 3
+        assert stop_within(loader, signum, 2.5) == code
+    finally:
+        loader.kill()
+        memcached_set['gaid'].resume()
+    assert not [pid for pid in encoders if alive(pid)]
+    assert listing(tmp_path) == ['.20170929000000.tsv.gz',
+                                 '20170929000100.tsv.gz']
+
+
+def test_encoders_exit_when_the_parent_is_killed(tmp_path, memcached_set):
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines_for('gaid', 3000))
+    memcached_set['gaid'].pause()
+    loader = start_loader(tmp_path, memcached_set, '--workers', '2')
+    try:
+        wait_for(lambda: len(children_of(loader.pid)) == 2)
+        encoders = children_of(loader.pid)
+        loader.kill()
+        loader.wait(timeout=5)
+        wait_for(lambda: not [pid for pid in encoders if alive(pid)], 5)
+    finally:
+        loader.kill()
+        memcached_set['gaid'].resume()
+    assert listing(tmp_path) == ['20170929000000.tsv.gz']
+
+
+def test_dry_run_with_encoders_logs_each_record_once(tmp_path):
+    lines = lines_for('adid', 50)
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines)
+    nowhere = {t: type('A', (), {'address': '127.0.0.1:1'})
+               for t in gmemcload.DEVICE_TYPES}
+    status, text = run(tmp_path, nowhere, '--dry', '--workers', '2')
+    assert status == 0, text
+    for line in lines:
+        key = expected_value(line)[0].decode()
+        assert text.count(' - %s -> ' % key) == 1
+    assert listing(tmp_path) == ['20170929000000.tsv.gz']
+
+
+def test_workers_auto_is_the_cpus_this_process_may_use():
+    args = gmemcload.build_parser().parse_args(['--workers', 'auto'])
+    assert args.workers == len(os.sched_getaffinity(0))
+    assert gmemcload.build_parser().parse_args([]).workers == args.workers
+    with pytest.raises(SystemExit):
+        gmemcload.build_parser().parse_args(['--workers', '0'])
