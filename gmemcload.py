@@ -134,6 +134,10 @@ class Interrupted(Exception):
     """A stop was requested by a signal while a file was being read."""
 
 
+class Unlistable(Exception):
+    """The pattern's directory exists but cannot be listed."""
+
+
 class Unreadable(Exception):
     """The decompressor rejected a file: the input's fault, never the
     tool's; the message says why."""
@@ -144,7 +148,7 @@ class AbandonIO(gevent.GreenletExit):
     the stop does not wait out ``--timeout``."""
 
 
-# -- the line contract ------------------------------------------------------
+# -- 1. the line contract ----------------------------------------------------
 
 def _parse_apps_slowly(raw_apps):
     """Return (apps, dropped) for an apps field that is not plain digits."""
@@ -222,7 +226,7 @@ def describe_value(value):
     return str(_UserApps.FromString(value)).replace('\n', ' ').strip()
 
 
-# -- chunks and encoding ----------------------------------------------------
+# -- 2. chunks and encoding --------------------------------------------------
 
 def read_chunks(read):
     """Yield ``(data, oversized)`` pairs from ``read(size)``, a reader of
@@ -627,7 +631,184 @@ def _crash_for_tests(data):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-# -- per-file bookkeeping ---------------------------------------------------
+# -- 3. the wire: one memcached connection -----------------------------------
+
+def connect(host, timeout):
+    """A new connection to python-memcached's ``host`` (a ``_Host``), with
+    ``timeout`` on every operation.  Raises OSError with the real reason
+    (python-memcached's own connect() drops it)."""
+    sock = socket.socket(host.family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(host.address)
+    except OSError as exc:
+        sock.close()
+        raise OSError('connect: %s' % exc) from None
+    return sock
+
+
+def read_replies(recv, count):
+    """Read the replies to ``count`` pipelined ``set`` commands with
+    ``recv(size)``, the only thing in flight on the connection.
+
+    Returns the (index, reply) pairs of records that memcached refused for
+    good (SERVER_ERROR, NOT_STORED).  Raises ConnectionError if the stream
+    ends first, and ProtocolError for any other reply or for more replies
+    than commands: then the connection is out of step, and the batch must
+    be sent again on a fresh one.
+    """
+    replies = bytearray()
+    lines = 0
+    while lines < count:
+        chunk = recv(65536)
+        if not chunk:
+            raise ConnectionError('connection closed by memcached after %d'
+                                  ' of %d replies' % (lines, count))
+        replies += chunk
+        lines += chunk.count(b'\n')
+    if lines > count or not replies.endswith(b'\r\n'):
+        raise ProtocolError('more replies than commands')
+    if replies == _STORED * count:
+        return []
+    refused = []
+    for index, reply in enumerate(bytes(replies).split(b'\r\n')[:-1]):
+        if reply == b'STORED':
+            continue
+        if reply.startswith(b'SERVER_ERROR') or reply == b'NOT_STORED':
+            refused.append((index, reply))
+        else:
+            raise ProtocolError('unexpected reply %r' % reply[:80])
+    return refused
+
+
+def _read_reply(sock, done, limit=1 << 20):
+    """Read a small reply until ``done(lines)`` says it is complete; for
+    replies that are the only thing in flight on the connection."""
+    reply = b''
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError('connection closed by memcached')
+        reply += chunk
+        if reply.endswith(b'\r\n'):
+            lines = reply[:-2].split(b'\r\n')
+            if done(lines):
+                return lines
+        if len(reply) > limit:
+            raise ProtocolError('reply too long')
+
+
+def server_identity(sock):
+    """Ask the server who it is: ``(instance, connections)``, where
+    ``instance`` is its ``(pid, start time)`` (None if its ``stats`` do not
+    say) and ``connections`` its ``total_connections`` so far (None if not
+    said), a count that only grows while the same instance runs.  Raises
+    ProtocolError with the server's own words if it answers anything else
+    (a server at its connection limit says so)."""
+    sock.sendall(b'stats\r\n')
+    lines = _read_reply(sock, lambda lines: not lines[-1].startswith(b'STAT '))
+    if lines[-1] != b'END':
+        raise ProtocolError('answer to stats: %s' % lines[-1][:200].decode(
+            'ascii', 'replace'))
+    stats = dict(line.split(b' ', 2)[1:] for line in lines[:-1]
+                 if line.count(b' ') >= 2)
+    try:
+        instance = (int(stats[b'pid']),
+                    int(stats[b'time']) - int(stats[b'uptime']))
+    except (KeyError, ValueError):
+        instance = None  # a server (or proxy) that keeps no such stats
+    connections = stats.get(b'total_connections', b'')
+    return instance, int(connections) if connections.isdigit() else None
+
+
+class Connection:
+    """A lane's connection to one memcached server.  It knows nothing of
+    retries: a failed exchange raises, and the caller abandons it.
+
+    A new connection first reads the server's identity (``instance`` and
+    ``connections``, see server_identity), which ``identified(instance)``
+    is told.  A connection that failed
+    without proof that memcached is done with it (a timeout, say, while
+    memcached is stalled) may still hold commands that memcached will run
+    later.  ``abandon`` shuts it for writing and keeps it in ``in_doubt``;
+    ``exchange`` first settles every such connection, reading it to its
+    end (memcached has run every command on it) or seeing it reset.  So a
+    stale copy of a batch can never land after a newer one.
+    """
+
+    def __init__(self, address, timeout, identified):
+        self.address = address
+        self.host = memcache._Host(address)  # python-memcached's parsing
+        self.timeout = timeout
+        self.identified = identified
+        self.sock = None
+        self.instance = None  # (pid, start time) of the server, or None
+        self.connections = None  # its total_connections when connected
+        self.in_doubt = []
+
+    def exchange(self, payload, count):
+        """Send ``count`` pipelined sets and read every reply; see
+        read_replies.  Raises OSError or ProtocolError when the batch must
+        be sent again (after abandon())."""
+        self.settle()
+        if self.sock is None:
+            self.sock = connect(self.host, self.timeout)
+            self.instance, self.connections = server_identity(self.sock)
+            self.identified(self.instance)
+        self.sock.sendall(payload)
+        return read_replies(self.sock.recv, count)
+
+    def abandon(self):
+        """Give up the connection; keep it in doubt if it may still be
+        live."""
+        sock, self.sock = self.sock, None
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:  # not connected any more: nothing can still land
+            sock.close()
+            return
+        self.in_doubt.append(sock)
+
+    def settle(self):
+        """Read every connection in doubt to its end; raise TimeoutError
+        if one is still silent after the timeout."""
+        while self.in_doubt:
+            sock = self.in_doubt[0]
+            try:
+                while sock.recv(65536):
+                    pass
+            except TimeoutError:
+                raise TimeoutError('timed out waiting for an abandoned'
+                                   ' connection to be answered') from None
+            except OSError:
+                pass  # reset: memcached is done with it
+            sock.close()
+            self.in_doubt.pop(0)
+
+    def close(self, settle):
+        """Close; with ``settle``, give connections in doubt one timeout to
+        be answered first, so that a stale batch does not land during the
+        next run.  Warns if one is left unanswered."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        try:
+            if settle:
+                self.settle()
+        except (OSError, AbandonIO):
+            pass
+        if self.in_doubt:
+            log.warning('%s: an abandoned connection is still unanswered;'
+                        ' memcached may yet apply its writes (their files'
+                        ' are kept)', self.address)
+        for sock in self.in_doubt:
+            sock.close()
+        self.in_doubt = []
+
+
+# -- 4. lanes: retries over a connection, accounting per file ----------------
 
 class FileLoad:
     """What happened to one file: counts, outcome and timing.
@@ -661,8 +842,8 @@ class FileLoad:
         self.started = None
         self.seconds = 0.0
         self.identity = None  # file_identity() of the file when opened
-        # address -> the server instance that acknowledged this file's
-        # writes there (None: the server does not tell); see wrote_to
+        # address -> (instance, connections) of the server that
+        # acknowledged this file's writes there; see wrote_to
         self.instances = {}
         self.pending_batches = 0
         self.enqueuing_done = False
@@ -703,13 +884,21 @@ class FileLoad:
         if self.failure is None:
             self.failure = reason
 
-    def wrote_to(self, address, instance):
+    def wrote_to(self, address, instance, connections):
         """Note that the server instance ``instance`` acknowledged writes
-        of this file; two instances mean the server restarted meanwhile."""
-        seen = self.instances.setdefault(address, instance)
+        of this file, on a connection made when it had counted
+        ``connections`` (see server_identity); two instances mean the
+        server restarted meanwhile."""
+        if address not in self.instances:
+            self.instances[address] = (instance, connections)
+            return
+        seen, seen_connections = self.instances[address]
         if seen != instance:
             self.fail('memcached %s restarted while this file loaded'
                       % address)
+        elif None not in (connections, seen_connections):
+            self.instances[address] = (instance, max(connections,
+                                                     seen_connections))
 
     def add_lines(self, lines, errors, bad=(), dropped=0,
                   dropped_samples=()):
@@ -776,8 +965,6 @@ class Batch:
         self.count = count
 
 
-# -- uploading --------------------------------------------------------------
-
 class Server:
     """One memcached address and the lanes that write to it.
 
@@ -811,19 +998,15 @@ class Server:
 
 
 class Lane:
-    """One uploader greenlet's share of a server: queue, batch, client.
+    """One uploader greenlet of a server: its queue of batches and its
+    Connection, with the retry policy.
 
     Only the writer puts batches in ``queue``; only this lane's greenlet
-    takes from it.  Batches
-    are sent strictly in queue order, each (with its retries) finished
-    before the next is taken, so writes of one key keep their order.
-
-    A connection that failed without proof that memcached is done with it
-    (a timeout, say, while memcached is stalled) may still hold commands
-    that memcached will run later.  Such a connection is shut for writing
-    and kept in ``in_doubt``; nothing more is sent by this lane until it is
-    read to its end (memcached has run every command on it) or is reset.
-    So a stale copy of a batch can never land after a newer batch.
+    takes from it.  Batches are sent strictly in queue order, each (with
+    its retries) finished before the next is taken, so writes of one key
+    keep their order.  A failed batch is sent again on a fresh connection,
+    after a backoff, up to --retries times; then the server is down for the
+    rest of the run and its batches fail at once.
     """
 
     def __init__(self, server, settings, stopping):
@@ -831,8 +1014,8 @@ class Lane:
         self.settings = settings
         self.stopping = stopping
         self.queue = gevent.queue.Queue(QUEUED_BATCHES_PER_LANE)
-        self.in_doubt = []
-        self.instance = None  # the server instance of the open connection
+        self.connection = Connection(server.address, settings.timeout,
+                                     server.check_instance)
         self.greenlet = None  # the uploader, once it runs
 
     def submit(self, batch):
@@ -850,21 +1033,10 @@ class Lane:
             self.greenlet.kill(AbandonIO, block=False)
 
     def run(self):
-        """Upload batches until the None sentinel arrives."""
+        """Upload batches until the None sentinel arrives.  Whatever fails,
+        this loop keeps taking batches until the sentinel, so the writer
+        never blocks on a queue nobody empties."""
         self.greenlet = gevent.getcurrent()
-        # Client is a threading.local, i.e. greenlet-local once patched: it
-        # is made here, in the greenlet that uses it.  dead_retry=0 makes
-        # every retry really reconnect instead of skipping the host.
-        # Whatever fails, this loop keeps taking batches until the sentinel,
-        # so a reader never blocks on a queue nobody empties.
-        try:
-            client = memcache.Client([self.server.address],
-                                     socket_timeout=self.settings.timeout,
-                                     dead_retry=0)
-            host = client.servers[0]
-        except Exception:
-            log.exception('%s: uploader could not start', self.server.address)
-            host = None
         try:
             while True:
                 batch = None
@@ -872,54 +1044,29 @@ class Lane:
                     batch = self.queue.get()
                     if batch is None:
                         return
-                    if host is None:
-                        batch.load.batch_done(0, 0, batch.count,
-                                              'uploader could not start')
-                        continue
-                    self._upload(host, batch)
+                    self._upload(batch)
                 except AbandonIO:
-                    self._abandon(host)
-                    if batch is not None:
+                    if batch is not None:  # else the connection is idle
+                        self.connection.abandon()
                         batch.load.batch_done(0, 0, batch.count,
                                               'stopped by a signal')
                 except Exception:
                     log.exception('%s: uploader failed on a batch',
                                   self.server.address)
-                    self._abandon(host)
+                    self.connection.abandon()
                     if batch is not None:
                         batch.load.batch_done(0, 0, batch.count,
                                               'internal error')
         finally:
-            if host is not None:
-                host.close_socket()
-            try:
-                self._settle_before_exit()
-            except AbandonIO:
-                pass
-            for sock in self.in_doubt:
-                sock.close()
-            self.in_doubt = []
+            # Not after a stop: a stop abandons connections at once.
+            self.connection.close(settle=not self.stopping.is_set())
 
-    def _settle_before_exit(self):
-        """Give abandoned connections one timeout to be answered, so that a
-        stale batch does not land during the next run; not after a stop."""
-        if self.in_doubt and not self.stopping.is_set():
-            try:
-                self._settle()
-            except OSError:
-                pass
-        if self.in_doubt:
-            log.warning('%s: an abandoned connection is still unanswered;'
-                        ' memcached may yet apply its writes (their files'
-                        ' are kept)', self.server.address)
-
-    def _upload(self, host, batch):
+    def _upload(self, batch):
         count = batch.count
         address = self.server.address
         if self.stopping.is_set():
             batch.load.batch_done(0, 0, count, 'stopped by a signal')
             return
-        payload = batch.payload
         retries = self.settings.retries
         for attempt in range(retries + 1):
             if self.server.down:
@@ -928,10 +1075,9 @@ class Lane:
             if attempt and self.stopping.is_set():
                 break
             try:
-                self._settle()
-                refused = self._exchange(host, payload, count)
+                refused = self.connection.exchange(batch.payload, count)
             except (OSError, ProtocolError) as exc:
-                self._abandon(host)
+                self.connection.abandon()
                 error = str(exc) or type(exc).__name__
                 reason = '%s: %s' % (address, error)
                 if attempt == retries or self.stopping.is_set():
@@ -943,10 +1089,11 @@ class Lane:
                 continue
             for index, reply in refused:
                 log.error('%s: %s not stored: %s', address,
-                          key_at(payload, index).decode(
+                          key_at(batch.payload, index).decode(
                               'ascii', 'backslashreplace'),
                           reply.decode('ascii', 'replace'))
-            batch.load.wrote_to(address, self.instance)
+            batch.load.wrote_to(address, self.connection.instance,
+                                self.connection.connections)
             batch.load.batch_done(count - len(refused), len(refused))
             return
         if not self.stopping.is_set():
@@ -954,123 +1101,6 @@ class Lane:
             log.error('%s; giving up after %d retries, its remaining'
                       ' records in this run fail at once', reason, retries)
         batch.load.batch_done(0, 0, count, reason)
-
-    def _abandon(self, host):
-        """Give up the client's connection; keep it in doubt if it may
-        still be live."""
-        if host is None:
-            return
-        sock, host.socket = host.socket, None
-        if sock is None:
-            return
-        try:
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:  # not connected any more: nothing can still land
-            sock.close()
-            return
-        self.in_doubt.append(sock)
-
-    def _settle(self):
-        """Read every connection in doubt to its end; raise TimeoutError
-        if one is still silent after the timeout."""
-        while self.in_doubt:
-            sock = self.in_doubt[0]
-            try:
-                while sock.recv(65536):
-                    pass
-            except TimeoutError:
-                raise TimeoutError('timed out waiting for an abandoned'
-                                   ' connection to be answered') from None
-            except OSError:
-                pass  # reset: memcached is done with it
-            sock.close()
-            self.in_doubt.pop(0)
-
-    def _connect(self, host):
-        """The client's connection, made anew if needed; a new one checks
-        the server's identity.  Raises OSError with the real reason."""
-        if host.socket is None:
-            sock = connect(host, self.settings.timeout)
-            host.socket, host.buffer = sock, b''
-            self.instance = _server_instance(sock)
-            self.server.check_instance(self.instance)
-        return host.socket
-
-    def _exchange(self, host, payload, count):
-        """Send ``count`` pipelined sets and read every reply.
-
-        Returns the (index, reply) pairs of records that memcached refused
-        for good (SERVER_ERROR, NOT_STORED).  Raises OSError or
-        ProtocolError when the batch must be sent again.
-        """
-        sock = self._connect(host)
-        sock.sendall(payload)
-        replies = bytearray()
-        lines = 0
-        while lines < count:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError('connection closed by memcached'
-                                      ' after %d of %d replies'
-                                      % (lines, count))
-            replies += chunk
-            lines += chunk.count(b'\n')
-        if lines > count or not replies.endswith(b'\r\n'):
-            raise ProtocolError('more replies than commands')
-        if replies == _STORED * count:
-            return []
-        refused = []
-        for index, reply in enumerate(bytes(replies).split(b'\r\n')[:-1]):
-            if reply == b'STORED':
-                continue
-            if reply.startswith(b'SERVER_ERROR') or reply == b'NOT_STORED':
-                refused.append((index, reply))
-            else:
-                raise ProtocolError('unexpected reply %r' % reply[:80])
-        return refused
-
-
-def connect(host, timeout):
-    """A new connection to python-memcached's ``host`` (a ``_Host``), with
-    ``timeout`` on every operation.  Raises OSError with the real reason
-    (python-memcached's own connect() drops it)."""
-    sock = socket.socket(host.family, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(host.address)
-    except OSError as exc:
-        sock.close()
-        raise OSError('connect: %s' % exc) from None
-    return sock
-
-
-def _read_reply(sock, done, limit=1 << 20):
-    """Read a small reply until ``done(lines)`` says it is complete; for
-    replies that are the only thing in flight on the connection."""
-    reply = b''
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError('connection closed by memcached')
-        reply += chunk
-        if reply.endswith(b'\r\n'):
-            lines = reply[:-2].split(b'\r\n')
-            if done(lines):
-                return lines
-        if len(reply) > limit:
-            raise ProtocolError('reply too long')
-
-
-def _server_instance(sock):
-    """(pid, start time) from ``stats``, or None if it does not say."""
-    sock.sendall(b'stats\r\n')
-    lines = _read_reply(sock, lambda lines: not lines[-1].startswith(b'STAT '))
-    try:
-        stats = dict(line.split(b' ', 2)[1:] for line in lines[:-1])
-        return (int(stats[b'pid']),
-                int(stats[b'time']) - int(stats[b'uptime']))
-    except (KeyError, ValueError):
-        return None  # not END, or a server that keeps no such stats
 
 
 class DryLane:
@@ -1096,7 +1126,325 @@ class DryLane:
         batch.load.batch_done(batch.count, 0)
 
 
-# -- the run ----------------------------------------------------------------
+# -- 5. files: matching, identity, late files, renames -----------------------
+
+def pattern_directory(pattern):
+    """The deepest directory of ``pattern`` with no glob characters."""
+    directory = os.path.dirname(pattern)
+    while directory and glob.has_magic(directory):
+        directory = os.path.dirname(directory)
+    return directory or '.'
+
+
+def find_files(pattern):
+    """Files matching ``pattern`` in the order they must be loaded.
+
+    Sorted by name (the timestamp), never by mtime; names that begin with a
+    dot (already processed) are never matched.  Raises OSError when the
+    pattern's directory exists but cannot be listed (glob would say
+    nothing).
+    """
+    directory = pattern_directory(pattern)
+    if os.path.isdir(directory):
+        os.listdir(directory)
+    paths = []
+    for path in glob.glob(pattern):
+        if os.path.basename(path).startswith('.'):
+            continue
+        if not os.path.isfile(path):
+            log.warning('skipping %s: not a regular file', path)
+            continue
+        paths.append(path)
+    return sorted(paths, key=lambda path: (os.path.basename(path), path))
+
+
+def display_names(paths):
+    """How logs name each path: its base name, or the whole path where
+    two matched files share a base name."""
+    names = collections.Counter(map(os.path.basename, paths))
+    return [os.path.basename(path) if names[os.path.basename(path)] == 1
+            else path for path in paths]
+
+
+def newest_processed(pattern):
+    """The newest name of a file already processed anywhere the pattern
+    looks (a ``.<name>`` whose name the pattern's last part matches), and
+    its path; (None, None) if there is none.  The lock file is not one."""
+    name_glob = os.path.basename(pattern)
+    newest = (None, None)
+    for directory in glob.glob(os.path.dirname(pattern) or '.'):
+        if not os.path.isdir(directory):
+            continue
+        for entry in os.listdir(directory):
+            name = entry[1:]
+            if entry.startswith('.') and not name.startswith('.') \
+                    and entry != LOCK_FILE_NAME \
+                    and fnmatch.fnmatchcase(name, name_glob) \
+                    and (newest[0] is None or name > newest[0]):
+                newest = (name, os.path.join(directory, entry))
+    return newest
+
+
+def set_aside_late(loads, pattern, load_late):
+    """Mark the late and re-delivered files of ``loads`` failed (a late
+    one not with ``load_late``); return the loads that go on to be loaded.
+
+    Files are loaded in the order of their names, over every directory the
+    pattern matches, so a file is late when its name sorts at or before a
+    file already processed in any of them: loading it would overwrite newer
+    values.  A file whose ``.<name>`` exists is never loaded, so that its
+    rename cannot meet the processed copy.
+    """
+    newest, newest_path = newest_processed(pattern)
+    to_load = []
+    for load in loads:
+        name = os.path.basename(load.path)
+        if os.path.lexists(dot_path(load.path)):
+            load.fail('late: a processed copy %s already exists (the same'
+                      ' minute delivered again?); move one of them aside'
+                      % dot_path(load.path))
+        elif newest is None or name > newest:
+            to_load.append(load)
+        elif not load_late:
+            load.fail('late: %s, a newer file, was already processed and'
+                      ' this older one would overwrite its values; move it'
+                      ' aside, or load it anyway with --load-late'
+                      % newest_path)
+        else:
+            log.warning('%s: late (%s is newer and already processed),'
+                        ' loaded on --load-late: its values overwrite newer'
+                        ' ones', load.name, newest_path)
+            to_load.append(load)
+        if load.failure is not None:
+            log.error('%s: kept: %s', load.name, load.failure)
+    return to_load
+
+
+def file_identity(status):
+    """What tells one unchanged file from any other, from an
+    ``os.stat_result``: device, inode, size, modification time, and the
+    change time (which a rename changes too: see rename_loaded)."""
+    return (status.st_dev, status.st_ino, status.st_size,
+            status.st_mtime_ns, status.st_ctime_ns)
+
+
+def dot_path(path):
+    head, name = os.path.split(path)
+    return os.path.join(head, '.' + name)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def rename_noreplace(source, target):
+    """Rename ``source`` to ``target``; raise FileExistsError rather than
+    replace an existing ``target``.  Atomic with Linux's renameat2; on a
+    filesystem without RENAME_NOREPLACE, a check just before the rename."""
+    renameat2 = getattr(_libc, 'renameat2', None)
+    if renameat2 is not None:
+        if renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD,
+                     os.fsencode(target), _RENAME_NOREPLACE) == 0:
+            return
+        error = ctypes.get_errno()
+        if error not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(error, os.strerror(error), source, None, target)
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST),
+                              source, None, target)
+    os.rename(source, target)
+
+
+def rename_loaded(path, identity):
+    """Rename ``path`` to ``.<name>`` if it still names the file that was
+    read (``identity``, see file_identity), never over an existing file.
+    Returns None, or why the file is kept."""
+    target = dot_path(path)
+    changed = 'changed while loading (replaced or written to): the next run' \
+              ' loads it again'
+    try:
+        if file_identity(os.stat(path)) != identity:
+            return changed
+        rename_noreplace(path, target)
+    except FileExistsError:
+        return 'not renamed: %s already exists' % target
+    except OSError as exc:
+        return 'rename failed: %s' % exc
+    # The path may have been replaced between the check and the rename:
+    # then the file renamed is not the one read, and goes back.  (The
+    # rename itself changed the change time.)
+    try:
+        if file_identity(os.stat(target))[:-1] == identity[:-1]:
+            return None
+        rename_noreplace(target, path)
+    except OSError as exc:
+        log.error('%s was replaced while being renamed, and could not be'
+                  ' put back: %s; rename it back by hand', target, exc)
+    return changed
+
+
+class InstanceCheck:
+    """Proof, just before a rename, that a file's records are still in
+    memcached: each server the file wrote to is asked who it is (one
+    ``stats`` round trip on a connection of the renaming process's own).
+    It must be the instance that acknowledged the writes, with at least as
+    many connections counted as then.  A restarted server is empty; one
+    that cannot be asked, after --retries tries, proves nothing.
+
+    A server that tells no pid or start time (a proxy, say) cannot be
+    checked: that is logged once per run and does not keep files.
+    """
+
+    def __init__(self, settings):
+        self.timeout = settings.timeout
+        self.retries = settings.retries
+        self.connections = {}  # address -> a connection kept for reuse
+        self.warned = set()  # addresses logged as not checkable
+        self.greenlet = None  # the check in flight, for abort()
+
+    def problem(self, load):
+        """Why ``load``'s records are not proven to be in memcached now, or
+        None.  abort() ends it at once with 'stopped by a signal'."""
+        self.greenlet = gevent.spawn(self._problem, load)
+        try:
+            result = self.greenlet.get()
+        finally:
+            self.greenlet = None
+        return 'stopped by a signal' if isinstance(result, AbandonIO) \
+            else result
+
+    def abort(self):
+        if self.greenlet is not None:
+            self.greenlet.kill(AbandonIO, block=False)
+
+    def close(self):
+        for sock in self.connections.values():
+            sock.close()
+        self.connections.clear()
+
+    def _problem(self, load):
+        for address, (instance, connections) in sorted(
+                load.instances.items()):
+            if instance is None:
+                self._cannot_check(address)
+                continue
+            answer, error = self._ask(address)
+            if error is not None:
+                return 'cannot check memcached %s before the rename: %s' \
+                    % (address, error)
+            now, connections_now = answer
+            if now != instance or None not in (connections, connections_now) \
+                    and connections_now < connections:
+                return ('memcached %s restarted after this file was written'
+                        ' (now %s, wrote to %s): its records there are gone'
+                        % (address, describe_instance(now, connections_now),
+                           describe_instance(instance, connections)))
+        return None
+
+    def _ask(self, address):
+        """(server_identity's answer, None), or (None, why it gave none
+        after every retry)."""
+        sock = self.connections.pop(address, None)
+        attempt = 0
+        while True:
+            reused = sock is not None
+            try:
+                if sock is None:
+                    sock = connect(memcache._Host(address), self.timeout)
+                answer = server_identity(sock)
+            except (OSError, ProtocolError) as exc:
+                if sock is not None:
+                    sock.close()
+                    sock = None
+                if reused:  # it may have died with a restart: ask anew
+                    continue
+                error = str(exc) or type(exc).__name__
+                if attempt == self.retries:
+                    return None, error
+                delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt)
+                attempt += 1
+                log.warning('%s: cannot check it before a rename: %s;'
+                            ' retry %d/%d in %.2fs', address, error,
+                            attempt, self.retries, delay)
+                gevent.sleep(delay)
+                continue
+            self.connections[address] = sock
+            return answer, None
+
+    def _cannot_check(self, address):
+        if address not in self.warned:
+            self.warned.add(address)
+            log.warning('%s tells no pid and start time (a proxy?): a'
+                        ' restart of it cannot be noticed, and files are'
+                        ' renamed without that check', address)
+
+
+def describe_instance(instance, connections):
+    if instance is None:
+        return 'an instance with no pid'
+    pid, started = instance
+    return 'pid %d started %s, %s connections' % (pid, time.strftime(
+        '%Y-%m-%d %H:%M:%S', time.localtime(started)), connections)
+
+
+def log_outcome(load, max_error_rate):
+    """Log a file's verdict in the original tool's words."""
+    rate = load.error_rate
+    problem = load.problem(max_error_rate)
+    if problem is None:
+        log.info('%s: Acceptable error rate (%.4g). Successful load',
+                 load.name, rate)
+    elif load.failure is None and not load.unacknowledged:
+        log.error('%s: High error rate (%.4g > %.4g). Failed load',
+                  load.name, rate, max_error_rate)
+    else:
+        log.error('%s: Failed load: %s', load.name, problem)
+
+
+class RenameInOrder:
+    """The one place where files are renamed: called with each FileLoad in
+    sorted order, it renames a loaded file to ``.<name>`` until the first
+    file that is not loaded; every file after that is kept.
+
+    Loaded means: read to its end, every record acknowledged or counted as
+    an error, the error rate within bounds (FileLoad.problem), every server
+    it wrote to still the instance that acknowledged it (InstanceCheck),
+    and its path still naming the bytes that were read (rename_loaded).
+    After a stop nothing more is renamed.
+    """
+
+    def __init__(self, max_error_rate, check=None):
+        self.max_error_rate = max_error_rate
+        self.check = check  # an InstanceCheck; None: rename nothing (--dry)
+        self.renaming = True
+        self.stopped = False
+
+    def stop(self):
+        """Rename nothing more, and end a check in flight at once."""
+        self.stopped = True
+        if self.check is not None:
+            self.check.abort()
+
+    def __call__(self, load):
+        if self.renaming and self.check is not None \
+                and load.loaded(self.max_error_rate):
+            problem = 'stopped by a signal' if self.stopped else (
+                self.check.problem(load)
+                or rename_loaded(load.path, load.identity))
+            if problem is None:
+                load.renamed = True
+            else:
+                load.fail(problem)
+        log_outcome(load, self.max_error_rate)
+        if not load.loaded(self.max_error_rate):
+            self.renaming = False
+        elif not self.renaming:
+            load.kept_because = 'an earlier file was not loaded'
+            log.warning('%s: kept: %s', load.name, load.kept_because)
+
+
+# -- 6. the run --------------------------------------------------------------
 
 class Settings:
     """Validated options of one run."""
@@ -1224,7 +1572,6 @@ class Loader:
 
     def _read_file(self, load):
         """Submit the chunks of one file to the encoder, in order."""
-        read_in_thread = gevent.get_hub().threadpool.apply
         with open(load.path, 'rb') as raw:
             status = os.fstat(raw.fileno())
             load.identity = file_identity(status)
@@ -1233,9 +1580,8 @@ class Loader:
                 raise Unreadable('empty file, not gzip (still being'
                                  ' written?)')
             with igzip.IGzipFile(fileobj=raw, mode='rb') as stream:
-                # isal inflates without the GIL: the loop runs meanwhile.
                 for data, oversized in read_chunks(
-                        lambda size: read_in_thread(stream.read, (size,))):
+                        lambda size: _in_thread(stream.read, size)):
                     load.bytes_read = raw.tell()
                     if self.stopping.is_set():
                         raise Interrupted()
@@ -1300,148 +1646,20 @@ class Loader:
         self.lanes[number].submit(Batch(load, b''.join(commands), count))
 
 
-def log_outcome(load, max_error_rate):
-    """Log a file's verdict in the original tool's words."""
-    rate = load.error_rate
-    problem = load.problem(max_error_rate)
-    if problem is None:
-        log.info('%s: Acceptable error rate (%.4g). Successful load',
-                 load.name, rate)
-    elif load.failure is None and not load.unacknowledged:
-        log.error('%s: High error rate (%.4g > %.4g). Failed load',
-                  load.name, rate, max_error_rate)
-    else:
-        log.error('%s: Failed load: %s', load.name, problem)
-
-
-class InstanceCheck:
-    """Proof, just before a rename, that a file's records are still in
-    memcached: each server the file wrote to is asked for its identity (one
-    ``stats`` round trip on a connection of the renaming process's own),
-    which must be the instance that acknowledged the writes.  A restarted
-    server is empty; one that cannot be asked proves nothing.
-
-    A server that tells no pid or start time (a proxy, say) cannot be
-    checked: that is logged once per run and does not keep files.
-    """
-
-    def __init__(self, timeout):
-        self.timeout = timeout
-        self.connections = {}  # address -> a connection kept for reuse
-        self.warned = set()  # addresses logged as not checkable
-        self.greenlet = None  # the check in flight, for abort()
-
-    def problem(self, load):
-        """Why ``load``'s records are not proven to be in memcached now, or
-        None.  abort() ends it at once with 'stopped by a signal'."""
-        self.greenlet = gevent.spawn(self._problem, load)
+def _in_thread(function, *args):
+    """``function(*args)`` in gevent's thread pool, so the event loop runs
+    meanwhile (isal inflates without the GIL); its exception is raised
+    here, not printed by the pool."""
+    def call():
         try:
-            result = self.greenlet.get()
-        finally:
-            self.greenlet = None
-        return 'stopped by a signal' if isinstance(result, AbandonIO) \
-            else result
+            return function(*args), None
+        except Exception as exc:
+            return None, exc
 
-    def abort(self):
-        if self.greenlet is not None:
-            self.greenlet.kill(AbandonIO, block=False)
-
-    def close(self):
-        for sock in self.connections.values():
-            sock.close()
-        self.connections.clear()
-
-    def _problem(self, load):
-        for address, instance in sorted(load.instances.items()):
-            if instance is None:
-                self._cannot_check(address)
-                continue
-            now, error = self._ask(address)
-            if error is not None:
-                return 'cannot check memcached %s before the rename: %s' \
-                    % (address, error)
-            if now != instance:
-                return ('memcached %s restarted after this file was written'
-                        ' (now %s, wrote to %s): its records there are gone'
-                        % (address, describe_instance(now),
-                           describe_instance(instance)))
-        return None
-
-    def _ask(self, address):
-        """(the server's identity, None) or (None, why it did not tell)."""
-        sock = self.connections.pop(address, None)
-        while True:
-            reused = sock is not None
-            try:
-                if sock is None:
-                    sock = connect(memcache._Host(address), self.timeout)
-                instance = _server_instance(sock)
-            except (OSError, ProtocolError) as exc:
-                if sock is not None:
-                    sock.close()
-                    sock = None
-                if reused:  # it may have died with a restart: ask anew
-                    continue
-                return None, str(exc) or type(exc).__name__
-            self.connections[address] = sock
-            return instance, None
-
-    def _cannot_check(self, address):
-        if address not in self.warned:
-            self.warned.add(address)
-            log.warning('%s tells no pid and start time (a proxy?): a'
-                        ' restart of it cannot be noticed, and files are'
-                        ' renamed without that check', address)
-
-
-def describe_instance(instance):
-    if instance is None:
-        return 'an instance with no pid'
-    pid, started = instance
-    return 'pid %d started %s' % (pid, time.strftime(
-        '%Y-%m-%d %H:%M:%S', time.localtime(started)))
-
-
-class RenameInOrder:
-    """The one place where files are renamed: called with each FileLoad in
-    sorted order, it renames a loaded file to ``.<name>`` until the first
-    file that is not loaded; every file after that is kept.
-
-    Loaded means: read to its end, every record acknowledged or counted as
-    an error, the error rate within bounds (FileLoad.problem), every server
-    it wrote to still the instance that acknowledged it (InstanceCheck),
-    and its path still naming the bytes that were read (rename_loaded).
-    After a stop nothing more is renamed.
-    """
-
-    def __init__(self, max_error_rate, check=None):
-        self.max_error_rate = max_error_rate
-        self.check = check  # an InstanceCheck; None: rename nothing (--dry)
-        self.renaming = True
-        self.stopped = False
-
-    def stop(self):
-        """Rename nothing more, and end a check in flight at once."""
-        self.stopped = True
-        if self.check is not None:
-            self.check.abort()
-
-    def __call__(self, load):
-        if self.renaming and self.check is not None \
-                and load.loaded(self.max_error_rate):
-            problem = 'stopped by a signal' if self.stopped else (
-                self.check.problem(load)
-                or rename_loaded(load.path, load.identity))
-            if problem is None:
-                load.renamed = True
-            else:
-                load.fail(problem)
-        log_outcome(load, self.max_error_rate)
-        if not load.loaded(self.max_error_rate):
-            self.renaming = False
-        elif not self.renaming:
-            load.kept_because = 'an earlier file was not loaded'
-            log.warning('%s: kept: %s', load.name, load.kept_because)
+    result, error = gevent.get_hub().threadpool.apply(call)
+    if error is not None:
+        raise error
+    return result
 
 
 class Progress:
@@ -1497,187 +1715,143 @@ class Progress:
                 bar.close()
 
 
-# -- files, lock, renames ---------------------------------------------------
+class Locked(Exception):
+    """Another run holds a lock this run needs: nothing was read."""
 
-def pattern_directory(pattern):
-    """The deepest directory of ``pattern`` with no glob characters."""
-    directory = os.path.dirname(pattern)
-    while directory and glob.has_magic(directory):
-        directory = os.path.dirname(directory)
-    return directory or '.'
+    def __init__(self, path, holder):
+        super().__init__('another run (pid %s) holds the lock %s'
+                         % (holder, path))
 
 
-def find_files(pattern):
-    """Files matching ``pattern`` in the order they must be loaded.
+class RunLocks:
+    """Exclusive, non-blocking flocks held for the whole run.
 
-    Sorted by name (the timestamp), never by mtime; names that begin with a
-    dot (already processed) are never matched.  Raises OSError when the
-    pattern's directory exists but cannot be listed (glob would say
-    nothing).
+    The kernel drops a lock when the process dies, however it dies, so a
+    killed run leaves no stale lock.  Lock files are never removed, and a
+    file that holds anything but a pid is locked as it is, never written.
     """
-    directory = pattern_directory(pattern)
-    if os.path.isdir(directory):
-        os.listdir(directory)
-    paths = []
-    for path in glob.glob(pattern):
-        if os.path.basename(path).startswith('.'):
-            continue
-        if not os.path.isfile(path):
-            log.warning('skipping %s: not a regular file', path)
-            continue
-        paths.append(path)
-    return sorted(paths, key=lambda path: (os.path.basename(path), path))
 
+    def __init__(self):
+        self.handles = {}  # path -> open file holding its lock
 
-def display_names(paths):
-    """How logs name each path: its base name, or the whole path where
-    two matched files share a base name."""
-    names = collections.Counter(map(os.path.basename, paths))
-    return [os.path.basename(path) if names[os.path.basename(path)] == 1
-            else path for path in paths]
-
-
-def late_files(paths, pattern):
-    """{path: why it is late} for the paths that sort at or before a file
-    already processed in their directory (a ``.<name>`` whose name the
-    pattern matches).  Loading such a file would overwrite newer values."""
-    name_glob = os.path.basename(pattern)
-    newest = {}  # directory -> newest processed name in it
-    late = {}
-    for path in paths:
-        directory, name = os.path.split(path)
-        if directory not in newest:
-            newest[directory] = max(
-                (entry[1:] for entry in os.listdir(directory or '.')
-                 if entry.startswith('.') and not entry.startswith('..')
-                 and fnmatch.fnmatchcase(entry[1:], name_glob)),
-                default=None)
-        if newest[directory] is not None and name <= newest[directory]:
-            late[path] = newest[directory]
-    return late
-
-
-def file_identity(status):
-    """What tells one unchanged file from any other: device, inode, size
-    and modification time of an ``os.stat_result``."""
-    return (status.st_dev, status.st_ino, status.st_size,
-            status.st_mtime_ns)
-
-
-def dot_path(path):
-    head, name = os.path.split(path)
-    return os.path.join(head, '.' + name)
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
-
-
-def rename_noreplace(source, target):
-    """Rename ``source`` to ``target``; raise FileExistsError rather than
-    replace an existing ``target``.  Atomic with Linux's renameat2; on a
-    filesystem without RENAME_NOREPLACE, a check just before the rename."""
-    renameat2 = getattr(_libc, 'renameat2', None)
-    if renameat2 is not None:
-        if renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD,
-                     os.fsencode(target), _RENAME_NOREPLACE) == 0:
+    def acquire(self, path):
+        """Lock ``path`` (created if missing) unless this run holds it.
+        Raises Locked if another run holds it, OSError if it cannot be
+        opened."""
+        if path in self.handles:
             return
-        error = ctypes.get_errno()
-        if error not in (errno.EINVAL, errno.ENOSYS):
-            raise OSError(error, os.strerror(error), source, None, target)
-    if os.path.lexists(target):
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST),
-                              source, None, target)
-    os.rename(source, target)
-
-
-def rename_loaded(path, identity):
-    """Rename ``path`` to ``.<name>`` if it still names the file that was
-    read (``identity``, see file_identity), never over an existing file.
-    Returns None, or why the file is kept."""
-    target = dot_path(path)
-    changed = 'changed while loading (replaced or written to): the next run' \
-              ' loads it again'
-    try:
-        if file_identity(os.stat(path)) != identity:
-            return changed
-        rename_noreplace(path, target)
-    except FileExistsError:
-        return 'not renamed: %s already exists' % target
-    except OSError as exc:
-        return 'rename failed: %s' % exc
-    # The path may have been replaced between the check and the rename:
-    # then the file renamed is not the one read, and goes back.
-    try:
-        if file_identity(os.stat(target)) == identity:
-            return None
-        rename_noreplace(target, path)
-    except OSError as exc:
-        log.error('%s was replaced while being renamed, and could not be'
-                  ' put back: %s; rename it back by hand', target, exc)
-    return changed
-
-
-def default_lock_path(pattern):
-    """The lock file, in the directory of ``pattern``."""
-    return os.path.join(pattern_directory(pattern), LOCK_FILE_NAME)
-
-
-class RunLock:
-    """An exclusive, non-blocking flock held for the whole run.
-
-    The kernel drops the lock when the process dies, however it dies, so a
-    killed run leaves no stale lock.  The file itself is never removed.
-    """
-
-    def __init__(self, path):
-        self.path = path
-        self.handle = None
-
-    def acquire(self):
-        """Return None on success, else the holder's pid (or '?').
-
-        The pid is written only into a file that is empty or holds a pid:
-        any other file is locked as it is, never truncated.
-        """
-        self.handle = open(self.path, 'a+')
+        handle = open(path, 'a+b')
         try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-                raise
-            holder = self._pid_written()
-            self.handle.close()
-            self.handle = None
-            return holder or '?'
-        if self._pid_written() is not None or not os.fstat(
-                self.handle.fileno()).st_size:
-            self.handle.seek(0)
-            self.handle.truncate()
-            self.handle.write('%d\n' % os.getpid())
-            self.handle.flush()
-        return None
-
-    def _pid_written(self):
-        """The pid the lock file holds, or None if it holds anything else
-        (a pid and white space fit in 32 bytes; a longer file is not one)."""
-        self.handle.seek(0)
-        text = self.handle.read(33)
-        return text.strip() if len(text) <= 32 and text.strip().isdigit() \
-            else None
-
-    def fds(self):
-        """File descriptors a child process keeps to share the lock."""
-        return (self.handle.fileno(),) if self.handle is not None else ()
+            holder = _pid_written(handle) or '?'
+            handle.close()
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise Locked(path, holder) from None
+            raise
+        if _pid_written(handle) is not None or not os.fstat(
+                handle.fileno()).st_size:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(b'%d\n' % os.getpid())
+            handle.flush()
+        self.handles[path] = handle
 
     def release(self):
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
+        for handle in self.handles.values():
+            handle.close()
+        self.handles.clear()
 
 
-# -- command line -----------------------------------------------------------
+def _pid_written(handle):
+    """The pid a lock file holds, or None if it holds anything else (a
+    pid and white space fit in 32 bytes; a longer file is not one)."""
+    handle.seek(0)
+    text = handle.read(33)
+    return text.strip().decode() if len(text) <= 32 and \
+        text.strip().isdigit() else None
+
+
+def catch_stop_signals(on_stop):
+    """Call ``on_stop(signum)`` on SIGINT or SIGTERM; a second SIGINT exits
+    at once.  Returns the signals caught so far (a list) and the handlers
+    to cancel."""
+    caught = []
+
+    def on_signal(signum):
+        if caught and signum == signal.SIGINT:
+            log.error('second SIGINT: stopping at once')
+            os._exit(EXIT_SIGNAL_BASE + signum)
+        caught.append(signum)
+        log.warning('%s received: stopping; files not fully loaded are kept',
+                    signal.Signals(signum).name)
+        on_stop(signum)
+
+    handlers = [gevent.signal_handler(signum, on_signal, signum)
+                for signum in (signal.SIGINT, signal.SIGTERM)]
+    return caught, handlers
+
+
+def load_files(args, settings, locks):
+    """The run: list the files, lock their directories, load them and
+    rename them in order.  Returns the FileLoads of every matched file and
+    the signal that stopped the run, or None.  Raises Locked, or
+    Unlistable."""
+    try:
+        paths = find_files(args.pattern)
+    except OSError as exc:
+        raise Unlistable('cannot list the files of %s: %s'
+                         % (args.pattern, exc)) from None
+    if not settings.dry and not args.lock:
+        # Two runs whose patterns overlap share a directory, and so a lock.
+        for directory in sorted({os.path.dirname(path) for path in paths}):
+            take_lock(locks, os.path.join(directory, LOCK_FILE_NAME))
+    loads = [FileLoad(path, name)
+             for path, name in zip(paths, display_names(paths))]
+    if not loads:
+        log.info('No files match %s', args.pattern)
+        return loads, None
+    try:
+        to_load = set_aside_late(loads, args.pattern, args.load_late)
+    except OSError as exc:
+        raise Unlistable('cannot list the files of %s: %s'
+                         % (args.pattern, exc)) from None
+    engine = Loader(settings)
+    check = None if settings.dry else InstanceCheck(settings)
+    renamer = RenameInOrder(settings.max_error_rate, check)
+
+    def stop(signum):
+        engine.stop(signum)
+        renamer.stop()
+
+    caught, handlers = catch_stop_signals(stop)
+    show_bar = not args.log and sys.stderr.isatty()
+    progress = Progress(engine.current_load, bar=show_bar)
+    try:
+        with (logging_redirect_tqdm(loggers=[log]) if show_bar
+              else contextlib.nullcontext()):
+            engine.run(to_load, renamer)
+    finally:
+        progress.stop()
+        if check is not None:
+            check.close()
+        gevent.sleep(0)  # run a signal callback that is still pending
+        for handler in handlers:
+            handler.cancel()
+    log_summary(loads, settings.max_error_rate, settings.dry)
+    log_cpu(settings.workers)
+    return loads, caught[0] if caught else None
+
+
+def take_lock(locks, path):
+    try:
+        locks.acquire(path)
+    except OSError as exc:
+        raise ConfigError('cannot open lock file %s: %s (choose another'
+                          ' with --lock)' % (path, exc)) from None
+
+
+# -- 7. the command line -----------------------------------------------------
 
 def parse_addresses(option, text):
     """Split a comma-separated list of HOST:PORT; raise ConfigError."""
@@ -1858,7 +2032,8 @@ def log_cpu(workers):
 
 
 def main(argv=None):
-    """Run the loader; return the exit status (see README)."""
+    """Run the loader; return the exit status (see README).  This is the
+    one place where outcomes become exit statuses."""
     args = build_parser().parse_args(argv)
     if args.encoder:
         return run_encoder()
@@ -1868,23 +2043,36 @@ def main(argv=None):
         print('gmemcload: cannot open log file: %s' % exc, file=sys.stderr)
         return EXIT_USAGE
     try:
-        return _run(args)
-    finally:
-        handler.close()
-        log.removeHandler(handler)
-
-
-def _run(args):
-    if args.test:
-        prototest()
-        log.info('Self-test passed')
-        return EXIT_OK
-    try:
-        addresses = {t: parse_addresses(t, getattr(args, t))
-                     for t in DEVICE_TYPES}
+        if args.test:
+            prototest()
+            log.info('Self-test passed')
+            return EXIT_OK
+        loads, signum, settings = _run(args)
     except ConfigError as exc:
         log.error('%s', exc)
         return EXIT_USAGE
+    except Locked as exc:
+        log.error('%s; exiting', exc)
+        return EXIT_LOCKED
+    except Unlistable as exc:
+        log.error('%s', exc)
+        return EXIT_FAILED
+    finally:
+        handler.close()
+        log.removeHandler(handler)
+    if signum is not None:
+        return EXIT_SIGNAL_BASE + signum
+    if all(load.renamed or (settings.dry and load.loaded(
+            settings.max_error_rate)) for load in loads):
+        return EXIT_OK
+    return EXIT_FAILED
+
+
+def _run(args):
+    """Check the options, take the lock, load: ``(loads, stop signal or
+    None, settings)``.  Raises ConfigError, Locked or Unlistable."""
+    addresses = {t: parse_addresses(t, getattr(args, t))
+                 for t in DEVICE_TYPES}
     settings = Settings(addresses, batch_size=args.batch_size,
                         uploaders=args.uploaders, timeout=args.timeout,
                         retries=args.retries,
@@ -1893,121 +2081,18 @@ def _run(args):
     options = dict(vars(args))
     del options['encoder']
     log.info('Memc loader started with options: %s', options)
-
-    lock = None
-    if not args.dry:
-        lock_path = args.lock or default_lock_path(args.pattern)
-        lock = RunLock(lock_path)
-        try:
-            holder = lock.acquire()
-        except OSError as exc:
-            if not args.lock and exc.errno == errno.ENOENT:
-                log.warning('No files match %s (no such directory)',
-                            args.pattern)
-                return EXIT_OK
-            log.error('cannot open lock file %s: %s (choose another with'
-                      ' --lock)', lock_path, exc)
-            return EXIT_USAGE
-        if holder is not None:
-            log.error('another run (pid %s) holds the lock %s; exiting',
-                      holder, lock_path)
-            return EXIT_LOCKED
+    directory = pattern_directory(args.pattern)
+    if not os.path.isdir(directory):
+        log.warning('No files match %s (no such directory)', args.pattern)
+        return [], None, settings
+    locks = RunLocks()
     try:
-        return _load(args, settings)
+        if not args.dry:
+            take_lock(locks, args.lock or os.path.join(directory,
+                                                       LOCK_FILE_NAME))
+        return load_files(args, settings, locks) + (settings,)
     finally:
-        if lock is not None:
-            lock.release()
-
-
-def catch_stop_signals(on_stop):
-    """Call ``on_stop(signum)`` on SIGINT or SIGTERM; a second SIGINT exits
-    at once.  Returns the signals caught so far (a list) and the handlers
-    to cancel."""
-    caught = []
-
-    def on_signal(signum):
-        if caught and signum == signal.SIGINT:
-            log.error('second SIGINT: stopping at once')
-            os._exit(EXIT_SIGNAL_BASE + signum)
-        caught.append(signum)
-        log.warning('%s received: stopping; files not fully loaded are kept',
-                    signal.Signals(signum).name)
-        on_stop(signum)
-
-    handlers = [gevent.signal_handler(signum, on_signal, signum)
-                for signum in (signal.SIGINT, signal.SIGTERM)]
-    return caught, handlers
-
-
-def set_aside_late(loads, pattern, load_late):
-    """Mark the late files of ``loads`` failed, unless ``load_late``; return
-    the loads that go on to be loaded.  See late_files."""
-    late = late_files([load.path for load in loads], pattern)
-    to_load = []
-    for load in loads:
-        newer = late.get(load.path)
-        if newer is None:
-            to_load.append(load)
-        elif os.path.lexists(dot_path(load.path)):
-            load.fail('late: a processed copy %s already exists (the same'
-                      ' minute delivered again?); move one of them aside'
-                      % dot_path(load.path))
-        elif not load_late:
-            load.fail('late: .%s, a newer file, was already processed and'
-                      ' this older one would overwrite its values; move it'
-                      ' aside, or load it anyway with --load-late' % newer)
-        else:
-            log.warning('%s: late (.%s is newer and already processed),'
-                        ' loaded on --load-late: its values overwrite newer'
-                        ' ones', load.name, newer)
-            to_load.append(load)
-        if load.failure is not None:
-            log.error('%s: kept: %s', load.name, load.failure)
-    return to_load
-
-
-def _load(args, settings):
-    try:
-        paths = find_files(args.pattern)
-        loads = [FileLoad(path, name)
-                 for path, name in zip(paths, display_names(paths))]
-        to_load = set_aside_late(loads, args.pattern, args.load_late)
-    except OSError as exc:
-        log.error('cannot list the files of %s: %s', args.pattern, exc)
-        return EXIT_FAILED
-    if not paths:
-        log.info('No files match %s', args.pattern)
-        return EXIT_OK
-    engine = Loader(settings)
-    check = None if settings.dry else InstanceCheck(settings.timeout)
-    renamer = RenameInOrder(settings.max_error_rate, check)
-
-    def stop(signum):
-        engine.stop(signum)
-        renamer.stop()
-
-    caught, handlers = catch_stop_signals(stop)
-    show_bar = not args.log and sys.stderr.isatty()
-    progress = Progress(engine.current_load, bar=show_bar)
-    try:
-        with (logging_redirect_tqdm(loggers=[log]) if show_bar
-              else contextlib.nullcontext()):
-            engine.run(to_load, renamer)
-    finally:
-        progress.stop()
-        if check is not None:
-            check.close()
-        gevent.sleep(0)  # run a signal callback that is still pending
-        for handler in handlers:
-            handler.cancel()
-    log_summary(loads, settings.max_error_rate, settings.dry)
-    log_cpu(settings.workers)
-    if caught:
-        return EXIT_SIGNAL_BASE + caught[0]
-    if all(load.renamed or (settings.dry and load.loaded(
-            settings.max_error_rate)) for load in loads):
-        return EXIT_OK
-    return EXIT_FAILED
+        locks.release()
 
 
 if __name__ == '__main__':

@@ -8,10 +8,18 @@ daemons that the bench starts on free loopback ports and stops afterwards:
   and one ``set`` per line) on a slice of the first file;
 * ceiling: the same gzip reading, parsing and protobuf serialization as
   gmemcload, in one process, with no network at all;
-* decompress only: gzip reading and line splitting alone, the part every
-  --workers process repeats for every file;
-* gmemcload with its defaults, with --workers 1 and 2, then a sweep of
+* decompress only: gzip reading and cutting into chunks at line ends, the
+  reader's share of the parent's work;
+* the previous loader (the commit before the encoder pipeline, taken from
+  git) with --workers 1, so that today's --workers 1 is compared with it in
+  the same run;
+* gmemcload with --workers 1, 2 and 4 and with its defaults, then a sweep of
   --batch-size and --uploaders on the first file.
+
+From the --workers rows come the figures the encoder pipeline is judged
+by: the speed-up of 2 workers over 1, the CPU efficiency CPU-s(1) /
+CPU-s(4), and the parent's own CPU per line with 4 workers (the loader logs
+its own and its encoders' CPU seconds at the end of each run).
 
 The rows the targets compare run in turn, round after round, and each
 keeps its fastest of ROUNDS runs: on a shared machine a slow spell then
@@ -30,6 +38,7 @@ import gzip
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -51,6 +60,10 @@ SAMPLE_ONE_IN = 256  # keys whose crc32 is 0 mod this are checked
 REFERENCE_LINES = 20000
 SWEEP_BATCH_SIZES = (100, 250, 500, 1000, 2000, 4000)
 SWEEP_UPLOADERS = (1, 2, 4, 8)
+# The last commit before the encoder pipeline: --workers 1 is compared
+# with it.
+PREVIOUS = 'e22443b'
+WORKERS = ('1', '2', '4')
 ROUNDS = 3  # the compared rows are each the fastest of this many runs
 
 
@@ -85,45 +98,76 @@ def run_reference(paths, addresses, limit):
 
 
 def run_decompress(paths):
-    """Only read and split lines, as each --workers process does."""
+    """Only read and cut into chunks, as the loader's reader does."""
     import gmemcload
     from isal import igzip
     done = 0
     for path in paths:
         with open(path, 'rb') as raw, igzip.IGzipFile(fileobj=raw) as stream:
-            for lines, _ in gmemcload._line_chunks(stream):
-                done += len(lines)
+            for data, _ in gmemcload.read_chunks(stream.read):
+                done += data.count(b'\n')
     return done
 
 
 def run_ceiling(paths):
-    """Read, parse and serialize as gmemcload does; send nothing."""
+    """Read and encode as gmemcload does, in one process; send nothing."""
     import gmemcload
     from isal import igzip
-    parse, pack = gmemcload.parse_line, gmemcload.pack_user_apps
+    routes = gmemcload.build_routes(
+        {t: ['127.0.0.1:1'] for t in DEVICE_TYPES}, 2)
     done = 0
     for path in paths:
         with open(path, 'rb') as raw, igzip.IGzipFile(fileobj=raw) as stream:
-            for lines, _ in gmemcload._line_chunks(stream):
-                for line in lines:
-                    record = parse(line)
-                    if record is not None:
-                        pack(record[4], record[2], record[3])
-                        done += 1
+            for data, _ in gmemcload.read_chunks(stream.read):
+                done += gmemcload.encode_chunk(data, routes)[0]
     return done
 
 
 # -- measuring -------------------------------------------------------------
 
 def measure(argv):
-    """Run ``argv``; return (exit status, wall s, CPU s, peak RSS MB)."""
+    """Run ``argv``; return (exit status, wall s, CPU s, peak RSS MB,
+    parent CPU s).  CPU s counts the process and its children (encoders);
+    peak RSS is the largest of them; parent CPU s is what a loader logs of
+    its own process, or None."""
+    log_path = argv[argv.index('--log') + 1] if '--log' in argv else None
+    if log_path and os.path.exists(log_path):
+        os.remove(log_path)
     started = time.monotonic()
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.monotonic() - started
     process.returncode = os.waitstatus_to_exitcode(status)
     return (process.returncode, wall, usage.ru_utime + usage.ru_stime,
-            usage.ru_maxrss / 1024)
+            usage.ru_maxrss / 1024, own_cpu(log_path))
+
+
+def own_cpu(log_path):
+    """The loader's own CPU seconds, from its last 'CPU: X s in this
+    process' line."""
+    if not log_path or not os.path.exists(log_path):
+        return None
+    with open(log_path) as text:
+        found = re.findall(r'CPU: ([0-9.]+) s in this process', text.read())
+    return float(found[-1]) if found else None
+
+
+def previous_loader(commit):
+    """The loader as it was at ``commit``, checked out under .bench/, or
+    None without git."""
+    directory = os.path.join(BENCH_DIR, 'previous-%s' % commit)
+    script = os.path.join(directory, 'gmemcload.py')
+    if not os.path.exists(script):
+        os.makedirs(os.path.join(directory, 'proto'), exist_ok=True)
+        for name in ('gmemcload.py', 'proto/appsinstalled_pb2.py',
+                     'proto/__init__.py'):
+            shown = subprocess.run(['git', 'show', '%s:%s' % (commit, name)],
+                                   cwd=ROOT, capture_output=True)
+            if shown.returncode:
+                return None
+            with open(os.path.join(directory, name), 'wb') as out:
+                out.write(shown.stdout)
+    return script
 
 
 def prepare_data(files, lines):
@@ -200,9 +244,9 @@ class Bench:
         return [sys.executable, __file__, '--mode', mode] + list(extra) + \
             self.paths
 
-    def loader(self, paths_glob, *options):
+    def loader(self, paths_glob, *options, script=GMEMCLOAD):
         """A variant's command for gmemcload on this bench's daemons."""
-        argv = [sys.executable, GMEMCLOAD, '--pattern', paths_glob,
+        argv = [sys.executable, script, '--pattern', paths_glob,
                 '--log', os.path.join(BENCH_DIR, 'run.log')]
         for dev_type in DEVICE_TYPES:
             argv += ['--' + dev_type, self.daemons[dev_type].address]
@@ -227,7 +271,7 @@ class Bench:
                                       check_sample(self.daemons, sample))
         rows = []
         for name, lines, _, sample in variants:
-            status, wall, cpu, rss = _fastest(runs[name])
+            status, wall, cpu, rss, own = _fastest(runs[name])
             status = max([status] + [run[0] for run in runs[name]])
             if sample is None:
                 check = 'n/a'
@@ -237,13 +281,14 @@ class Bench:
             else:
                 check = 'ok (%d keys)' % len(sample)
             rows.append(self._add(name, lines, status, wall, cpu, rss,
-                                  check))
+                                  check, own))
         return rows
 
-    def _add(self, name, lines, status, wall, cpu, rss, check):
+    def _add(self, name, lines, status, wall, cpu, rss, check, own=None):
         row = {'name': name, 'lines': lines, 'wall_s': round(wall, 2),
                'cpu_s': round(cpu, 2), 'lines_per_s': round(lines / wall),
-               'peak_rss_mb': round(rss, 1), 'check': check}
+               'peak_rss_mb': round(rss, 1), 'check': check,
+               'parent_cpu_s': own}
         if status != 0:
             row['check'] = 'FAIL (exit %d)' % status
         if row['check'].startswith('FAIL'):
@@ -281,16 +326,45 @@ def machine():
         model, os.cpu_count(), platform.python_version(), version)
 
 
+def pipeline_figures(rows, lines):
+    """The encoder pipeline's figures, each (name, value, target)."""
+    one, two, four = (rows['gmemcload --workers %s' % workers]
+                      for workers in WORKERS)
+    figures = [
+        ('speed-up of --workers 2 over 1',
+         '%.2fx' % (two['lines_per_s'] / one['lines_per_s']), '>= 1.55x'),
+        ('CPU efficiency, CPU-s(--workers 1) / CPU-s(--workers 4)',
+         '%.2f' % (one['cpu_s'] / four['cpu_s']), '>= 0.85'),
+        ("parent's own CPU per line, --workers 4",
+         '%.2f us' % (1e6 * four['parent_cpu_s'] / lines)
+         if four['parent_cpu_s'] else 'n/a', '<= 1.5 us'),
+    ]
+    previous = [row for name, row in rows.items()
+                if name.startswith('previous loader')]
+    if previous:
+        figures.append(('--workers 1 against the previous loader',
+                        '%.2fx' % (one['lines_per_s']
+                                   / previous[0]['lines_per_s']),
+                        '>= 1.00x'))
+    return figures
+
+
+def figures_markdown(figures):
+    return '\n'.join(['| figure | measured | target |', '|---|---:|---|']
+                     + ['| %s | %s | %s |' % figure for figure in figures])
+
+
 def markdown(rows, reference, ceiling):
-    out = ['| run | lines | wall s | CPU s | lines/s | x reference |'
-           ' of ceiling | peak RSS MB | check |',
-           '|---|---:|---:|---:|---:|---:|---:|---:|---|']
+    out = ['| run | lines | wall s | CPU s | parent CPU s | lines/s |'
+           ' x reference | of ceiling | peak RSS MB | check |',
+           '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|']
     for row in rows:
-        out.append('| %s | %d | %.2f | %.2f | %d | %.1fx | %.0f%% | %.0f |'
-                   ' %s |' % (
+        own = row.get('parent_cpu_s')
+        out.append('| %s | %d | %.2f | %.2f | %s | %d | %.1fx | %.0f%% |'
+                   ' %.0f | %s |' % (
                        row['name'], row['lines'], row['wall_s'],
-                       row['cpu_s'], row['lines_per_s'],
-                       row['lines_per_s'] / reference,
+                       row['cpu_s'], '%.2f' % own if own else '',
+                       row['lines_per_s'], row['lines_per_s'] / reference,
                        100.0 * row['lines_per_s'] / ceiling,
                        row['peak_rss_mb'], row['check']))
     return '\n'.join(out)
@@ -331,19 +405,29 @@ def main(argv=None):
         addresses = json.dumps({t: d.address for t, d in daemons.items()})
         limit = min(REFERENCE_LINES, total)
         every_file = os.path.join(directory, '*.tsv.gz')
-        reference, ceiling = bench.compare([
+        previous = previous_loader(PREVIOUS)
+        variants = [
             ('reference (original algorithm)', limit,
              bench.baseline('reference', '--addresses', addresses,
                             '--limit', str(limit)), None),
             ('ceiling (no network)', total, bench.baseline('ceiling'), None),
             ('decompress only', total, bench.baseline('decompress'), None),
-            ('gmemcload (defaults)', total, bench.loader(every_file),
-             sample),
-            ('gmemcload --workers 1', total,
-             bench.loader(every_file, '--workers', '1'), sample),
-            ('gmemcload --workers 2', total,
-             bench.loader(every_file, '--workers', '2'), sample),
-        ], rounds=ROUNDS)[:2]
+        ]
+        if previous:
+            variants.append(('previous loader (%s) --workers 1' % PREVIOUS,
+                             total, bench.loader(every_file, '--workers',
+                                                 '1', script=previous),
+                             sample))
+        variants += [('gmemcload --workers %s' % workers, total,
+                      bench.loader(every_file, '--workers', workers), sample)
+                     for workers in WORKERS]
+        variants.append(('gmemcload (defaults: --workers auto = %d)'
+                         % len(os.sched_getaffinity(0)), total,
+                         bench.loader(every_file), sample))
+        rows = bench.compare(variants, rounds=ROUNDS)
+        reference, ceiling = rows[:2]
+        figures = pipeline_figures({row['name']: row for row in rows},
+                                   total)
         if not args.no_sweep:
             first, lines = paths[0], total // len(paths)
             bench.compare(
@@ -361,9 +445,10 @@ def main(argv=None):
                      ceiling['lines_per_s'])
     about = 'Machine: %s. Data: %d files x %d lines.' % (
         machine(), args.files, args.lines)
-    print(about + '\n\n' + table)
+    print(about + '\n\n' + table + '\n\n' + figures_markdown(figures))
     with open(os.path.join(BENCH_DIR, 'results.json'), 'w') as out:
-        json.dump({'machine': about, 'rows': bench.rows}, out, indent=1)
+        json.dump({'machine': about, 'rows': bench.rows,
+                   'figures': figures}, out, indent=1)
     return 1 if bench.failed else 0
 
 

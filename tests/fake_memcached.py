@@ -14,7 +14,14 @@ It speaks the part of the text protocol the loader and the tests use:
 * ``restart()``: drop every connection and all data and take a new pid,
   as a restarted memcached does;
 * answer ``stats`` without pid and uptime (``tells_identity = False``), as
-  a proxy in front of memcached may.
+  a proxy in front of memcached may;
+* stall a connection at its first ``set`` for ``stall_seconds`` while
+  serving every other connection at once, for the next ``stall_sets``
+  connections: as a memcached that stalls and then runs what it holds,
+  after what newer connections sent;
+* answer the next ``garbage_replies`` sets with ``ERROR`` without storing
+  them (a reply a ``set`` cannot get), and the next ``extra_replies`` sets
+  with one ``STORED`` too many.
 
 It runs as a greenlet server in the test process; use it as a context
 manager so that it always stops.
@@ -40,6 +47,10 @@ class FakeMemcached:
         self.reset_after = None
         self.resets = None
         self.tells_identity = True
+        self.stall_sets = 0
+        self.stall_seconds = 0.0
+        self.garbage_replies = 0
+        self.extra_replies = 0
         self.commands = 0  # commands seen, over all connections
         self.sets = 0
         self.connections = 0
@@ -59,7 +70,14 @@ class FakeMemcached:
     def __exit__(self, *exc_info):
         self._server.stop(timeout=1)
 
-    def restart(self):
+    def serving(self):
+        """Connections still being served (a stalled one among them)."""
+        return len(self._open)
+
+    def restart(self, same_identity=False):
+        """Drop every connection and all data; a new pid and start time,
+        unless ``same_identity`` (a container's pid 1 restarted within the
+        same second): then only the connection count starts anew."""
         for sock in list(self._open):
             try:  # shutdown reaches the connection whatever holds the socket
                 sock.shutdown(socket.SHUT_RDWR)
@@ -67,8 +85,10 @@ class FakeMemcached:
                 pass
         self._open.clear()
         self.data.clear()
-        self.pid = next(_PIDS)
-        self.started = int(time.time()) - 1
+        self.connections = 0
+        if not same_identity:
+            self.pid = next(_PIDS)
+            self.started = int(time.time()) - 1
 
     def _handle(self, sock, _peer):
         self.connections += 1
@@ -82,6 +102,9 @@ class FakeMemcached:
             if self.resets is not None:
                 self.resets -= 1
         served = 0
+        stall = self.stall_sets > 0
+        if stall:
+            self.stall_sets -= 1
         reader = sock.makefile('rb')
         try:
             while True:
@@ -93,6 +116,9 @@ class FakeMemcached:
                     return
                 served += 1
                 self.commands += 1
+                if stall and line.startswith(b'set '):
+                    stall = False
+                    gevent.sleep(self.stall_seconds)
                 reply = self._command(line.rstrip(b'\r\n').split(), reader)
                 if reply is None:
                     return
@@ -121,11 +147,17 @@ class FakeMemcached:
             self.sets += 1
             key, length = words[1], int(words[4])
             value = reader.read(length + 2)[:-2]
+            if self.garbage_replies:
+                self.garbage_replies -= 1
+                return b'ERROR\r\n'
             if length > self.max_value:
                 reply = b'SERVER_ERROR object too large for cache\r\n'
             else:
                 self.data[key] = value
                 reply = b'STORED\r\n'
+                if self.extra_replies:
+                    self.extra_replies -= 1
+                    reply *= 2
             return b'' if words[-1] == b'noreply' else reply
         if name == b'get':
             out = []
@@ -143,7 +175,8 @@ class FakeMemcached:
                 return b'STAT version 1.6.0-fake\r\nEND\r\n'
             now = int(time.time())
             return (b'STAT pid %d\r\nSTAT uptime %d\r\nSTAT time %d\r\n'
-                    b'END\r\n' % (self.pid, now - self.started, now))
+                    b'STAT total_connections %d\r\nEND\r\n'
+                    % (self.pid, now - self.started, now, self.connections))
         if name == b'version':
             return b'VERSION 1.6.0-fake\r\n'
         if name == b'flush_all':

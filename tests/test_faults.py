@@ -166,8 +166,8 @@ HOLD_LOCK = '''
 import sys, time
 sys.path.insert(0, sys.argv[1])
 import gmemcload
-lock = gmemcload.RunLock(sys.argv[2])
-assert lock.acquire() is None
+locks = gmemcload.RunLocks()
+locks.acquire(sys.argv[2])
 print('locked', flush=True)
 time.sleep(60)
 '''
@@ -193,6 +193,28 @@ def test_a_second_run_exits_75_and_a_killed_holder_leaves_no_lock(
     status, text = run(tmp_path, memcached_set)
     assert status == 0, text
     assert listing(tmp_path) == ['.20170929000000.tsv.gz']
+
+
+def test_runs_whose_patterns_overlap_share_a_lock(tmp_path, memcached_set):
+    (tmp_path / 'east').mkdir()
+    write_gz(tmp_path / 'east' / '20170929000000.tsv.gz',
+             lines_for('idfa', 10))
+    holder = subprocess.Popen(
+        [sys.executable, '-c', HOLD_LOCK, os.path.dirname(GMEMCLOAD),
+         str(tmp_path / 'east' / '.gmemcload.lock')], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b'locked\n'
+        # a run of east/*.tsv.gz holds east's lock: */*.tsv.gz must wait
+        status, text = run(tmp_path, memcached_set, '--pattern',
+                           str(tmp_path / '*' / '*.tsv.gz'))
+        assert status == 75, text
+        assert 'pid %d) holds the lock %s' % (
+            holder.pid, tmp_path / 'east' / '.gmemcload.lock') in text
+        assert 'Processing' not in text
+    finally:
+        holder.kill()
+        holder.wait()
+    assert listing(tmp_path / 'east') == ['20170929000000.tsv.gz']
 
 
 def test_lock_option_moves_the_lock_file(tmp_path, memcached_set):
@@ -259,6 +281,11 @@ def test_a_stop_abandons_io_at_once_whatever_the_timeout(
     assert listing(tmp_path) == ['20170929000000.tsv.gz']
     text = (tmp_path / 'run.log').read_text()
     assert 'not acknowledged by memcached (stopped by a signal)' in text
+    # Only the stalled server's connection was abandoned in flight.
+    unanswered = [line for line in text.splitlines()
+                  if 'still unanswered' in line]
+    assert unanswered and all(memcached_set['gaid'].address in line
+                              for line in unanswered)
 
 
 # -- memory --
@@ -300,7 +327,7 @@ def test_a_restart_after_a_files_last_write_there_keeps_the_file(
     write_gz(tmp_path / '20170929000100.tsv.gz', lines_for('idfa', 10, 'n'))
     loader = gevent.spawn(run, tmp_path, daemons, '--uploaders', '1',
                           '--batch-size', '100')
-    wait_for(lambda: fake_memcached.sets == 300)
+    wait_for(lambda: fake_memcached.sets >= 300)
     fake_memcached.restart()  # idfa's 300 records are gone
     status, text = loader.get(timeout=60)
     assert status == 1

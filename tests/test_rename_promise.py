@@ -53,6 +53,51 @@ def test_a_restart_between_a_files_writes_and_its_rename_keeps_it(
     assert stored_values(memcached_set, expected) == expected
 
 
+def test_a_restart_that_keeps_pid_and_start_time_is_noticed(
+        tmp_path, fake_memcached, memcached_set):
+    # A memcached in a container is always pid 1; restarted within the
+    # second it started in, only its connection count tells.
+    gaid = memcached_set['gaid']
+    daemons = dict(memcached_set, idfa=fake_memcached)
+    lines = lines_for('gaid', 100) + lines_for('idfa', 100)
+    write_gz(tmp_path / FIRST, lines)
+    fake_memcached.connections = 50  # what the first instance has seen
+    gaid.pause()
+    loader = gevent.spawn(run, tmp_path, daemons, '--timeout', '0.5',
+                          '--retries', '10')
+    try:
+        wait_for(lambda: fake_memcached.sets >= 100)
+        fake_memcached.restart(same_identity=True)
+    finally:
+        gaid.resume()
+    status, text = loader.get(timeout=60)
+    assert status == 1, text
+    assert 'kept: memcached %s restarted after this file was written' \
+        % fake_memcached.address in text
+    assert listing(tmp_path) == [FIRST]
+
+
+def test_a_short_stall_at_rename_time_costs_retries_not_the_run(
+        tmp_path, memcached_set):
+    gaid, idfa = memcached_set['gaid'], memcached_set['idfa']
+    lines = lines_for('gaid', 100) + lines_for('idfa', 100)
+    write_gz(tmp_path / FIRST, lines)
+    gaid.pause()
+    loader = gevent.spawn(run, tmp_path, memcached_set, '--timeout', '0.5')
+    try:
+        wait_for(lambda: all_stored(idfa, lines[100:]))
+        idfa.pause()  # silent when the renamer first asks, then back
+        gaid.resume()
+        wait_for(lambda: 'cannot check it before a rename' in
+                 (tmp_path / 'run.log').read_text())
+    finally:
+        gaid.resume()
+        idfa.resume()
+    status, text = loader.get(timeout=60)
+    assert status == 0, text
+    assert listing(tmp_path) == ['.' + FIRST]
+
+
 def test_a_server_that_cannot_be_asked_at_rename_time_keeps_the_file(
         tmp_path, memcached_set):
     gaid, idfa = memcached_set['gaid'], memcached_set['idfa']
@@ -60,7 +105,7 @@ def test_a_server_that_cannot_be_asked_at_rename_time_keeps_the_file(
     write_gz(tmp_path / FIRST, lines)
     gaid.pause()
     loader = gevent.spawn(run, tmp_path, memcached_set, '--timeout', '0.5',
-                          '--retries', '10')
+                          '--retries', '2')
     try:
         wait_for(lambda: all_stored(idfa, lines[100:]))
         idfa.pause()  # acknowledged, then silent when the renamer asks
@@ -123,6 +168,27 @@ def test_a_file_that_changes_while_its_writes_wait_is_kept(
     assert len(expected) == (200 if change == 'appended' else 100)
 
 
+def test_a_file_rewritten_in_place_with_its_size_and_mtime_is_kept(
+        tmp_path, memcached_set):
+    gaid = memcached_set['gaid']
+    path = write_gz(tmp_path / FIRST, lines_for('gaid', 100))
+    before = os.stat(path)
+    gaid.pause()
+    loader = gevent.spawn(run, tmp_path, memcached_set, '--timeout', '0.5',
+                          '--retries', '10')
+    try:
+        wait_for(lambda: gaid.connections() > 0)
+        with open(path, 'r+b') as out:  # same size, other bytes
+            out.write(gzip.compress(b'gaid\tx\t1\t1\t1\n')[:16])
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    finally:
+        gaid.resume()
+    status, text = loader.get(timeout=60)
+    assert status == 1, text
+    assert 'kept: changed while loading' in text
+    assert listing(tmp_path) == [FIRST]
+
+
 def test_a_path_replaced_during_the_rename_is_put_back(tmp_path,
                                                        monkeypatch):
     path = write_gz(tmp_path / FIRST, ['idfa\ta\t1\t1\t1'])
@@ -153,8 +219,8 @@ def test_a_late_older_file_is_kept_until_the_operator_says_load_it(
     write_gz(tmp_path / THIRD, ['idfa\tnew\t3\t3\t3'])
     status, text = run(tmp_path, memcached_set)
     assert status == 1, text
-    assert '%s: kept: late: .%s, a newer file, was already processed' \
-        % (FIRST, SECOND) in text
+    assert '%s: kept: late: %s, a newer file, was already processed' \
+        % (FIRST, tmp_path / ('.' + SECOND)) in text
     # The late file is left alone; the newer one still loads.
     assert listing(tmp_path) == ['.' + SECOND, '.' + THIRD, FIRST]
     newer = dict([expected_value('idfa\tk\t2\t2\t2')])
@@ -165,6 +231,35 @@ def test_a_late_older_file_is_kept_until_the_operator_says_load_it(
     assert listing(tmp_path) == ['.' + FIRST, '.' + SECOND, '.' + THIRD]
     older = dict([expected_value('idfa\tk\t1\t1\t1')])
     assert stored_values(memcached_set, [b'idfa:k']) == older
+
+
+def test_a_late_file_in_another_directory_is_late_too(tmp_path,
+                                                      memcached_set):
+    # Files are loaded in name order over every directory the pattern
+    # matches; so is lateness judged.
+    for directory in ('east', 'west'):
+        (tmp_path / directory).mkdir()
+    write_gz(tmp_path / 'east' / SECOND, ['idfa\tk\t2\t2\t2'])
+    pattern = str(tmp_path / '*' / '*.tsv.gz')
+    assert run(tmp_path, memcached_set, '--pattern', pattern)[0] == 0
+    write_gz(tmp_path / 'west' / FIRST, ['idfa\tk\t1\t1\t1'])
+    status, text = run(tmp_path, memcached_set, '--pattern', pattern)
+    assert status == 1, text
+    assert 'kept: late: %s' % (tmp_path / 'east' / ('.' + SECOND)) in text
+    newer = dict([expected_value('idfa\tk\t2\t2\t2')])
+    assert stored_values(memcached_set, newer) == newer
+
+
+def test_the_lock_file_is_not_a_processed_file(tmp_path, memcached_set):
+    data = tmp_path / 'data'
+    data.mkdir()
+    write_gz(data / FIRST, lines_for('idfa', 5))
+    pattern = str(data / '*')  # matches gmemcload.lock, undotted
+    assert run(tmp_path, memcached_set, '--pattern', pattern)[0] == 0
+    write_gz(data / SECOND, lines_for('idfa', 5, 'b'))
+    status, text = run(tmp_path, memcached_set, '--pattern', pattern)
+    assert status == 0, text
+    assert listing(data) == ['.' + FIRST, '.' + SECOND]
 
 
 @pytest.mark.parametrize('extra', [[], ['--load-late']])
@@ -219,23 +314,26 @@ def corrupt_deflate(lines):
 
 
 def test_a_corrupt_deflate_stream_is_the_inputs_fault(tmp_path,
-                                                      memcached_set):
+                                                      memcached_set, capfd):
     (tmp_path / FIRST).write_bytes(corrupt_deflate(lines_for('idfa', 5000)))
     status, text = run(tmp_path, memcached_set)
     assert status == 1
     assert '%s: Failed load: unreadable: ' % FIRST in text
     assert 'IsalError' in text
     assert 'Traceback' not in text and 'internal error' not in text
+    assert 'Traceback' not in capfd.readouterr().err
     assert listing(tmp_path) == [FIRST]
 
 
-def test_lock_keeps_what_its_file_holds(tmp_path, memcached_set):
+@pytest.mark.parametrize('content', [b'do not lose me\n',
+                                     b'\x1f\x8b\x08\x00 not text at all'])
+def test_lock_keeps_what_its_file_holds(tmp_path, memcached_set, content):
     write_gz(tmp_path / FIRST, lines_for('idfa', 10))
     settings = tmp_path / 'settings.conf'
-    settings.write_text('do not lose me\n')
+    settings.write_bytes(content)
     status, text = run(tmp_path, memcached_set, '--lock', str(settings))
     assert status == 0, text
-    assert settings.read_text() == 'do not lose me\n'
+    assert settings.read_bytes() == content
     pid_file = tmp_path / 'pid.lock'
     pid_file.write_text('1\n')  # a pid from an earlier run: replaced
     status, text = run(tmp_path, memcached_set, '--lock', str(pid_file))

@@ -1,0 +1,67 @@
+"""The wire: replies counted and classified, connections in doubt settled
+before anything newer is sent, and before the run exits."""
+from conftest import (assert_all_in_fake, lines_for, listing, run,
+                      same_server, wait_for, write_gz)
+
+FIRST, SECOND = '20170929000000.tsv.gz', '20170929000100.tsv.gz'
+ONE_LANE = ('--workers', '1', '--uploaders', '1')
+
+
+def test_a_stale_batch_never_lands_after_a_newer_one(tmp_path,
+                                                     fake_memcached):
+    # memcached stalls on the first connection's first set, then runs all
+    # it holds, after what a newer connection sent meanwhile.
+    fake_memcached.stall_sets = 1
+    fake_memcached.stall_seconds = 1.5
+    older = ['idfa\tk%03d\t1\t1\t1' % i for i in range(100)]
+    newer = ['idfa\tk%03d\t2\t2\t2' % i for i in range(100)]
+    write_gz(tmp_path / FIRST, older)
+    write_gz(tmp_path / SECOND, newer)
+    status, text = run(tmp_path, same_server(fake_memcached), *ONE_LANE,
+                       '--timeout', '0.3', '--retries', '10',
+                       '--batch-size', '50')
+    assert status == 0, text
+    assert 'retry 1/10' in text
+    wait_for(lambda: fake_memcached.serving() == 0, 10)
+    assert_all_in_fake(fake_memcached, newer)
+
+
+def test_the_run_settles_an_abandoned_connection_before_it_exits(
+        tmp_path, fake_memcached):
+    fake_memcached.stall_sets = 1
+    fake_memcached.stall_seconds = 0.8
+    write_gz(tmp_path / FIRST, ['idfa\tk\t1\t1\t1'])
+    status, text = run(tmp_path, same_server(fake_memcached), *ONE_LANE,
+                       '--timeout', '0.5', '--retries', '0')
+    assert status == 1, text
+    assert 'kept: 1 records not acknowledged' in text
+    # Its write landed before the run ended, not during the next one.
+    assert b'idfa:k' in fake_memcached.data
+    assert 'still unanswered' not in text
+
+
+def test_a_reply_a_set_cannot_get_resends_the_batch(tmp_path,
+                                                    fake_memcached):
+    fake_memcached.garbage_replies = 1
+    lines = lines_for('adid', 200)
+    write_gz(tmp_path / FIRST, lines)
+    status, text = run(tmp_path, same_server(fake_memcached), *ONE_LANE,
+                       '--batch-size', '50')
+    assert status == 0, text
+    assert "unexpected reply b'ERROR'; retry 1/5" in text
+    assert 'total: 1 files, 200 lines, 200 stored, 0 errors' in text
+    assert_all_in_fake(fake_memcached, lines)
+    assert listing(tmp_path) == ['.' + FIRST]
+
+
+def test_more_replies_than_commands_resends_on_a_fresh_connection(
+        tmp_path, fake_memcached):
+    fake_memcached.extra_replies = 1
+    lines = lines_for('gaid', 200)
+    write_gz(tmp_path / FIRST, lines)
+    status, text = run(tmp_path, same_server(fake_memcached), *ONE_LANE,
+                       '--batch-size', '50')
+    assert status == 0, text
+    assert 'more replies than commands; retry 1/5' in text
+    assert 'total: 1 files, 200 lines, 200 stored, 0 errors' in text
+    assert_all_in_fake(fake_memcached, lines)
