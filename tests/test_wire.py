@@ -1,7 +1,10 @@
 """The wire: replies counted and classified, connections in doubt settled
 before anything newer is sent, and before the run exits."""
+import pytest
+
 from conftest import (assert_all_in_fake, lines_for, listing, run,
                       same_server, wait_for, write_gz)
+from gmemcload import ProtocolError, read_replies
 
 FIRST, SECOND = '20170929000000.tsv.gz', '20170929000100.tsv.gz'
 ONE_LANE = ('--workers', '1', '--uploaders', '1')
@@ -65,3 +68,41 @@ def test_more_replies_than_commands_resends_on_a_fresh_connection(
     assert 'more replies than commands; retry 1/5' in text
     assert 'total: 1 files, 200 lines, 200 stored, 0 errors' in text
     assert_all_in_fake(fake_memcached, lines)
+
+
+# -- read_replies, with canned replies --
+
+def canned(*chunks):
+    """A recv() that hands out ``chunks``, then the end of the stream."""
+    pending = list(chunks)
+    return lambda size: pending.pop(0) if pending else b''
+
+
+def test_replies_split_anywhere_across_reads_are_counted():
+    replies = b'STORED\r\n' * 3
+    for cut in range(1, len(replies)):
+        assert read_replies(canned(replies[:cut], replies[cut:]), 3) == []
+
+
+def test_a_refusal_in_the_middle_is_that_record_alone():
+    refused = read_replies(canned(
+        b'STORED\r\nSERVER_ERROR object too large for cache\r\n',
+        b'NOT_STORED\r\nSTORED\r\n'), 4)
+    assert refused == [(1, b'SERVER_ERROR object too large for cache'),
+                       (2, b'NOT_STORED')]
+
+
+def test_one_more_reply_than_commands_is_a_protocol_error():
+    with pytest.raises(ProtocolError, match='more replies than commands'):
+        read_replies(canned(b'STORED\r\nSTORED\r\nSTORED\r\n'), 2)
+
+
+def test_a_reply_a_set_cannot_get_is_a_protocol_error():
+    for garbage in (b'ERROR\r\n', b'VALUE k 0 1\r\n', b'\x00\xff\r\n'):
+        with pytest.raises(ProtocolError, match='unexpected reply'):
+            read_replies(canned(b'STORED\r\n', garbage), 2)
+
+
+def test_a_stream_that_ends_early_is_a_connection_error():
+    with pytest.raises(ConnectionError, match='after 1 of 3 replies'):
+        read_replies(canned(b'STORED\r\nSTO'), 3)
