@@ -378,26 +378,40 @@ class EncodingFailed(Exception):
     """A chunk could not be encoded: the file it belongs to fails."""
 
 
-class InProcessEncoder:
-    """``--workers 1``: encode_chunk runs in this process, at submit."""
+class Encoder:
+    """What the two executors of encode_chunk have in common: one code
+    path, two executors.
 
-    def __init__(self, routes):
-        self.routes = routes
+    ``start()`` comes before the first chunk.  ``submit(data)`` returns a
+    result whose ``get()`` gives encode_chunk's tuple for ``data``, or
+    raises EncodingFailed; it may wait while the executor is full.  The
+    caller takes results in the order it submitted them.  ``close()`` ends
+    the executor; chunks still in flight fail.
+    """
 
     def start(self):
         pass
 
     def submit(self, data):
-        """The chunk's EncodedChunk, as a result with ``get()``."""
-        result = gevent.event.AsyncResult()
-        result.set(encode_chunk(data, self.routes))
-        return result
+        raise NotImplementedError
 
     def close(self):
         pass
 
 
-class EncoderProcesses:
+class InProcessEncoder(Encoder):
+    """``--workers 1``: encode_chunk runs in this process, at submit."""
+
+    def __init__(self, routes):
+        self.routes = routes
+
+    def submit(self, data):
+        result = gevent.event.AsyncResult()
+        result.set(encode_chunk(data, self.routes))
+        return result
+
+
+class EncoderProcesses(Encoder):
     """N encoder processes, each running encode_chunk on the chunks sent
     to it, ENCODER_CHUNKS at most in flight, answered in order.
 

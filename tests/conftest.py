@@ -20,6 +20,7 @@ import gmemcload  # noqa: E402
 from proto import appsinstalled_pb2  # noqa: E402
 
 GMEMCLOAD = os.path.join(ROOT, 'gmemcload.py')
+blocking_sleep = monkey.get_original('time', 'sleep')
 DEVICE_TYPES = ('idfa', 'gaid', 'adid', 'dvid')
 
 
@@ -163,3 +164,44 @@ def stop_within(loader, signum, seconds):
     status = loader.wait(timeout=seconds + 5)
     assert time.monotonic() - signalled < seconds
     return status
+
+
+def wait_with_usage(process, seconds):
+    """Wait at most ``seconds`` for ``process`` (a Popen) to end; return
+    its exit status and resource usage (os.wait4), its children's
+    included."""
+    deadline = time.monotonic() + seconds
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return process.returncode, usage
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError('still running after %s s' % seconds)
+        # Not gevent's sleep: its loop would reap the child first.
+        blocking_sleep(0.05)
+
+
+def children_of(pid):
+    """Pids whose parent is ``pid``, read from /proc."""
+    found = []
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                with open('/proc/%s/stat' % entry) as stat:
+                    fields = stat.read().rsplit(')', 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def alive(pid):
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        with open('/proc/%d/stat' % pid) as stat:
+            return stat.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError:
+        return False

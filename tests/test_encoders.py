@@ -6,32 +6,9 @@ import pytest
 
 import generate
 import gmemcload
-from conftest import (expected_state, expected_value, lines_for, listing, run,
-                      start_loader, stop_within, stored_values, wait_for,
-                      write_gz)
-
-
-def children_of(pid):
-    """Pids whose parent is ``pid``, read from /proc."""
-    found = []
-    for entry in os.listdir('/proc'):
-        if entry.isdigit():
-            try:
-                with open('/proc/%s/stat' % entry) as stat:
-                    fields = stat.read().rsplit(')', 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
-def alive(pid):
-    try:
-        with open('/proc/%d/stat' % pid) as stat:
-            return stat.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except OSError:
-        return False
+from conftest import (alive, children_of, expected_state, expected_value,
+                      lines_for, listing, run, start_loader, stop_within,
+                      stored_values, wait_for, write_gz)
 
 
 @pytest.mark.parametrize('workers', ['2', '3'])

@@ -14,7 +14,7 @@ import gmemcload
 from conftest import (GMEMCLOAD, assert_all_in_fake, expected_state,
                       expected_value, lines_for, listing, run, same_server,
                       start_loader, stop_within, stored_values, wait_for,
-                      wait_for_log, write_gz)
+                      wait_for_log, wait_with_usage, write_gz)
 from daemons import free_port
 
 TYPES = gmemcload.DEVICE_TYPES
@@ -123,13 +123,15 @@ def test_a_stalled_server_fails_in_bounded_time_and_never_hangs(
     assert len(memcached_set['idfa'].get_many(idfa)) == 2000
 
 
-def run_through_stall(tmp_path, daemons, stalled, seconds, *extra):
-    """Run the loader while ``stalled`` is paused for its first
-    ``seconds``; return (exit status, log text)."""
+def run_through_stall(tmp_path, daemons, stalled, retries, *extra):
+    """Run the loader while ``stalled`` is paused, until the loader has
+    retried a batch ``retries`` times; return (exit status, log text)."""
     stalled.pause()
     loader = gevent.spawn(run, tmp_path, daemons, *extra)
-    gevent.sleep(seconds)
-    stalled.resume()
+    try:
+        wait_for_log(tmp_path, 'retry %d/' % retries)
+    finally:
+        stalled.resume()
     return loader.get(timeout=60)
 
 
@@ -137,8 +139,9 @@ def test_a_four_second_stall_costs_retries_not_data(tmp_path, memcached_set):
     paths = generate.generate(str(tmp_path), files=2, lines=20000,
                               repeat=0.3, seed=3)
     expected = expected_state(paths)
+    # Two retries at the default timeout: a stall of about 5 s.
     status, text = run_through_stall(tmp_path, memcached_set,
-                                     memcached_set['idfa'], 4)
+                                     memcached_set['idfa'], 2)
     assert status == 0, text
     assert 'retry' in text
     assert stored_values(memcached_set, expected) == expected
@@ -153,7 +156,7 @@ def test_newest_wins_across_a_retry(tmp_path, memcached_set):
                                           % minute), lines))
     expected = expected_state(paths)
     status, text = run_through_stall(
-        tmp_path, memcached_set, memcached_set['idfa'], 1.5,
+        tmp_path, memcached_set, memcached_set['idfa'], 3,
         '--timeout', '0.3', '--batch-size', '7', '--uploaders', '3')
     assert status == 0, text
     assert 'retry' in text
@@ -293,9 +296,8 @@ def test_a_stop_abandons_io_at_once_whatever_the_timeout(
 def test_peak_memory_stays_bounded_on_a_large_file(tmp_path, memcached_set):
     generate.generate(str(tmp_path), files=1, lines=300000, seed=5)
     loader = start_loader(tmp_path, memcached_set)
-    _, status, usage = os.wait4(loader.pid, 0)
-    loader.returncode = os.waitstatus_to_exitcode(status)
-    assert loader.returncode == 0, (tmp_path / 'run.log').read_text()
+    status, usage = wait_with_usage(loader, 60)
+    assert status == 0, (tmp_path / 'run.log').read_text()
     peak_mb = usage.ru_maxrss / 1024
     # The file is ~110 MB of text; holding it would be several times this.
     assert peak_mb < 100, peak_mb
@@ -307,10 +309,9 @@ def test_peak_memory_does_not_grow_with_the_number_of_files(
         write_gz(tmp_path / ('2017%010d.tsv.gz' % minute),
                  ['idfa\tdev%d\t1\t2\t3' % minute])
     loader = start_loader(tmp_path, memcached_set)
-    _, status, usage = os.wait4(loader.pid, 0)
-    loader.returncode = os.waitstatus_to_exitcode(status)
+    status, usage = wait_with_usage(loader, 120)
     text = (tmp_path / 'run.log').read_text()
-    assert loader.returncode == 0, text[-2000:]
+    assert status == 0, text[-2000:]
     assert usage.ru_maxrss / 1024 < 70, usage.ru_maxrss
     assert '(5000 more files not listed)' in text
     assert 'total: 5000 files, 5000 lines, 5000 stored, 0 errors;' \
