@@ -60,6 +60,7 @@ import gevent.lock  # noqa: E402
 import gevent.os  # noqa: E402
 import gevent.pool  # noqa: E402
 import gevent.queue  # noqa: E402
+import gevent.socket  # noqa: E402
 import memcache  # noqa: E402
 from isal import igzip  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -229,14 +230,15 @@ def describe_value(value):
 # -- 2. chunks and encoding --------------------------------------------------
 
 def read_chunks(read):
-    """Yield ``(data, oversized)`` pairs from ``read(size)``, a reader of
+    """Yield ``(pieces, oversized)`` pairs from ``read(size)``, a reader of
     decompressed bytes.
 
-    ``data`` holds whole lines, each ended by b'\\n' except perhaps a last
-    line without one at the very end.  A line longer than a chunk is joined
-    from its pieces, in linear time; a line longer than MAX_LINE_BYTES is
-    never held whole: ``oversized`` has its first OVERSIZED_PREFIX bytes, to
-    count and log it as one malformed line.  Raises Unreadable for any
+    ``pieces`` is a list of bytes-like objects that together hold whole
+    lines, each ended by b'\\n' except perhaps a last line without one at
+    the very end; they are parts of what was read, not copies.  A line
+    longer than a chunk spans pieces.  A line longer than MAX_LINE_BYTES is
+    never held whole: ``oversized`` has its first OVERSIZED_PREFIX bytes,
+    to count and log it as one malformed line.  Raises Unreadable for any
     error of the decompressor.
     """
     held, held_bytes = [], 0  # the start of a line not ended yet
@@ -252,32 +254,34 @@ def read_chunks(read):
         if not data:
             break
         oversized = []
+        start = 0
         first_end = data.find(b'\n')
         if first_end >= 0 and (skipped is not None or held):
-            if skipped is None and held_bytes + first_end <= MAX_LINE_BYTES:
-                held.append(data)  # the held line ends in this chunk
-                data = b''.join(held)
-                first_end += held_bytes
-            else:
+            if skipped is not None or held_bytes + first_end > MAX_LINE_BYTES:
                 oversized.append(skipped if skipped is not None else
                                  b''.join(held)[:OVERSIZED_PREFIX])
-                data = data[first_end + 1:]
-            held, held_bytes, skipped = [], 0, None
+                held, start = [], first_end + 1
+            held_bytes, skipped = 0, None
         last_end = data.rfind(b'\n')
-        tail = data[last_end + 1:]
-        data = data[:last_end + 1]
+        pieces = held
+        held = []
+        if last_end >= start:  # the held line, if any, ends in this chunk
+            pieces.append(memoryview(data)[start:last_end + 1])
+        else:  # still inside one long line
+            held, pieces = pieces, []
+        tail = data[max(last_end + 1, start):]
         if tail and skipped is None:
             held.append(tail)
             held_bytes += len(tail)
             if held_bytes > MAX_LINE_BYTES:
                 skipped = b''.join(held)[:OVERSIZED_PREFIX]
                 held, held_bytes = [], 0
-        if data or oversized:
-            yield data, oversized
+        if pieces or oversized:
+            yield pieces, oversized
     if skipped is not None:
-        yield b'', [skipped]
+        yield [], [skipped]
     elif held:
-        yield b''.join(held), []
+        yield held, []
 
 
 def build_routes(addresses, uploaders):
@@ -382,9 +386,10 @@ class Encoder:
     """What the two executors of encode_chunk have in common: one code
     path, two executors.
 
-    ``start()`` comes before the first chunk.  ``submit(data)`` returns a
-    result whose ``get()`` gives encode_chunk's tuple for ``data``, or
-    raises EncodingFailed; it may wait while the executor is full.  The
+    ``start()`` comes before the first chunk.  ``submit(pieces)`` takes a
+    chunk as read_chunks gives it and returns a result whose ``get()``
+    gives encode_chunk's tuple for it, or raises EncodingFailed; it may
+    wait while the executor is full.  The
     caller takes results in the order it submitted them.  ``close()`` ends
     the executor; chunks still in flight fail.
     """
@@ -392,7 +397,7 @@ class Encoder:
     def start(self):
         pass
 
-    def submit(self, data):
+    def submit(self, pieces):
         raise NotImplementedError
 
     def close(self):
@@ -405,9 +410,9 @@ class InProcessEncoder(Encoder):
     def __init__(self, routes):
         self.routes = routes
 
-    def submit(self, data):
+    def submit(self, pieces):
         result = gevent.event.AsyncResult()
-        result.set(encode_chunk(data, self.routes))
+        result.set(encode_chunk(b''.join(pieces), self.routes))
         return result
 
 
@@ -440,7 +445,7 @@ class EncoderProcesses(Encoder):
         for slot in self.slots:
             slot.spawn()
 
-    def submit(self, data):
+    def submit(self, pieces):
         """Send a chunk to the next encoder in turn (waits while it has
         ENCODER_CHUNKS in flight); return its result, with ``get()``."""
         slot = self.slots[self.turn]
@@ -449,7 +454,7 @@ class EncoderProcesses(Encoder):
         if self.closed:
             result.set_exception(EncodingFailed('stopped'))
         else:
-            slot.send(_Chunk(data, result))
+            slot.send(_Chunk(pieces, result))
         return result
 
     def close(self):
@@ -461,10 +466,10 @@ class EncoderProcesses(Encoder):
 
 
 class _Chunk:
-    __slots__ = ('data', 'result', 'blamed')
+    __slots__ = ('pieces', 'result', 'blamed')
 
-    def __init__(self, data, result):
-        self.data = data
+    def __init__(self, pieces, result):
+        self.pieces = pieces
         self.result = result
         self.blamed = 0  # encoders that died encoding it
 
@@ -500,7 +505,7 @@ class _EncoderSlot:
         gevent.os.make_nonblocking(from_encoder)
         self.process = process
         self.to_encoder, self.from_encoder = to_encoder, from_encoder
-        self._write(marshal.dumps(self.pool.routes))
+        self._write([marshal.dumps(self.pool.routes)])
         self.pool.receivers.spawn(self._receive, process, from_encoder)
 
     def send(self, chunk):
@@ -510,15 +515,15 @@ class _EncoderSlot:
                 self._fail(chunk, 'stopped')
                 return
             self.in_flight.append(chunk)
-            self._write(chunk.data)
+            self._write(chunk.pieces)
 
     def kill(self):
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
 
-    def _write(self, data):
+    def _write(self, pieces):
         try:
-            _write_frame(self.to_encoder, data, gevent.os.nb_write)
+            _write_frame(self.to_encoder, pieces, gevent.socket.wait_write)
         except OSError:
             pass  # it died: _receive sees its end and sends again
 
@@ -526,7 +531,7 @@ class _EncoderSlot:
         """Hand out results in order until the encoder's output ends."""
         try:
             while True:
-                frame = _read_frame(fd, gevent.os.nb_read)
+                frame = _read_frame(fd, gevent.socket.wait_read)
                 if frame is None:
                     break
                 chunk = self.in_flight.popleft()
@@ -562,7 +567,7 @@ class _EncoderSlot:
                                   ' status %s)' % status)
             else:
                 self.in_flight.append(chunk)
-                self._write(chunk.data)
+                self._write(chunk.pieces)
 
     def _fail(self, chunk, reason):
         chunk.result.set_exception(EncodingFailed(reason))
@@ -577,56 +582,69 @@ def _grow_pipe(fd):
         pass
 
 
-def _write_frame(fd, data, write):
-    """Write ``data`` with its length in front."""
-    view = memoryview(struct.pack('!I', len(data)) + data) \
-        if len(data) < 65536 else None
-    if view is None:
-        _write_all(fd, memoryview(struct.pack('!I', len(data))), write)
-        view = memoryview(data)
-    _write_all(fd, view, write)
+def _write_frame(fd, pieces, wait=None):
+    """Write the bytes-like ``pieces`` as one frame, its length in front,
+    with as few copies and calls as the system allows.  ``wait(fd)``, if
+    given, waits until a non-blocking ``fd`` takes more."""
+    views = [memoryview(struct.pack('!I', sum(map(len, pieces))))]
+    views += [memoryview(piece).cast('B') for piece in pieces if len(piece)]
+    while views:
+        try:
+            written = os.writev(fd, views)
+        except BlockingIOError:
+            wait(fd)
+            continue
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if written:
+            views[0] = views[0][written:]
 
 
-def _write_all(fd, view, write):
-    while view:
-        view = view[write(fd, view):]
-
-
-def _read_frame(fd, read):
-    """The next frame's data, or None at the end of the stream."""
-    header = _read_exactly(fd, 4, read)
+def _read_frame(fd, wait=None):
+    """The next frame's data (a bytearray), or None at the end of the
+    stream; raises EOFError for a stream that ends inside a frame."""
+    header = _read_exactly(fd, 4, wait)
     if header is None:
         return None
-    data = _read_exactly(fd, struct.unpack('!I', header)[0], read)
+    data = _read_exactly(fd, struct.unpack('!I', header)[0], wait)
     if data is None:
         raise EOFError('stream ended inside a frame')
     return data
 
 
-def _read_exactly(fd, size, read):
-    parts = []
-    while size:
-        part = read(fd, min(size, READ_CHUNK))
-        if not part:
-            if parts:
+def _read_exactly(fd, size, wait):
+    """``size`` bytes read straight into one buffer; None if the stream
+    ends first (EOFError if it ends after some)."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    done = 0
+    while done < size:
+        try:
+            count = os.readv(fd, [view[done:]])
+        except BlockingIOError:
+            wait(fd)
+            continue
+        if not count:
+            if done:
                 raise EOFError('stream ended inside a frame')
-            return None if size else b''
-        parts.append(part)
-        size -= len(part)
-    return b''.join(parts)
+            return None
+        done += count
+    return buffer
 
 
 def run_encoder():
     """The ``--encoder`` process: encode each chunk read on stdin and
     write its result on stdout, in order, until stdin ends (the parent is
     done, or gone)."""
-    routes = marshal.loads(_read_frame(0, os.read))
+    routes = marshal.loads(_read_frame(0))
     while True:
-        data = _read_frame(0, os.read)
+        data = _read_frame(0)
         if data is None:
             return EXIT_OK
+        data = bytes(data)
         _crash_for_tests(data)
-        _write_frame(1, marshal.dumps(encode_chunk(data, routes)), os.write)
+        _write_frame(1, [marshal.dumps(encode_chunk(data, routes))])
 
 
 def _crash_for_tests(data):

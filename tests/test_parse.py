@@ -143,8 +143,8 @@ def chunked(data):
     import io
     reader = io.BytesIO(data)
     chunks, oversized = [], []
-    for chunk, chunk_oversized in gmemcload.read_chunks(reader.read):
-        chunks.append(chunk)
+    for pieces, chunk_oversized in gmemcload.read_chunks(reader.read):
+        chunks.append(b''.join(pieces))
         oversized += chunk_oversized
     assert all(chunk.endswith(b'\n') for chunk in chunks[:-1] if chunk)
     lines = b''.join(chunks).split(b'\n')
