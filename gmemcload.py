@@ -1328,9 +1328,10 @@ class InstanceCheck:
     checked: that is logged once per run and does not keep files.
     """
 
-    def __init__(self, settings):
+    def __init__(self, settings, servers):
         self.timeout = settings.timeout
         self.retries = settings.retries
+        self.servers = servers  # address -> Server, to count restarts
         self.connections = {}  # address -> a connection kept for reuse
         self.warned = set()  # addresses logged as not checkable
         self.greenlet = None  # the check in flight, for abort()
@@ -1366,6 +1367,7 @@ class InstanceCheck:
                 return 'cannot check memcached %s before the rename: %s' \
                     % (address, error)
             now, connections_now = answer
+            self.servers[address].check_instance(now)
             if now != instance or None not in (connections, connections_now) \
                     and connections_now < connections:
                 return ('memcached %s restarted after this file was written'
@@ -1824,10 +1826,36 @@ def catch_stop_signals(on_stop):
     return caught, handlers
 
 
+class RunResult:
+    """What a run did, for the exit status and the metrics."""
+
+    def __init__(self, settings, loads=(), waiting=0, servers=(),
+                 signum=None):
+        self.settings = settings
+        self.loads = list(loads)  # FileLoads of the files taken
+        self.waiting = waiting  # files left for the next run (--min-age)
+        self.servers = list(servers)  # Server objects, with down, restarts
+        self.signum = signum  # the signal that stopped the run, or None
+
+
+def younger_than(paths, min_age):
+    """The index of the first path modified less than ``min_age`` seconds
+    ago (len(paths) if none is): it and every later path wait."""
+    if min_age:
+        now = time.time()
+        for index, path in enumerate(paths):
+            try:
+                modified = os.stat(path).st_mtime
+            except FileNotFoundError:
+                continue  # gone: loading it will say so
+            if now - modified < min_age:
+                return index
+    return len(paths)
+
+
 def load_files(args, settings, locks):
     """The run: list the files, lock their directories, load them and
-    rename them in order.  Returns the FileLoads of every matched file and
-    the signal that stopped the run, or None.  Raises Locked, or
+    rename them in order.  Returns a RunResult.  Raises Locked, or
     Unlistable."""
     try:
         paths = find_files(args.pattern)
@@ -1838,18 +1866,25 @@ def load_files(args, settings, locks):
         # Two runs whose patterns overlap share a directory, and so a lock.
         for directory in sorted({os.path.dirname(path) for path in paths}):
             take_lock(locks, os.path.join(directory, LOCK_FILE_NAME))
+    names = display_names(paths)
+    young = younger_than(paths, args.min_age)
+    if young < len(paths):
+        log.info('%s was modified less than %gs ago (--min-age): it and %d'
+                 ' later files wait for the next run', names[young],
+                 args.min_age, len(paths) - young - 1)
     loads = [FileLoad(path, name)
-             for path, name in zip(paths, display_names(paths))]
-    if not loads:
+             for path, name in zip(paths[:young], names[:young])]
+    if not paths:
         log.info('No files match %s', args.pattern)
-        return loads, None
+    if not loads:
+        return RunResult(settings, waiting=len(paths))
     try:
         to_load = set_aside_late(loads, args.pattern, args.load_late)
     except OSError as exc:
         raise Unlistable('cannot list the files of %s: %s'
                          % (args.pattern, exc)) from None
     engine = Loader(settings)
-    check = None if settings.dry else InstanceCheck(settings)
+    check = None if settings.dry else InstanceCheck(settings, engine.servers)
     renamer = RenameInOrder(settings.max_error_rate, check)
 
     def stop(signum):
@@ -1872,7 +1907,8 @@ def load_files(args, settings, locks):
             handler.cancel()
     log_summary(loads, settings.max_error_rate, settings.dry)
     log_cpu(settings.workers)
-    return loads, caught[0] if caught else None
+    return RunResult(settings, loads, len(paths) - young,
+                     engine.servers.values(), caught[0] if caught else None)
 
 
 def take_lock(locks, path):
@@ -1921,6 +1957,13 @@ def _positive_float(text):
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError('must be above 0, got %s' % text)
+    return value
+
+
+def _non_negative_float(text):
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError('must be at least 0, got %s' % text)
     return value
 
 
@@ -1984,6 +2027,16 @@ def build_parser():
                              ' %(default)s)')
     parser.add_argument('--encoder', action='store_true',
                         help=argparse.SUPPRESS)  # internal: an encoder
+    parser.add_argument('--min-age', type=_non_negative_float, default=0,
+                        metavar='SECONDS',
+                        help='leave a file modified less than SECONDS ago,'
+                             ' and every file after it, for the next run'
+                             ' (default: %(default)s, take every file)')
+    parser.add_argument('--metrics-file', metavar='PATH',
+                        help='write the run\'s metrics to PATH, in'
+                             ' Prometheus text format, at the end of every'
+                             ' run (for node_exporter\'s textfile'
+                             ' collector: PATH ends in .prom)')
     parser.add_argument('--load-late', action='store_true',
                         help='load a file even if a newer file of its'
                              ' directory was already processed (its values'
@@ -2063,9 +2116,122 @@ def log_cpu(workers):
              else 'no encoder process (--workers 1)')
 
 
+def write_metrics(path, status, started, result):
+    """Write the run's metrics to ``path`` in Prometheus text format, as
+    node_exporter's textfile collector reads them: atomically (a temporary
+    file in the same directory, then a rename).  The counters and the last
+    success time carry over from the file the previous run wrote.  A
+    failure is logged; it does not change the exit status."""
+    # Imported here: encoders, and runs without --metrics-file, need none.
+    import prometheus_client
+    from prometheus_client.parser import text_string_to_metric_families
+    prometheus_client.disable_created_metrics()
+    registry = prometheus_client.CollectorRegistry()
+
+    def gauge(name, help_text, value=None, labels=()):
+        metric = prometheus_client.Gauge('gmemcload_' + name, help_text,
+                                         labels, registry=registry)
+        if value is not None:
+            metric.set(value)
+        return metric
+
+    def counter(name, help_text, counts):
+        """A counter, ``counts`` ({labels as sorted pairs: this run's
+        count}) added to the previous run's."""
+        names = [label for label, _ in next(iter(counts), ())]
+        metric = prometheus_client.Counter('gmemcload_' + name, help_text,
+                                           names, registry=registry)
+        for labels, count in counts.items():
+            total = previous.get(('gmemcload_%s_total' % name, labels),
+                                 0) + count
+            (metric.labels(**dict(labels)) if labels else metric).inc(total)
+
+    ended = time.time()
+    loads = result.loads if result else []
+    servers = result.servers if result else []
+    try:
+        with _metrics_lock(path):
+            try:
+                with open(path) as old:
+                    previous = {
+                        (sample.name, tuple(sorted(sample.labels.items()))):
+                        sample.value
+                        for family in text_string_to_metric_families(
+                            old.read())
+                        for sample in family.samples}
+            except FileNotFoundError:
+                previous = {}
+            except (OSError, ValueError) as exc:
+                log.warning('%s: the previous metrics cannot be read (%s);'
+                            ' counters start again from 0', path, exc)
+                previous = {}
+            last_success = ended if status == EXIT_OK else previous.get(
+                ('gmemcload_last_success_timestamp_seconds', ()), 0)
+            gauge('last_run_end_timestamp_seconds',
+                  'When the last run ended', ended)
+            gauge('last_run_exit_status', 'Exit status of the last run',
+                  status)
+            gauge('last_run_duration_seconds', 'How long the last run took',
+                  ended - started)
+            gauge('last_success_timestamp_seconds',
+                  'When a run last ended with status 0 (0: never)',
+                  last_success)
+            files = gauge('last_run_files', 'Files of the last run, by'
+                          ' result', labels=['result'])
+            renamed = sum(load.renamed for load in loads)
+            files.labels(result='renamed').set(renamed)
+            files.labels(result='kept').set(len(loads) - renamed)
+            files.labels(result='waiting').set(result.waiting if result
+                                               else 0)
+            lines = sum(load.lines for load in loads)
+            stored = sum(load.stored for load in loads)
+            errors = sum(load.errors for load in loads)
+            gauge('last_run_lines', 'Lines read in the last run', lines)
+            gauge('last_run_records_stored', 'Records stored in the last'
+                  ' run', stored)
+            gauge('last_run_errors', 'Errors in the last run', errors)
+            down = gauge('last_run_server_down', '1 if the server was down'
+                         ' in the last run', labels=['server'])
+            restarts = gauge('last_run_server_restarts', 'Restarts of the'
+                             ' server seen in the last run',
+                             labels=['server'])
+            for server in servers:
+                down.labels(server=server.address).set(bool(server.down))
+                restarts.labels(server=server.address).set(server.restarts)
+            runs = {labels: 0 for name, labels in previous
+                    if name == 'gmemcload_runs_total'}
+            runs[(('status', str(status)),)] = 1
+            counter('runs', 'Runs, by exit status', runs)
+            counter('files_renamed', 'Files renamed', {(): renamed})
+            counter('lines', 'Lines read', {(): lines})
+            counter('records_stored', 'Records stored', {(): stored})
+            counter('errors', 'Errors: bad lines and records not stored',
+                    {(): errors})
+            restarts_seen = {labels: 0 for name, labels in previous
+                             if name == 'gmemcload_server_restarts_total'}
+            for server in servers:
+                restarts_seen[(('server', server.address),)] = \
+                    server.restarts
+            if restarts_seen:
+                counter('server_restarts', 'Restarts of the server seen',
+                        restarts_seen)
+            prometheus_client.write_to_textfile(path, registry)
+    except (OSError, ValueError) as exc:
+        log.error('cannot write the metrics file %s: %s', path, exc)
+
+
+@contextlib.contextmanager
+def _metrics_lock(path):
+    """Hold ``PATH.lock`` while the metrics file is read and written, so
+    that two runs ending at once never write counters that go back."""
+    with open(path + '.lock', 'a') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def main(argv=None):
-    """Run the loader; return the exit status (see README).  This is the
-    one place where outcomes become exit statuses."""
+    """Run the loader; return the exit status (see README), and write the
+    metrics file, if asked, whatever the outcome."""
     args = build_parser().parse_args(argv)
     if args.encoder:
         return run_encoder()
@@ -2074,35 +2240,47 @@ def main(argv=None):
     except OSError as exc:
         print('gmemcload: cannot open log file: %s' % exc, file=sys.stderr)
         return EXIT_USAGE
+    started = time.time()
     try:
-        if args.test:
-            prototest()
-            log.info('Self-test passed')
-            return EXIT_OK
-        loads, signum, settings = _run(args)
-    except ConfigError as exc:
-        log.error('%s', exc)
-        return EXIT_USAGE
-    except Locked as exc:
-        log.error('%s; exiting', exc)
-        return EXIT_LOCKED
-    except Unlistable as exc:
-        log.error('%s', exc)
-        return EXIT_FAILED
+        status, result = outcome(args)
+        if args.metrics_file:
+            write_metrics(args.metrics_file, status, started, result)
+        return status
     finally:
         handler.close()
         log.removeHandler(handler)
-    if signum is not None:
-        return EXIT_SIGNAL_BASE + signum
+
+
+def outcome(args):
+    """Run; return ``(exit status, RunResult or None)``.  This is the one
+    place where outcomes become exit statuses."""
+    if args.test:
+        prototest()
+        log.info('Self-test passed')
+        return EXIT_OK, None
+    try:
+        result = _run(args)
+    except ConfigError as exc:
+        log.error('%s', exc)
+        return EXIT_USAGE, None
+    except Locked as exc:
+        log.error('%s; exiting', exc)
+        return EXIT_LOCKED, None
+    except Unlistable as exc:
+        log.error('%s', exc)
+        return EXIT_FAILED, None
+    if result.signum is not None:
+        return EXIT_SIGNAL_BASE + result.signum, result
+    settings = result.settings
     if all(load.renamed or (settings.dry and load.loaded(
-            settings.max_error_rate)) for load in loads):
-        return EXIT_OK
-    return EXIT_FAILED
+            settings.max_error_rate)) for load in result.loads):
+        return EXIT_OK, result
+    return EXIT_FAILED, result
 
 
 def _run(args):
-    """Check the options, take the lock, load: ``(loads, stop signal or
-    None, settings)``.  Raises ConfigError, Locked or Unlistable."""
+    """Check the options, take the lock, load: a RunResult.  Raises
+    ConfigError, Locked or Unlistable."""
     addresses = {t: parse_addresses(t, getattr(args, t))
                  for t in DEVICE_TYPES}
     settings = Settings(addresses, batch_size=args.batch_size,
@@ -2116,13 +2294,13 @@ def _run(args):
     directory = pattern_directory(args.pattern)
     if not os.path.isdir(directory):
         log.warning('No files match %s (no such directory)', args.pattern)
-        return [], None, settings
+        return RunResult(settings)
     locks = RunLocks()
     try:
         if not args.dry:
             take_lock(locks, args.lock or os.path.join(directory,
                                                        LOCK_FILE_NAME))
-        return load_files(args, settings, locks) + (settings,)
+        return load_files(args, settings, locks)
     finally:
         locks.release()
 

@@ -205,3 +205,23 @@ def alive(pid):
             return stat.read().rsplit(')', 1)[1].split()[0] != 'Z'
     except OSError:
         return False
+
+
+HOLD_LOCK = '''
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import gmemcload
+locks = gmemcload.RunLocks()
+locks.acquire(sys.argv[2])
+print('locked', flush=True)
+time.sleep(60)
+'''
+
+
+def hold_lock(path):
+    """A process that holds the run lock ``path`` (as a run would) until
+    it is killed; returned once it holds it."""
+    holder = subprocess.Popen([sys.executable, '-c', HOLD_LOCK, ROOT, path],
+                              stdout=subprocess.PIPE)
+    assert holder.stdout.readline() == b'locked\n'
+    return holder

@@ -2,8 +2,6 @@
 import gzip
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import gevent
@@ -11,8 +9,8 @@ import pytest
 
 import generate
 import gmemcload
-from conftest import (GMEMCLOAD, assert_all_in_fake, expected_state,
-                      expected_value, lines_for, listing, run, same_server,
+from conftest import (assert_all_in_fake, expected_state, expected_value,
+                      hold_lock, lines_for, listing, run, same_server,
                       start_loader, stop_within, stored_values, wait_for,
                       wait_for_log, wait_with_usage, write_gz)
 from daemons import free_port
@@ -165,26 +163,12 @@ def test_newest_wins_across_a_retry(tmp_path, memcached_set):
 
 # -- one run at a time --
 
-HOLD_LOCK = '''
-import sys, time
-sys.path.insert(0, sys.argv[1])
-import gmemcload
-locks = gmemcload.RunLocks()
-locks.acquire(sys.argv[2])
-print('locked', flush=True)
-time.sleep(60)
-'''
-
-
 def test_a_second_run_exits_75_and_a_killed_holder_leaves_no_lock(
         tmp_path, memcached_set):
     write_gz(tmp_path / '20170929000000.tsv.gz', lines_for('idfa', 10))
     lock_path = str(tmp_path / '.gmemcload.lock')
-    holder = subprocess.Popen(
-        [sys.executable, '-c', HOLD_LOCK, os.path.dirname(GMEMCLOAD),
-         lock_path], stdout=subprocess.PIPE)
+    holder = hold_lock(lock_path)
     try:
-        assert holder.stdout.readline() == b'locked\n'
         status, text = run(tmp_path, memcached_set)
         assert status == 75
         assert lock_path in text and 'pid %d' % holder.pid in text
@@ -202,11 +186,8 @@ def test_runs_whose_patterns_overlap_share_a_lock(tmp_path, memcached_set):
     (tmp_path / 'east').mkdir()
     write_gz(tmp_path / 'east' / '20170929000000.tsv.gz',
              lines_for('idfa', 10))
-    holder = subprocess.Popen(
-        [sys.executable, '-c', HOLD_LOCK, os.path.dirname(GMEMCLOAD),
-         str(tmp_path / 'east' / '.gmemcload.lock')], stdout=subprocess.PIPE)
+    holder = hold_lock(str(tmp_path / 'east' / '.gmemcload.lock'))
     try:
-        assert holder.stdout.readline() == b'locked\n'
         # a run of east/*.tsv.gz holds east's lock: */*.tsv.gz must wait
         status, text = run(tmp_path, memcached_set, '--pattern',
                            str(tmp_path / '*' / '*.tsv.gz'))

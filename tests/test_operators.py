@@ -1,0 +1,131 @@
+"""For operators: the metrics file of every run, and young files left for
+the next run."""
+import os
+import signal
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import (hold_lock, lines_for, listing, run, start_loader,
+                      stop_within, wait_for_log, write_gz)
+
+FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
+                        '20170929000200.tsv.gz')
+
+
+def metrics(path):
+    """{(sample name, labels as sorted pairs): value}, read with
+    prometheus-client's own parser."""
+    with open(path) as text:
+        return {(sample.name, tuple(sorted(sample.labels.items()))):
+                sample.value
+                for family in text_string_to_metric_families(text.read())
+                for sample in family.samples}
+
+
+def value(found, name, **labels):
+    return found[('gmemcload_' + name, tuple(sorted(labels.items())))]
+
+
+@pytest.fixture
+def metrics_file(tmp_path):
+    directory = tmp_path / 'textfile'
+    directory.mkdir()
+    return str(directory / 'gmemcload.prom')
+
+
+def test_good_failed_and_locked_runs_each_leave_their_metrics(
+        tmp_path, memcached_set, metrics_file):
+    write_gz(tmp_path / FIRST, lines_for('idfa', 30) + ['idfa\tbad\tx\t1\t1'])
+    write_gz(tmp_path / SECOND, lines_for('gaid', 20))
+    before = time.time()
+    status, text = run(tmp_path, memcached_set, '--metrics-file',
+                       metrics_file, '--max-error-rate', '0.1')
+    assert status == 0, text
+    good = metrics(metrics_file)
+    assert value(good, 'last_run_exit_status') == 0
+    success = value(good, 'last_success_timestamp_seconds')
+    assert before <= success <= time.time()
+    assert value(good, 'last_run_end_timestamp_seconds') == success
+    assert value(good, 'last_run_duration_seconds') > 0
+    assert value(good, 'last_run_files', result='renamed') == 2
+    assert value(good, 'last_run_files', result='kept') == 0
+    assert value(good, 'last_run_lines') == 51
+    assert value(good, 'last_run_records_stored') == 50
+    assert value(good, 'last_run_errors') == 1
+    assert value(good, 'files_renamed_total') == 2
+    assert value(good, 'runs_total', status='0') == 1
+    idfa = memcached_set['idfa'].address
+    assert value(good, 'last_run_server_down', server=idfa) == 0
+    assert value(good, 'last_run_server_restarts', server=idfa) == 0
+
+    # A failed run: dvid's server is not there.
+    nowhere = type('Nowhere', (), {'address': '127.0.0.1:1'})
+    write_gz(tmp_path / THIRD, lines_for('dvid', 10))
+    status, text = run(tmp_path, dict(memcached_set, dvid=nowhere),
+                       '--metrics-file', metrics_file, '--retries', '0')
+    assert status == 1, text
+    failed = metrics(metrics_file)
+    assert value(failed, 'last_run_exit_status') == 1
+    assert value(failed, 'last_success_timestamp_seconds') == success
+    assert value(failed, 'last_run_files', result='kept') == 1
+    assert value(failed, 'last_run_server_down', server='127.0.0.1:1') == 1
+    assert value(failed, 'lines_total') == 51 + 10
+    assert value(failed, 'files_renamed_total') == 2
+    assert value(failed, 'runs_total', status='1') == 1
+
+    # A run refused by the lock reads nothing, and says so.
+    holder = hold_lock(str(tmp_path / '.gmemcload.lock'))
+    try:
+        status, text = run(tmp_path, memcached_set, '--metrics-file',
+                           metrics_file)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert status == 75, text
+    locked = metrics(metrics_file)
+    assert value(locked, 'last_run_exit_status') == 75
+    assert value(locked, 'last_success_timestamp_seconds') == success
+    assert value(locked, 'lines_total') == 61
+    assert value(locked, 'runs_total', status='75') == 1
+    assert value(locked, 'runs_total', status='0') == 1
+    # Written whole, then renamed: no temporary file is left.
+    assert sorted(os.listdir(os.path.dirname(metrics_file))) == [
+        'gmemcload.prom', 'gmemcload.prom.lock']
+
+
+def test_a_young_file_waits_and_the_run_ends_0(tmp_path, memcached_set):
+    write_gz(tmp_path / FIRST, lines_for('idfa', 10))
+    young = write_gz(tmp_path / SECOND, lines_for('idfa', 10, 'y'))
+    old = write_gz(tmp_path / THIRD, lines_for('idfa', 10, 'o'))
+    now = time.time()
+    os.utime(tmp_path / FIRST, (now - 600, now - 600))
+    os.utime(old, (now - 600, now - 600))  # old, but behind a young one
+    status, text = run(tmp_path, memcached_set, '--min-age', '60')
+    assert status == 0, text
+    assert '%s was modified less than 60s ago (--min-age): it and 1 later' \
+        ' files wait for the next run' % SECOND in text
+    assert listing(tmp_path) == ['.' + FIRST, SECOND, THIRD]
+    os.utime(young, (now - 600, now - 600))
+    status, text = run(tmp_path, memcached_set, '--min-age', '60')
+    assert status == 0, text
+    assert listing(tmp_path) == ['.' + FIRST, '.' + SECOND, '.' + THIRD]
+
+
+def test_a_stopped_run_leaves_its_metrics(tmp_path, memcached_set,
+                                          metrics_file):
+    write_gz(tmp_path / FIRST, lines_for('gaid', 100))
+    memcached_set['gaid'].pause()
+    loader = start_loader(tmp_path, memcached_set, '--metrics-file',
+                          metrics_file)
+    try:
+        wait_for_log(tmp_path, 'Processing')
+        assert stop_within(loader, signal.SIGTERM, 2.5) == 143
+    finally:
+        loader.kill()
+        memcached_set['gaid'].resume()
+    stopped = metrics(metrics_file)
+    assert value(stopped, 'last_run_exit_status') == 143
+    assert value(stopped, 'last_success_timestamp_seconds') == 0
+    assert value(stopped, 'last_run_files', result='kept') == 1
