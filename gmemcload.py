@@ -9,26 +9,33 @@ and each valid line becomes one memcached entry: key ``dev_type:dev_id``,
 value the serialized ``appsinstalled.UserApps`` protobuf.  Every device type
 has its own memcached server (or list of servers).
 
-How it is built:
+The pipeline, which the sections below follow in order::
 
-* ``gevent.monkey.patch_all()`` runs first, so python-memcached's sockets
-  are cooperative.
-* Every memcached server has a Pool of uploader greenlets (lanes).  Each
-  lane owns one python-memcached client, a bounded queue of batches and one
-  connection; it sends each batch as one pipelined buffer of ``set``
-  commands and reads every reply.  A key always travels through the same
-  lane, so two writes of one key reach memcached in the order they were
-  read.
-* One greenlet per file reads, parses and enqueues it.  A file starts
-  enqueuing only once the file before it has finished enqueuing, and the
-  file greenlets are joined in sorted order, which is also the rename order.
-* ``--workers N`` runs that pipeline in N processes, each owning a fixed
-  shard of the keys of every file; the parent renames (see WorkerSet).
+    files -> reader -> chunks -> encoders -> results in chunk order
+          -> writer -> lanes -> memcached -> rename-time checks -> renames
+
+* ``gevent.monkey.patch_all()`` runs first, so the loader's own memcached
+  sockets are cooperative.
+* The reader (a greenlet) takes the files in name order, decompresses each
+  once and cuts it into chunks at line ends.  encode_chunk, a pure
+  function, parses and serializes a chunk's lines into each lane's ``set``
+  commands: in this process with ``--workers 1``, else in N encoder
+  processes.  The writer (a greenlet) takes the results strictly in chunk
+  order and hands batches to the lanes, so each key's writes follow the
+  file order by construction.
+* Each memcached server has ``--uploaders`` lanes: a greenlet with a
+  bounded queue of batches and one Connection, which sends a batch as one
+  pipelined buffer and counts every reply.  A key always travels through
+  the same lane.
+* RenameInOrder, the one place where files are renamed, takes each file in
+  order once every record of it is acknowledged or counted as an error.
 
 A file is renamed to ``.<name>`` only when it was read to its end, every
-record in it was acknowledged by memcached or counted as an error, and its
-error rate is within ``--max-error-rate``.  The first file that is not
-loaded stops the renames for the rest of the run.
+record in it was acknowledged by memcached or counted as an error, its
+error rate is within ``--max-error-rate``, every server it wrote to is
+still the instance that acknowledged the writes, and its path still names
+the bytes that were read.  The first file that is not loaded stops the
+renames for the rest of the run.  A renamed file never replaces another.
 """
 from gevent import monkey
 monkey.patch_all()
@@ -93,7 +100,7 @@ READ_CHUNK = 1 << 20  # decompressed bytes read at a time
 # A longer line is one malformed line, skipped without being held whole:
 # parsing a line can take tens of times its size in memory.
 MAX_LINE_BYTES = 8 << 20  # at least READ_CHUNK: a line within a chunk fits
-OVERSIZED_PREFIX = 4096  # what is kept of such a line, to log and shard it
+OVERSIZED_PREFIX = 4096  # what is kept of such a line, to log it
 QUEUED_BATCHES_PER_LANE = 4  # back-pressure: bounds memory per lane
 OPEN_FILES = 3  # files read and not yet renamed or kept, at most
 ENCODER_CHUNKS = 2  # chunks in flight per encoder process
@@ -1533,6 +1540,11 @@ class Loader:
         # for every encoder to have its chunks in flight, and two more.
         self.ordered = gevent.queue.Queue(
             settings.workers * ENCODER_CHUNKS + 2)
+        # The writer's: the commands of each lane's next batch (joined per
+        # chunk) and their number.  A batch has at least --batch-size
+        # records, cut at the end of a chunk, or is a file's last.
+        self.pending = [[] for _ in self.lanes]
+        self.pending_count = [0] * len(self.lanes)
         self.current = None  # the FileLoad being read, for progress
 
     def stop(self, signum=None):
@@ -1629,55 +1641,61 @@ class Loader:
     def _write(self):
         """Take encoded chunks in file order and hand them to the lanes;
         at each file's end flush its last batches (dropped if it was
-        stopped).
-
-        ``pending[lane]`` holds the joined commands of the lane's next
-        batch, ``pending_count[lane]`` their number: a batch has at least
-        --batch-size records, cut at the end of a chunk, or is a file's
-        last.
-        """
-        batch_size = self.settings.batch_size
-        pending = [[] for _ in self.lanes]
-        pending_count = [0] * len(self.lanes)
+        stopped).  A bug here fails the file, and the writer goes on: a
+        file must always end, or the run would wait for it forever."""
         for load, result, extra in iter(self.ordered.get, None):
-            if result is None:
-                stopped = self.stopping.is_set() or extra is not None \
-                    and extra.startswith('stopped')
-                for number, commands in enumerate(pending):
-                    if commands and not stopped:
-                        self._flush(number, load, commands,
-                                    pending_count[number])
-                    pending[number] = []
-                    pending_count[number] = 0
-                load.fail(extra or ('stopped by a signal' if stopped
-                                    else None))
-                load.finish_enqueuing()
-                continue
             try:
-                chunk = result.get()
-            except EncodingFailed as exc:
-                load.fail('stopped by a signal' if self.stopping.is_set()
-                          else 'could not be encoded: %s' % exc)
-                continue
-            lines, errors, batches, bad, dropped, dropped_samples = chunk
-            load.add_lines(lines, errors, bad, dropped, dropped_samples)
-            for prefix in extra:
-                load.add_lines(1, 1, [(MALFORMED, 'line longer than %d'
-                                       ' bytes' % MAX_LINE_BYTES, prefix)])
-            for number, count, commands in batches:
-                pending[number].append(commands)
-                pending_count[number] += count
-                if pending_count[number] >= batch_size:
-                    self._flush(number, load, pending[number],
-                                pending_count[number])
-                    pending[number] = []
-                    pending_count[number] = 0
+                if result is None:
+                    self._end_file(load, extra)
+                else:
+                    self._append_chunk(load, result, extra)
+            except Exception:
+                log.exception('%s: failed while writing', load.name)
+                load.fail('internal error while writing')
+                if result is None and not load.enqueuing_done:
+                    load.finish_enqueuing()
 
-    def _flush(self, number, load, commands, count):
-        """Hand one batch to lane ``number`` (blocks while its queue is
-        full)."""
+    def _append_chunk(self, load, result, oversized):
+        try:
+            chunk = result.get()
+        except EncodingFailed as exc:
+            load.fail('stopped by a signal' if self.stopping.is_set()
+                      else 'could not be encoded: %s' % exc)
+            return
+        lines, errors, batches, bad, dropped, dropped_samples = chunk
+        load.add_lines(lines, errors, bad, dropped, dropped_samples)
+        for prefix in oversized:
+            load.add_lines(1, 1, [(MALFORMED, 'line longer than %d bytes'
+                                   % MAX_LINE_BYTES, prefix)])
+        pending, pending_count = self.pending, self.pending_count
+        for number, count, commands in batches:
+            pending[number].append(commands)
+            pending_count[number] += count
+            if pending_count[number] >= self.settings.batch_size:
+                self._flush(number, load)
+
+    def _end_file(self, load, ending):
+        """Flush the file's last batches, or drop them if it was stopped;
+        ``ending`` is why the file failed, or None."""
+        stopped = self.stopping.is_set() or ending is not None \
+            and ending.startswith('stopped')
+        for number, commands in enumerate(self.pending):
+            if commands and not stopped:
+                self._flush(number, load)
+            self.pending[number] = []
+            self.pending_count[number] = 0
+        load.fail(ending or ('stopped by a signal' if stopped else None))
+        load.finish_enqueuing()
+
+    def _flush(self, number, load):
+        """Hand lane ``number``'s pending batch to it (blocks while its
+        queue is full)."""
+        batch = Batch(load, b''.join(self.pending[number]),
+                      self.pending_count[number])
+        self.pending[number] = []
+        self.pending_count[number] = 0
         load.batch_enqueued()
-        self.lanes[number].submit(Batch(load, b''.join(commands), count))
+        self.lanes[number].submit(batch)
 
 
 def _in_thread(function, *args):
@@ -2048,15 +2066,12 @@ def build_parser():
     return parser
 
 
-def setup_logging(log_path, debug, tag=None):
-    """Log in the original format to stderr or to ``log_path``; a worker's
-    lines carry its ``tag``."""
+def setup_logging(log_path, debug):
+    """Log in the original format to stderr or to ``log_path``."""
     handler = (logging.FileHandler(log_path, errors='backslashreplace')
                if log_path else logging.StreamHandler(sys.stderr))
-    prefix = '[%s] ' % tag if tag else ''
     handler.setFormatter(logging.Formatter(
-        '[%(asctime)s] %(levelname).1s ' + prefix + '%(message)s',
-        '%Y.%m.%d %H:%M:%S'))
+        '[%(asctime)s] %(levelname).1s %(message)s', '%Y.%m.%d %H:%M:%S'))
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if debug else logging.INFO)
     log.propagate = False
