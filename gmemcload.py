@@ -70,8 +70,6 @@ import gevent.queue  # noqa: E402
 import gevent.socket  # noqa: E402
 import memcache  # noqa: E402
 from isal import igzip  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
 from proto import appsinstalled_pb2  # noqa: E402
 
@@ -1625,13 +1623,13 @@ class Loader:
             if not load.size:  # an empty gzip stream is 20 bytes, not 0
                 raise Unreadable('empty file, not gzip (still being'
                                  ' written?)')
-            with igzip.IGzipFile(fileobj=raw, mode='rb') as stream:
-                for data, oversized in read_chunks(
-                        lambda size: _in_thread(stream.read, size)):
-                    load.bytes_read = raw.tell()
+            with igzip.IGzipFile(fileobj=raw, mode='rb') as stream, \
+                    ReadAhead(stream, READ_CHUNK, raw) as ahead:
+                for pieces, oversized in read_chunks(ahead.read):
+                    load.bytes_read = ahead.position
                     if self.stopping.is_set():
                         raise Interrupted()
-                    self.ordered.put((load, self.encoder.submit(data),
+                    self.ordered.put((load, self.encoder.submit(pieces),
                                       oversized))
                     gevent.sleep(0)  # signals, progress, lanes: a turn
                 load.bytes_read = load.size
@@ -1698,20 +1696,45 @@ class Loader:
         self.lanes[number].submit(batch)
 
 
-def _in_thread(function, *args):
-    """``function(*args)`` in gevent's thread pool, so the event loop runs
-    meanwhile (isal inflates without the GIL); its exception is raised
-    here, not printed by the pool."""
-    def call():
-        try:
-            return function(*args), None
-        except Exception as exc:
-            return None, exc
+class ReadAhead:
+    """Reads ``stream`` in gevent's thread pool, one read ahead of its
+    caller: the next piece inflates (isal lets go of the GIL) while this
+    one is cut and encoded, and the event loop runs meanwhile.  A read's
+    exception is raised by ``read``, never printed by the pool.  Use it as
+    a context manager: the read in flight ends before the stream closes.
+    """
 
-    result, error = gevent.get_hub().threadpool.apply(call)
-    if error is not None:
-        raise error
-    return result
+    def __init__(self, stream, size, raw):
+        self.stream = stream
+        self.size = size
+        self.raw = raw  # the compressed file, for its position
+        self.position = 0  # compressed bytes read for what read returned
+        self.pending = self._spawn()
+
+    def _spawn(self):
+        def call():
+            try:
+                return self.stream.read(self.size), self.raw.tell(), None
+            except Exception as exc:
+                return None, None, exc
+        return gevent.get_hub().threadpool.spawn(call)
+
+    def read(self, size):
+        """The next piece, of ``self.size`` bytes or fewer at the end."""
+        assert size == self.size
+        data, position, error = self.pending.get()
+        if error is not None:
+            raise error
+        self.position = position
+        self.pending = self._spawn() if data else None
+        return data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.pending is not None:
+            self.pending.get()
 
 
 class Progress:
@@ -1747,6 +1770,7 @@ class Progress:
 
     def _draw_bar(self):
         """A bar of the current file's compressed bytes read."""
+        from tqdm import tqdm  # only on a terminal: encoders never need it
         bar, shown = None, None
         try:
             while True:
@@ -1913,7 +1937,7 @@ def load_files(args, settings, locks):
     show_bar = not args.log and sys.stderr.isatty()
     progress = Progress(engine.current_load, bar=show_bar)
     try:
-        with (logging_redirect_tqdm(loggers=[log]) if show_bar
+        with (_log_around_the_bar() if show_bar
               else contextlib.nullcontext()):
             engine.run(to_load, renamer)
     finally:
@@ -1927,6 +1951,12 @@ def load_files(args, settings, locks):
     log_cpu(settings.workers)
     return RunResult(settings, loads, len(paths) - young,
                      engine.servers.values(), caught[0] if caught else None)
+
+
+def _log_around_the_bar():
+    """Log lines printed above the progress bar, not through it."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+    return logging_redirect_tqdm(loggers=[log])
 
 
 def take_lock(locks, path):
