@@ -281,8 +281,8 @@ def read_chunks(read):
             if held_bytes > MAX_LINE_BYTES:
                 skipped = b''.join(held)[:OVERSIZED_PREFIX]
                 held, held_bytes = [], 0
-        if pieces or oversized:
-            yield pieces, oversized
+        # Empty inside a long line: the caller still gets its turn.
+        yield pieces, oversized
     if skipped is not None:
         yield [], [skipped]
     elif held:
@@ -481,7 +481,14 @@ class _Chunk:
 
 class _EncoderSlot:
     """One encoder process and its chunks in flight (oldest first),
-    replaced when it dies."""
+    replaced when it dies.
+
+    ``writing`` is held while a frame is written and while a dead
+    encoder's pipes are closed and replaced, so ``in_flight`` is always in
+    the order of the frames and no frame goes to a closed descriptor.  A
+    slot whose encoders keep dying without a result, or that cannot start
+    one, is ``broken``: its chunks fail at once, and so their files.
+    """
 
     def __init__(self, pool, number):
         self.pool = pool
@@ -491,21 +498,30 @@ class _EncoderSlot:
         self.in_flight = collections.deque()
         self.room = gevent.lock.BoundedSemaphore(ENCODER_CHUNKS)
         self.writing = gevent.lock.Semaphore()  # one frame at a time
+        self.broken = None  # why no encoder can run here, once so
+        self.fruitless_deaths = 0  # encoders dead since the last result
 
     def spawn(self):
         """Start a fresh encoder process and send it the routes; the
-        caller holds ``writing`` or is alone."""
+        caller holds ``writing`` or is alone.  Raises OSError if it cannot
+        start one."""
         child_in, to_encoder = os.pipe()
         from_encoder, child_out = os.pipe()
-        for fd in (to_encoder, from_encoder):
-            _grow_pipe(fd)
         try:
+            for fd in (to_encoder, from_encoder):
+                _grow_pipe(fd)
             process = subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), '--encoder'],
                 stdin=child_in, stdout=child_out, start_new_session=True)
+        except BaseException:
+            os.close(to_encoder)
+            os.close(from_encoder)
+            raise
         finally:
             os.close(child_in)
             os.close(child_out)
+        if self.pool.closed:  # closed while it started: it ends at once
+            process.kill()
         gevent.os.make_nonblocking(to_encoder)
         gevent.os.make_nonblocking(from_encoder)
         self.process = process
@@ -516,8 +532,8 @@ class _EncoderSlot:
     def send(self, chunk):
         self.room.acquire()
         with self.writing:  # in_flight stays in the order of the writes
-            if self.pool.closed:
-                self._fail(chunk, 'stopped')
+            if self.pool.closed or self.broken:
+                self._fail(chunk, self.broken or 'stopped')
                 return
             self.in_flight.append(chunk)
             self._write(chunk.pieces)
@@ -530,7 +546,9 @@ class _EncoderSlot:
         try:
             _write_frame(self.to_encoder, pieces, gevent.socket.wait_write)
         except OSError:
-            pass  # it died: _receive sees its end and sends again
+            # Dead (EPIPE) or unusable: either way it must end, so that
+            # _receive sees its end and sends its chunks again.
+            self.process.kill()
 
     def _receive(self, process, fd):
         """Hand out results in order until the encoder's output ends."""
@@ -539,9 +557,13 @@ class _EncoderSlot:
                 frame = _read_frame(fd, gevent.socket.wait_read)
                 if frame is None:
                     break
+                result = marshal.loads(frame)  # before the chunk is taken
                 chunk = self.in_flight.popleft()
                 self.room.release()
-                chunk.result.set(marshal.loads(frame))
+                self.fruitless_deaths = 0
+                chunk.result.set(result)
+        except EOFError:
+            pass  # it died while writing a result
         except Exception:
             log.exception('encoder %d: unreadable result', self.number + 1)
         process.kill()
@@ -556,20 +578,30 @@ class _EncoderSlot:
         the dead encoder was encoding."""
         chunks = list(self.in_flight)
         self.in_flight.clear()
-        if self.pool.closed:
+        self.fruitless_deaths += 1
+        if not self.pool.closed and self.fruitless_deaths > 3:
+            self.broken = 'encoders keep dying (exit status %s)' % status
+            log.error('encoder %d: %s; no other is started, and the'
+                      ' chunks sent to it fail', self.number + 1,
+                      self.broken)
+        if self.pool.closed or self.broken:
             for chunk in chunks:
-                self._fail(chunk, 'stopped')
+                self._fail(chunk, self.broken or 'stopped')
             return
         log.warning('encoder %d exited with status %s; its %d chunks in'
                     ' flight go to a fresh encoder', self.number + 1,
                     status, len(chunks))
         if chunks:
             chunks[0].blamed += 1
-        self.spawn()
+        try:
+            self.spawn()
+        except OSError as exc:
+            self.broken = 'no encoder could be started: %s' % exc
+            log.error('encoder %d: %s', self.number + 1, self.broken)
         for chunk in chunks:
-            if chunk.blamed >= 2:
-                self._fail(chunk, 'a chunk of it killed two encoders (exit'
-                                  ' status %s)' % status)
+            if self.broken or chunk.blamed >= 2:
+                self._fail(chunk, self.broken or 'a chunk of it killed two'
+                           ' encoders (exit status %s)' % status)
             else:
                 self.in_flight.append(chunk)
                 self._write(chunk.pieces)
@@ -1548,9 +1580,9 @@ class Loader:
     def stop(self, signum=None):
         """Stop reading; abandon what is in flight or queued (see Lane)."""
         self.stopping.set()
-        self.encoder.close()
         for lane in self.lanes:
             lane.abandon_io()
+        self.encoder.close()
 
     def current_load(self):
         return self.current
@@ -1629,8 +1661,9 @@ class Loader:
                     load.bytes_read = ahead.position
                     if self.stopping.is_set():
                         raise Interrupted()
-                    self.ordered.put((load, self.encoder.submit(pieces),
-                                      oversized))
+                    if pieces or oversized:
+                        self.ordered.put((load, self.encoder.submit(pieces),
+                                          oversized))
                     gevent.sleep(0)  # signals, progress, lanes: a turn
                 load.bytes_read = load.size
 
@@ -1930,8 +1963,8 @@ def load_files(args, settings, locks):
     renamer = RenameInOrder(settings.max_error_rate, check)
 
     def stop(signum):
+        renamer.stop()  # first: nothing is renamed after the signal
         engine.stop(signum)
-        renamer.stop()
 
     caught, handlers = catch_stop_signals(stop)
     show_bar = not args.log and sys.stderr.isatty()

@@ -159,3 +159,38 @@ def test_workers_auto_is_the_cpus_this_process_may_use():
     assert gmemcload.build_parser().parse_args([]).workers == args.workers
     with pytest.raises(SystemExit):
         gmemcload.build_parser().parse_args(['--workers', '0'])
+
+
+def test_encoders_that_keep_dying_fail_their_files_and_the_run_ends(
+        tmp_path, memcached_set, monkeypatch):
+    monkeypatch.setattr(gmemcload, 'READ_CHUNK', 2048)
+    monkeypatch.setenv('GMEMCLOAD_TEST_CRASH_ON', '\t')  # every chunk
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines_for('idfa', 2000))
+    status, text = run(tmp_path, memcached_set, '--workers', '2')
+    assert status == 1, text
+    assert 'kept: could not be encoded: ' in text
+    # Four deaths in a row, then the slot gives up: no endless restarts.
+    assert text.count('encoders keep dying') >= 2
+    assert text.count('exited with status -9') <= 2 * 3
+    assert listing(tmp_path) == ['20170929000000.tsv.gz']
+
+
+def test_an_encoder_that_cannot_be_started_again_fails_its_chunks(
+        tmp_path, memcached_set, monkeypatch):
+    monkeypatch.setenv('GMEMCLOAD_TEST_CRASH_ON', 'idfa\tcrash')
+    real_popen = gmemcload.subprocess.Popen
+    started = []
+
+    def popen(*args, **kwargs):
+        if len(started) == 2:  # the first two start; no replacement does
+            raise OSError(11, 'Resource temporarily unavailable')
+        started.append(args)
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(gmemcload.subprocess, 'Popen', popen)
+    write_gz(tmp_path / '20170929000000.tsv.gz',
+             ['idfa\tcrash\t1\t1\t1'] + lines_for('gaid', 10))
+    status, text = run(tmp_path, memcached_set, '--workers', '2')
+    assert status == 1, text
+    assert 'kept: could not be encoded: no encoder could be started:' \
+        ' [Errno 11] Resource temporarily unavailable' in text

@@ -175,3 +175,15 @@ def test_chunks_cut_anywhere_give_back_every_line(monkeypatch, chunk):
     monkeypatch.setattr(gmemcload, 'READ_CHUNK', chunk)
     lines = [b'x' * (i * 7 % 23 + 1) for i in range(60)]
     assert chunked(b'\n'.join(lines) + b'\n') == (lines, [])
+
+
+def test_read_chunks_gives_a_turn_for_every_read_inside_a_long_line(
+        monkeypatch):
+    import io
+    monkeypatch.setattr(gmemcload, 'READ_CHUNK', 10)
+    monkeypatch.setattr(gmemcload, 'MAX_LINE_BYTES', 50)
+    monkeypatch.setattr(gmemcload, 'OVERSIZED_PREFIX', 8)
+    reader = io.BytesIO(b'x' * 1000 + b'\n')  # skipped, never held whole
+    turns = list(gmemcload.read_chunks(reader.read))
+    assert len(turns) >= 100
+    assert [oversized for _, oversized in turns if oversized] == [[b'x' * 8]]
