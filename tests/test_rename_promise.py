@@ -1,6 +1,7 @@
 """The rename promise: a file renamed to .<name> has every record in
 memcached, whatever happened between its read and its rename; no file is
 ever destroyed."""
+import contextlib
 import gzip
 import io
 import os
@@ -22,6 +23,27 @@ def all_stored(daemon, lines):
     return len(daemon.get_many(keys)) == len(keys)
 
 
+@contextlib.contextmanager
+def pausing(daemon):
+    """``daemon`` paused (SIGSTOP) inside, resumed on leaving, whatever
+    happened."""
+    daemon.pause()
+    try:
+        yield
+    finally:
+        daemon.resume()
+
+
+@contextlib.contextmanager
+def loading_while_paused(tmp_path, daemons, paused, *extra):
+    """Start the loader on tmp_path, with --timeout 0.5, while ``paused``
+    (a daemon) is paused, so that the renames wait; yield the loader (a
+    greenlet whose value is run's)."""
+    with pausing(paused):
+        yield gevent.spawn(run, tmp_path, daemons, '--timeout', '0.5',
+                           *extra)
+
+
 # -- the servers a file wrote to, at rename time --
 
 @pytest.mark.parametrize('workers', ['1', '2'])
@@ -32,16 +54,13 @@ def test_a_restart_between_a_files_writes_and_its_rename_keeps_it(
     second = lines_for('idfa', 200, 'b')
     paths = [write_gz(tmp_path / FIRST, first),
              write_gz(tmp_path / SECOND, second)]
-    gaid.pause()  # the first file, and so both renames, wait for gaid
-    loader = gevent.spawn(run, tmp_path, memcached_set, '--timeout', '0.5',
-                          '--retries', '10', '--workers', workers)
-    try:
+    # The first file, and so both renames, wait for gaid.
+    with loading_while_paused(tmp_path, memcached_set, gaid, '--retries',
+                              '10', '--workers', workers) as loader:
         # Both files' idfa writes are acknowledged; then idfa restarts
         # empty, and nothing writes to it any more in this run.
         wait_for(lambda: all_stored(idfa, first[200:] + second))
         idfa.restart()
-    finally:
-        gaid.resume()
     status, text = loader.get(timeout=60)
     assert status == 1, text
     assert 'kept: memcached %s restarted after this file was written' \
@@ -62,14 +81,10 @@ def test_a_restart_that_keeps_pid_and_start_time_is_noticed(
     lines = lines_for('gaid', 100) + lines_for('idfa', 100)
     write_gz(tmp_path / FIRST, lines)
     fake_memcached.connections = 50  # what the first instance has seen
-    gaid.pause()
-    loader = gevent.spawn(run, tmp_path, daemons, '--timeout', '0.5',
-                          '--retries', '10')
-    try:
+    with loading_while_paused(tmp_path, daemons, gaid, '--retries',
+                              '10') as loader:
         wait_for(lambda: fake_memcached.sets >= 100)
         fake_memcached.restart(same_identity=True)
-    finally:
-        gaid.resume()
     status, text = loader.get(timeout=60)
     assert status == 1, text
     assert 'kept: memcached %s restarted after this file was written' \
@@ -82,17 +97,12 @@ def test_a_short_stall_at_rename_time_costs_retries_not_the_run(
     gaid, idfa = memcached_set['gaid'], memcached_set['idfa']
     lines = lines_for('gaid', 100) + lines_for('idfa', 100)
     write_gz(tmp_path / FIRST, lines)
-    gaid.pause()
-    loader = gevent.spawn(run, tmp_path, memcached_set, '--timeout', '0.5')
-    try:
+    with loading_while_paused(tmp_path, memcached_set, gaid) as loader:
         wait_for(lambda: all_stored(idfa, lines[100:]))
-        idfa.pause()  # silent when the renamer first asks, then back
-        gaid.resume()
-        wait_for(lambda: 'cannot check it before a rename' in
-                 (tmp_path / 'run.log').read_text())
-    finally:
-        gaid.resume()
-        idfa.resume()
+        with pausing(idfa):  # silent when the renamer first asks, then back
+            gaid.resume()
+            wait_for(lambda: 'cannot check it before a rename' in
+                     (tmp_path / 'run.log').read_text())
     status, text = loader.get(timeout=60)
     assert status == 0, text
     assert listing(tmp_path) == ['.' + FIRST]
@@ -103,17 +113,12 @@ def test_a_server_that_cannot_be_asked_at_rename_time_keeps_the_file(
     gaid, idfa = memcached_set['gaid'], memcached_set['idfa']
     lines = lines_for('gaid', 100) + lines_for('idfa', 100)
     write_gz(tmp_path / FIRST, lines)
-    gaid.pause()
-    loader = gevent.spawn(run, tmp_path, memcached_set, '--timeout', '0.5',
-                          '--retries', '2')
-    try:
+    with loading_while_paused(tmp_path, memcached_set, gaid, '--retries',
+                              '2') as loader:
         wait_for(lambda: all_stored(idfa, lines[100:]))
-        idfa.pause()  # acknowledged, then silent when the renamer asks
-        gaid.resume()
-        status, text = loader.get(timeout=60)
-    finally:
-        gaid.resume()
-        idfa.resume()
+        with pausing(idfa):  # acknowledged, then silent when asked
+            gaid.resume()
+            status, text = loader.get(timeout=60)
     assert status == 1, text
     assert 'kept: cannot check memcached %s before the rename: timed out' \
         % idfa.address in text
@@ -145,18 +150,14 @@ def test_a_file_that_changes_while_its_writes_wait_is_kept(
     first = lines_for('gaid', 100)
     later = lines_for('gaid', 100, 'new')
     path = write_gz(tmp_path / FIRST, first)
-    gaid.pause()
-    loader = gevent.spawn(run, tmp_path, memcached_set, '--timeout', '0.5',
-                          '--retries', '10')
-    try:
+    with loading_while_paused(tmp_path, memcached_set, gaid, '--retries',
+                              '10') as loader:
         # The file is read to its end before its only batch is sent.
         wait_for(lambda: gaid.connections() > 0)
         if change == 'replaced':  # a new delivery moved over the path
             os.replace(write_gz(tmp_path / 'incoming', later), path)
         else:  # a second gzip member
             append_member(path, later)
-    finally:
-        gaid.resume()
     status, text = loader.get(timeout=60)
     assert status == 1, text
     assert 'kept: changed while loading' in text
@@ -173,16 +174,12 @@ def test_a_file_rewritten_in_place_with_its_size_and_mtime_is_kept(
     gaid = memcached_set['gaid']
     path = write_gz(tmp_path / FIRST, lines_for('gaid', 100))
     before = os.stat(path)
-    gaid.pause()
-    loader = gevent.spawn(run, tmp_path, memcached_set, '--timeout', '0.5',
-                          '--retries', '10')
-    try:
+    with loading_while_paused(tmp_path, memcached_set, gaid, '--retries',
+                              '10') as loader:
         wait_for(lambda: gaid.connections() > 0)
         with open(path, 'r+b') as out:  # same size, other bytes
             out.write(gzip.compress(b'gaid\tx\t1\t1\t1\n')[:16])
         os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    finally:
-        gaid.resume()
     status, text = loader.get(timeout=60)
     assert status == 1, text
     assert 'kept: changed while loading' in text
