@@ -290,23 +290,27 @@ def read_chunks(read):
 
 
 def build_routes(addresses, uploaders):
-    """The lane numbers of every device type, as encode_chunk takes them.
+    """Number the lanes: ``uploaders`` for each server of ``addresses``
+    (device type -> list of addresses).
 
-    Returns ``{dev_type (bytes): ((lane, ...) per server, ...)}``: a server
-    listed for several types has the same lanes in each, and lanes are
-    numbered in the order of first appearance.
+    Returns ``(routes, lane_addresses)``.  ``routes`` is what encode_chunk
+    takes, ``{dev_type (bytes): ((lane, ...) per server, ...)}``, a server
+    listed for several types having the same lanes in each;
+    ``lane_addresses[lane]`` is the server of that lane.
     """
     lanes_of = {}
+    lane_addresses = []
     routes = {}
     for dev_type in DEVICE_TYPES:
         servers = []
         for address in addresses[dev_type]:
             if address not in lanes_of:
-                first = len(lanes_of) * uploaders
+                first = len(lane_addresses)
+                lane_addresses += [address] * uploaders
                 lanes_of[address] = tuple(range(first, first + uploaders))
             servers.append(lanes_of[address])
         routes[dev_type.encode()] = tuple(servers)
-    return routes
+    return routes, lane_addresses
 
 
 def lane_for(lanes_by_server, key):
@@ -336,7 +340,7 @@ def encode_chunk(data, routes):
     """
     lines = errors = dropped = 0
     bad, dropped_samples = [], []
-    commands_of = {}
+    commands_of = collections.defaultdict(list)  # lane -> set commands
     for line in data.split(b'\n'):
         try:
             record = parse_line(line)
@@ -354,11 +358,8 @@ def encode_chunk(data, routes):
             dropped += 1
             if len(dropped_samples) < LOGGED_LINES_PER_FILE:
                 dropped_samples.append((dropped_apps, line[:1000]))
-        lane = lane_for(routes[dev_type], key)
-        commands = commands_of.get(lane)
-        if commands is None:
-            commands = commands_of[lane] = []
-        commands.append(set_command(key, pack_user_apps(apps, lat, lon)))
+        commands_of[lane_for(routes[dev_type], key)].append(
+            set_command(key, pack_user_apps(apps, lat, lon)))
     batches = [(lane, len(commands), b''.join(commands))
                for lane, commands in commands_of.items()]
     return lines, errors, batches, bad, dropped, dropped_samples
@@ -1545,26 +1546,23 @@ class Loader:
     def __init__(self, settings):
         self.settings = settings
         self.stopping = gevent.event.Event()
-        self.routes = build_routes(settings.addresses, settings.uploaders)
+        self.routes, lane_addresses = build_routes(settings.addresses,
+                                                   settings.uploaders)
         # One code path, two executors of encode_chunk.
         if settings.workers == 1:
             self.encoder = InProcessEncoder(self.routes)
         else:
             self.encoder = EncoderProcesses(settings.workers, self.routes)
         self.servers = {}  # address -> Server
-        self.lanes = []  # by lane number, as build_routes numbers them
-        for dev_type in DEVICE_TYPES:
-            for address in settings.addresses[dev_type]:
-                if address in self.servers:
-                    continue
+        self.lanes = []  # by lane number
+        for address in lane_addresses:
+            server = self.servers.get(address)
+            if server is None:
                 server = self.servers[address] = Server(address)
-                if settings.dry:
-                    server.lanes.append(DryLane(server))
-                    server.lanes *= settings.uploaders
-                else:
-                    server.lanes.extend(Lane(server, settings, self.stopping)
-                                        for _ in range(settings.uploaders))
-                self.lanes.extend(server.lanes)
+            lane = DryLane(server) if settings.dry else \
+                Lane(server, settings, self.stopping)
+            server.lanes.append(lane)
+            self.lanes.append(lane)
         # In file order: (load, a chunk's result, its oversized lines), and
         # after a file's chunks (load, None, why it failed or None).  Room
         # for every encoder to have its chunks in flight, and two more.
@@ -1595,7 +1593,7 @@ class Loader:
         """
         # A Group, not a Pool: every lane runs from start to end.
         uploaders = gevent.pool.Group()
-        for lane in set(self.lanes):
+        for lane in self.lanes:
             uploaders.spawn(lane.run)
         # Files read and not yet handed to on_done: few enough that memory
         # does not grow with the number of files.
@@ -1613,7 +1611,7 @@ class Loader:
             reader.kill()
             self.ordered.put(None)
             writer.join()
-            for lane in set(self.lanes):
+            for lane in self.lanes:
                 lane.close()
             uploaders.join()
             self.encoder.close()

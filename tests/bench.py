@@ -114,7 +114,7 @@ def run_ceiling(paths):
     """Read and encode as gmemcload does, in one process; send nothing."""
     import gmemcload
     from isal import igzip
-    routes = gmemcload.build_routes(
+    routes, _ = gmemcload.build_routes(
         {t: ['127.0.0.1:1'] for t in DEVICE_TYPES}, 2)
     done = 0
     for path in paths:

@@ -52,10 +52,8 @@ MUTANTS = {
     'lines-of-a-chunk-reversed': (
         'newest-wins within a file: a lane gets a chunk\'s records in'
         ' reverse',
-        "        commands.append(set_command(key, pack_user_apps(apps, lat,"
-        " lon)))",
-        "        commands.insert(0, set_command(key, pack_user_apps(apps,"
-        " lat, lon)))",
+        "        commands_of[lane_for(routes[dev_type], key)].append(",
+        "        commands_of[lane_for(routes[dev_type], key)].insert(0,",
         ['tests/test_load.py']),
     'files-in-reverse-order': (
         'newest-wins across files and the rename order',
