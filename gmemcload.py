@@ -37,7 +37,24 @@ still the instance that acknowledged the writes, and its path still names
 the bytes that were read.  The first file that is not loaded stops the
 renames for the rest of the run.  A renamed file never replaces another.
 """
-from gevent import monkey
+import signal
+import sys
+
+EARLY_SIGNALS = []
+if __name__ == '__main__':
+    if '--encoder' in sys.argv[1:]:
+        # An encoder dies when its parent does, even a stopped one: asked
+        # of the kernel before anything else (prctl PR_SET_PDEATHSIG).
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    else:
+        # A stop while the program is still starting (the imports take a
+        # fifth of a second) is noted, and acted on once the run can stop.
+        for _signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(_signum,
+                          lambda signum, _: EARLY_SIGNALS.append(signum))
+
+from gevent import monkey  # noqa: E402
 monkey.patch_all()
 
 import argparse  # noqa: E402
@@ -53,11 +70,9 @@ import marshal  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import resource  # noqa: E402
-import signal  # noqa: E402
 import socket  # noqa: E402
 import struct  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 import zlib  # noqa: E402
 
@@ -103,6 +118,8 @@ QUEUED_BATCHES_PER_LANE = 4  # back-pressure: bounds memory per lane
 OPEN_FILES = 3  # files read and not yet renamed or kept, at most
 ENCODER_CHUNKS = 2  # chunks in flight per encoder process
 F_SETPIPE_SZ = 1031  # fcntl: a pipe's capacity (Linux)
+ENCODER_TIMEOUT = 30.0  # seconds a busy encoder may give no result
+_libc = ctypes.CDLL(None, use_errno=True)
 SUMMARY_ROWS = 100  # past this many files the summary lists only kept ones
 BACKOFF_FIRST = 0.25  # seconds before the first retry; doubles per retry
 BACKOFF_MAX = 4.0
@@ -444,12 +461,27 @@ class EncoderProcesses(Encoder):
         self.turn = 0
         self.closed = False
         self.receivers = gevent.pool.Group()  # one per live encoder
+        self.watcher = None
 
     def start(self):
         self.slots = [_EncoderSlot(self, number)
                       for number in range(self.count)]
         for slot in self.slots:
             slot.spawn()
+        self.watcher = gevent.spawn(self._watch)
+
+    def _watch(self):
+        """Kill an encoder that is alive but gives no result: it then dies
+        like any other, and its chunks go to a fresh one."""
+        while True:
+            for slot in self.slots:
+                if slot.hung():
+                    log.warning('encoder %d gave no result for %gs: it is'
+                                ' killed and replaced', slot.number + 1,
+                                ENCODER_TIMEOUT)
+                    slot.progress = time.monotonic()
+                    slot.kill()
+            gevent.sleep(min(1.0, ENCODER_TIMEOUT / 4))
 
     def submit(self, pieces):
         """Send a chunk to the next encoder in turn (waits while it has
@@ -466,6 +498,8 @@ class EncoderProcesses(Encoder):
     def close(self):
         """Kill every encoder and reap it; chunks in flight fail."""
         self.closed = True
+        if self.watcher is not None:
+            self.watcher.kill(block=False)
         for slot in self.slots:
             slot.kill()
         self.receivers.join()
@@ -499,6 +533,7 @@ class _EncoderSlot:
         self.in_flight = collections.deque()
         self.room = gevent.lock.BoundedSemaphore(ENCODER_CHUNKS)
         self.writing = gevent.lock.Semaphore()  # one frame at a time
+        self.progress = time.monotonic()  # last result, or first chunk
         self.broken = None  # why no encoder can run here, once so
         self.fruitless_deaths = 0  # encoders dead since the last result
 
@@ -513,7 +548,8 @@ class _EncoderSlot:
                 _grow_pipe(fd)
             process = subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), '--encoder'],
-                stdin=child_in, stdout=child_out, start_new_session=True)
+                stdin=child_in, stdout=child_out, start_new_session=True,
+                env=dict(os.environ, GMEMCLOAD_PARENT=str(os.getpid())))
         except BaseException:
             os.close(to_encoder)
             os.close(from_encoder)
@@ -536,12 +572,20 @@ class _EncoderSlot:
             if self.pool.closed or self.broken:
                 self._fail(chunk, self.broken or 'stopped')
                 return
+            if not self.in_flight:
+                self.progress = time.monotonic()
             self.in_flight.append(chunk)
             self._write(chunk.pieces)
 
     def kill(self):
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
+
+    def hung(self):
+        """Whether it has had chunks to encode and no result for
+        ENCODER_TIMEOUT seconds (stopped, frozen, or looping)."""
+        return bool(self.in_flight) and \
+            time.monotonic() - self.progress > ENCODER_TIMEOUT
 
     def _write(self, pieces):
         try:
@@ -561,6 +605,7 @@ class _EncoderSlot:
                 result = marshal.loads(frame)  # before the chunk is taken
                 chunk = self.in_flight.popleft()
                 self.room.release()
+                self.progress = time.monotonic()
                 self.fruitless_deaths = 0
                 chunk.result.set(result)
         except EOFError:
@@ -674,15 +719,22 @@ def _read_exactly(fd, size, wait):
 def run_encoder():
     """The ``--encoder`` process: encode each chunk read on stdin and
     write its result on stdout, in order, until stdin ends (the parent is
-    done, or gone)."""
-    routes = marshal.loads(_read_frame(0))
-    while True:
-        data = _read_frame(0)
-        if data is None:
-            return EXIT_OK
-        data = bytes(data)
-        _crash_for_tests(data)
-        _write_frame(1, [marshal.dumps(encode_chunk(data, routes))])
+    done, or gone).  The kernel kills it when its parent dies, even if it
+    is stopped then (see the top of this file); a parent gone mid-frame
+    ends it quietly."""
+    if os.getppid() != int(os.environ.get('GMEMCLOAD_PARENT', '0')):
+        return EXIT_FAILED  # the parent died before the kernel was asked
+    try:
+        routes = marshal.loads(_read_frame(0))
+        while True:
+            data = _read_frame(0)
+            if data is None:
+                return EXIT_OK
+            data = bytes(data)
+            _crash_for_tests(data)
+            _write_frame(1, [marshal.dumps(encode_chunk(data, routes))])
+    except (EOFError, BrokenPipeError):
+        return EXIT_FAILED  # the parent is gone
 
 
 def _crash_for_tests(data):
@@ -1303,7 +1355,6 @@ def dot_path(path):
     return os.path.join(head, '.' + name)
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 
@@ -1896,6 +1947,8 @@ def catch_stop_signals(on_stop):
 
     handlers = [gevent.signal_handler(signum, on_signal, signum)
                 for signum in (signal.SIGINT, signal.SIGTERM)]
+    for signum in EARLY_SIGNALS[:1]:  # came while the program started
+        on_signal(signum)
     return caught, handlers
 
 
@@ -2345,6 +2398,8 @@ def outcome(args):
     except Unlistable as exc:
         log.error('%s', exc)
         return EXIT_FAILED, None
+    if result.signum is None and EARLY_SIGNALS:  # before the run could stop
+        result.signum = EARLY_SIGNALS[0]
     if result.signum is not None:
         return EXIT_SIGNAL_BASE + result.signum, result
     settings = result.settings

@@ -198,6 +198,28 @@ def children_of(pid):
     return found
 
 
+def encoders_of(pid):
+    """The encoder processes among ``pid``'s children."""
+    found = []
+    for child in children_of(pid):
+        try:
+            with open('/proc/%d/cmdline' % child, 'rb') as cmdline:
+                if b'--encoder' in cmdline.read().split(b'\0'):
+                    found.append(child)
+        except OSError:
+            continue
+    return found
+
+
+def catches(pid, signum):
+    """Whether process ``pid`` has a handler for ``signum`` (SigCgt)."""
+    with open('/proc/%d/status' % pid) as status:
+        for line in status:
+            if line.startswith('SigCgt:'):
+                return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
 def alive(pid):
     """Whether ``pid`` runs (a zombie does not)."""
     try:

@@ -76,6 +76,18 @@ MUTANTS = {
         "            else:\n"
         "                self._fail(chunk, 'dropped')\n",
         ['tests/test_encoders.py']),
+    'no-encoder-watchdog': (
+        'an encoder that stops answering hangs the run',
+        "        return bool(self.in_flight) and \\\n",
+        "        return False and \\\n",
+        ['tests/test_encoders.py::'
+         'test_an_encoder_that_stops_answering_is_replaced']),
+    'encoder-outlives-its-parent': (
+        'a stopped encoder outlives a killed parent',
+        "        ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n",
+        "        pass\n",
+        ['tests/test_encoders.py::'
+         'test_a_stopped_encoder_dies_with_a_killed_parent']),
     # -- renames
     'no-stop-at-first-failure': (
         'files after a failed one are still renamed',
@@ -150,6 +162,13 @@ MUTANTS = {
         "            pass\n",
         ['tests/test_faults.py::'
          'test_a_stop_abandons_io_at_once_whatever_the_timeout']),
+    'early-stops-ignored': (
+        'a stop while the program starts is lost',
+        "    for signum in EARLY_SIGNALS[:1]:  # came while the program"
+        " started\n"
+        "        on_signal(signum)\n",
+        "",
+        ['tests/test_operators.py']),
     'lock-truncates': (
         '--lock destroys what its file holds',
         "        if _pid_written(handle) is not None or not os.fstat(\n"

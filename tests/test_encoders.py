@@ -2,13 +2,14 @@
 import os
 import signal
 
+import gevent
 import pytest
 
 import generate
 import gmemcload
-from conftest import (alive, children_of, expected_state, expected_value,
-                      lines_for, listing, run, start_loader, stop_within,
-                      stored_values, wait_for, write_gz)
+from conftest import (alive, children_of, encoders_of, expected_state,
+                      expected_value, lines_for, listing, run, start_loader,
+                      stop_within, stored_values, wait_for, write_gz)
 
 
 @pytest.mark.parametrize('workers', ['2', '3'])
@@ -194,3 +195,46 @@ def test_an_encoder_that_cannot_be_started_again_fails_its_chunks(
     assert status == 1, text
     assert 'kept: could not be encoded: no encoder could be started:' \
         ' [Errno 11] Resource temporarily unavailable' in text
+
+
+def test_an_encoder_that_stops_answering_is_replaced(
+        tmp_path, memcached_set, monkeypatch):
+    monkeypatch.setattr(gmemcload, 'ENCODER_TIMEOUT', 1.0)
+    monkeypatch.setattr(gmemcload, 'READ_CHUNK', 8192)
+    paths = generate.generate(str(tmp_path), files=2, lines=20000,
+                              repeat=0.5, seed=13)
+    expected = expected_state(paths)
+    loader = gevent.spawn(run, tmp_path, memcached_set, '--workers', '2')
+    wait_for(lambda: len(encoders_of(os.getpid())) == 2)
+    stopped = encoders_of(os.getpid())[0]
+    os.kill(stopped, signal.SIGSTOP)  # alive, but never answers
+    status, text = loader.get(timeout=60)
+    assert status == 0, text
+    assert 'gave no result for 1s: it is killed and replaced' in text
+    assert stored_values(memcached_set, expected) == expected
+    assert not alive(stopped)
+
+
+def waiting_for_input(pid):
+    """Whether ``pid`` sleeps reading a pipe: an encoder that has started
+    and has no chunk."""
+    with open('/proc/%d/wchan' % pid) as wchan:
+        return 'pipe_read' in wchan.read()
+
+
+def test_a_stopped_encoder_dies_with_a_killed_parent(tmp_path,
+                                                     memcached_set):
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines_for('gaid', 3000))
+    memcached_set['gaid'].pause()
+    loader = start_loader(tmp_path, memcached_set, '--workers', '2')
+    try:
+        wait_for(lambda: len(encoders_of(loader.pid)) == 2)
+        encoders = encoders_of(loader.pid)
+        wait_for(lambda: all(waiting_for_input(pid) for pid in encoders))
+        os.kill(encoders[0], signal.SIGSTOP)  # it will never read an end
+        loader.kill()
+        loader.wait(timeout=5)
+        wait_for(lambda: not [pid for pid in encoders if alive(pid)], 5)
+    finally:
+        loader.kill()
+        memcached_set['gaid'].resume()

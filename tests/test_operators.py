@@ -7,8 +7,9 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import (hold_lock, lines_for, listing, run, start_loader,
-                      stop_within, wait_for_log, write_gz)
+from conftest import (catches, hold_lock, lines_for, listing, run,
+                      start_loader, stop_within, wait_for, wait_for_log,
+                      write_gz)
 
 FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
                         '20170929000200.tsv.gz')
@@ -129,3 +130,21 @@ def test_a_stopped_run_leaves_its_metrics(tmp_path, memcached_set,
     assert value(stopped, 'last_run_exit_status') == 143
     assert value(stopped, 'last_success_timestamp_seconds') == 0
     assert value(stopped, 'last_run_files', result='kept') == 1
+
+
+@pytest.mark.parametrize('signum, code', [(signal.SIGTERM, 143),
+                                          (signal.SIGINT, 130)])
+def test_a_stop_while_the_program_starts_is_a_stop_too(
+        tmp_path, memcached_set, metrics_file, signum, code):
+    write_gz(tmp_path / FIRST, lines_for('idfa', 10))
+    loader = start_loader(tmp_path, memcached_set, '--metrics-file',
+                          metrics_file)
+    try:
+        # As soon as the program notes stops: it is still importing.
+        wait_for(lambda: catches(loader.pid, signal.SIGTERM), 5)
+        assert stop_within(loader, signum, 5) == code
+    finally:
+        loader.kill()
+    assert listing(tmp_path) == [FIRST]
+    assert value(metrics(metrics_file), 'last_run_exit_status') == code
+    assert 'Traceback' not in (tmp_path / 'run.log').read_text()
