@@ -72,7 +72,7 @@ MUTANTS = {
         'a dead encoder\'s chunks in flight are dropped, not encoded again',
         "            else:\n"
         "                self.in_flight.append(chunk)\n"
-        "                self._write(chunk.data)\n",
+        "                self._write(chunk.pieces)\n",
         "            else:\n"
         "                self._fail(chunk, 'dropped')\n",
         ['tests/test_encoders.py']),
