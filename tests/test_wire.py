@@ -31,11 +31,13 @@ def test_a_stale_batch_never_lands_after_a_newer_one(tmp_path,
 
 def test_the_run_settles_an_abandoned_connection_before_it_exits(
         tmp_path, fake_memcached):
+    # The set times out at 1 s and is answered at 1.5 s: within the one
+    # more timeout the run gives its abandoned connections before it ends.
     fake_memcached.stall_sets = 1
-    fake_memcached.stall_seconds = 0.8
+    fake_memcached.stall_seconds = 1.5
     write_gz(tmp_path / FIRST, ['idfa\tk\t1\t1\t1'])
     status, text = run(tmp_path, same_server(fake_memcached), *ONE_LANE,
-                       '--timeout', '0.5', '--retries', '0')
+                       '--timeout', '1', '--retries', '0')
     assert status == 1, text
     assert 'kept: 1 records not acknowledged' in text
     # Its write landed before the run ended, not during the next one.
