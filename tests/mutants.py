@@ -87,7 +87,7 @@ MUTANTS = {
         "        ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n",
         "        pass\n",
         ['tests/test_encoders.py::'
-         'test_a_stopped_encoder_dies_with_a_killed_parent']),
+         'test_encoders_die_with_a_killed_parent']),
     # -- renames
     'no-stop-at-first-failure': (
         'files after a failed one are still renamed',
