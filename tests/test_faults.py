@@ -307,10 +307,16 @@ def test_a_restart_after_a_files_last_write_there_keeps_the_file(
     write_gz(tmp_path / '20170929000000.tsv.gz',
              lines_for('idfa', 300) + lines_for('gaid', 30000))
     write_gz(tmp_path / '20170929000100.tsv.gz', lines_for('idfa', 10, 'n'))
-    loader = gevent.spawn(run, tmp_path, daemons, '--uploaders', '1',
-                          '--batch-size', '100')
-    wait_for(lambda: fake_memcached.sets >= 300)
-    fake_memcached.restart()  # idfa's 300 records are gone
+    gaid = memcached_set['gaid']
+    gaid.pause()  # the first file's rename waits for gaid
+    try:
+        loader = gevent.spawn(run, tmp_path, daemons, '--uploaders', '1',
+                              '--batch-size', '100', '--timeout', '0.5',
+                              '--retries', '10')
+        wait_for(lambda: fake_memcached.sets >= 300)
+        fake_memcached.restart()  # idfa's 300 records are gone
+    finally:
+        gaid.resume()
     status, text = loader.get(timeout=60)
     assert status == 1
     assert 'kept: memcached %s restarted after this file was written' \
@@ -326,10 +332,16 @@ def test_a_real_restart_mid_load_keeps_the_file_and_a_rerun_loads_it(
         tmp_path, memcached_set):
     paths = generate.generate(str(tmp_path), files=2, lines=30000, seed=9)
     expected = expected_state(paths)
-    loader = gevent.spawn(run, tmp_path, memcached_set, '--batch-size', '50')
-    wait_for(lambda: int(memcached_set['adid'].client().get_stats()[0][1]
-                         ['cmd_set']) > 2000)
-    memcached_set['adid'].restart()
+    gaid = memcached_set['gaid']
+    gaid.pause()  # no file is renamed before the restart
+    try:
+        loader = gevent.spawn(run, tmp_path, memcached_set, '--batch-size',
+                              '50', '--timeout', '0.5', '--retries', '10')
+        wait_for(lambda: int(memcached_set['adid'].client().get_stats()[0][1]
+                             ['cmd_set']) > 2000)
+        memcached_set['adid'].restart()
+    finally:
+        gaid.resume()
     status, text = loader.get(timeout=60)
     assert status == 1, text
     # noticed by a lane's new connection, or by the check before a rename
