@@ -1119,6 +1119,12 @@ class Server:
         self.instance = instance
 
 
+def backoff(attempt):
+    """Seconds to wait before retry ``attempt + 1``: BACKOFF_FIRST,
+    doubling, at most BACKOFF_MAX."""
+    return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt)
+
+
 class Lane:
     """One uploader greenlet of a server: its queue of batches and its
     Connection, with the retry policy.
@@ -1204,7 +1210,7 @@ class Lane:
                 reason = '%s: %s' % (address, error)
                 if attempt == retries or self.stopping.is_set():
                     break
-                delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt)
+                delay = backoff(attempt)
                 log.warning('%s; retry %d/%d of a batch of %d in %.2fs',
                             reason, attempt + 1, retries, count, delay)
                 self.stopping.wait(delay)  # a backoff a signal cuts short
@@ -1485,7 +1491,7 @@ class InstanceCheck:
                 error = str(exc) or type(exc).__name__
                 if attempt == self.retries:
                     return None, error
-                delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt)
+                delay = backoff(attempt)
                 attempt += 1
                 log.warning('%s: cannot check it before a rename: %s;'
                             ' retry %d/%d in %.2fs', address, error,
@@ -1979,15 +1985,22 @@ def younger_than(paths, min_age):
     return len(paths)
 
 
+@contextlib.contextmanager
+def listing(pattern):
+    """An OSError while listing the files of ``pattern`` is Unlistable."""
+    try:
+        yield
+    except OSError as exc:
+        raise Unlistable('cannot list the files of %s: %s'
+                         % (pattern, exc)) from None
+
+
 def load_files(args, settings, locks):
     """The run: list the files, lock their directories, load them and
     rename them in order.  Returns a RunResult.  Raises Locked, or
     Unlistable."""
-    try:
+    with listing(args.pattern):
         paths = find_files(args.pattern)
-    except OSError as exc:
-        raise Unlistable('cannot list the files of %s: %s'
-                         % (args.pattern, exc)) from None
     if not settings.dry and not args.lock:
         # Two runs whose patterns overlap share a directory, and so a lock.
         for directory in sorted({os.path.dirname(path) for path in paths}):
@@ -2004,11 +2017,8 @@ def load_files(args, settings, locks):
         log.info('No files match %s', args.pattern)
     if not loads:
         return RunResult(settings, waiting=len(paths))
-    try:
+    with listing(args.pattern):
         to_load = set_aside_late(loads, args.pattern, args.load_late)
-    except OSError as exc:
-        raise Unlistable('cannot list the files of %s: %s'
-                         % (args.pattern, exc)) from None
     engine = Loader(settings)
     check = None if settings.dry else InstanceCheck(settings, engine.servers)
     renamer = RenameInOrder(settings.max_error_rate, check)

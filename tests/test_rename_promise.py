@@ -92,17 +92,26 @@ def test_a_restart_that_keeps_pid_and_start_time_is_noticed(
     assert listing(tmp_path) == [FIRST]
 
 
-def test_a_short_stall_at_rename_time_costs_retries_not_the_run(
-        tmp_path, memcached_set):
+@contextlib.contextmanager
+def silent_at_rename(tmp_path, memcached_set, *extra):
+    """Load a file whose idfa writes are acknowledged and whose rename then
+    finds idfa paused; yield the loader.  idfa resumes on leaving."""
     gaid, idfa = memcached_set['gaid'], memcached_set['idfa']
     lines = lines_for('gaid', 100) + lines_for('idfa', 100)
     write_gz(tmp_path / FIRST, lines)
-    with loading_while_paused(tmp_path, memcached_set, gaid) as loader:
+    with loading_while_paused(tmp_path, memcached_set, gaid,
+                              *extra) as loader:
         wait_for(lambda: all_stored(idfa, lines[100:]))
-        with pausing(idfa):  # silent when the renamer first asks, then back
-            gaid.resume()
-            wait_for(lambda: 'cannot check it before a rename' in
-                     (tmp_path / 'run.log').read_text())
+        with pausing(idfa):
+            gaid.resume()  # the writes are done: the rename can come
+            yield loader
+
+
+def test_a_short_stall_at_rename_time_costs_retries_not_the_run(
+        tmp_path, memcached_set):
+    with silent_at_rename(tmp_path, memcached_set) as loader:
+        wait_for(lambda: 'cannot check it before a rename' in
+                 (tmp_path / 'run.log').read_text())
     status, text = loader.get(timeout=60)
     assert status == 0, text
     assert listing(tmp_path) == ['.' + FIRST]
@@ -110,18 +119,12 @@ def test_a_short_stall_at_rename_time_costs_retries_not_the_run(
 
 def test_a_server_that_cannot_be_asked_at_rename_time_keeps_the_file(
         tmp_path, memcached_set):
-    gaid, idfa = memcached_set['gaid'], memcached_set['idfa']
-    lines = lines_for('gaid', 100) + lines_for('idfa', 100)
-    write_gz(tmp_path / FIRST, lines)
-    with loading_while_paused(tmp_path, memcached_set, gaid, '--retries',
-                              '2') as loader:
-        wait_for(lambda: all_stored(idfa, lines[100:]))
-        with pausing(idfa):  # acknowledged, then silent when asked
-            gaid.resume()
-            status, text = loader.get(timeout=60)
+    with silent_at_rename(tmp_path, memcached_set, '--retries',
+                          '2') as loader:
+        status, text = loader.get(timeout=60)
     assert status == 1, text
     assert 'kept: cannot check memcached %s before the rename: timed out' \
-        % idfa.address in text
+        % memcached_set['idfa'].address in text
     assert listing(tmp_path) == [FIRST]
 
 
