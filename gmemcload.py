@@ -739,15 +739,17 @@ def run_encoder():
 
 def _crash_for_tests(data):
     """Tests only: die by SIGKILL on a chunk that holds the bytes of
-    $GMEMCLOAD_TEST_CRASH_ON; with $GMEMCLOAD_TEST_CRASH_ONCE, only if that
-    file can still be created (so once)."""
+    $GMEMCLOAD_TEST_CRASH_ON; with $GMEMCLOAD_TEST_CRASH_ONCE, only if the
+    file named by it and the chunk's crc32 can still be created (so once
+    for each such chunk)."""
     marker = os.environ.get('GMEMCLOAD_TEST_CRASH_ON')
     if not marker or marker.encode() not in data:
         return
     once = os.environ.get('GMEMCLOAD_TEST_CRASH_ONCE')
     if once:
         try:
-            os.close(os.open(once, os.O_CREAT | os.O_EXCL))
+            os.close(os.open('%s.%08x' % (once, zlib.crc32(data)),
+                             os.O_CREAT | os.O_EXCL))
         except FileExistsError:
             return
     os.kill(os.getpid(), signal.SIGKILL)

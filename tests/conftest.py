@@ -86,13 +86,31 @@ def expected_value(line):
 
 # -- running the loader and reading what it left --
 
+def with_workers(extra):
+    """``extra`` options, with ``--workers 1`` unless they choose: no test
+    lets the machine's CPU count decide how it runs."""
+    extra = list(extra)
+    return extra if '--workers' in extra else extra + ['--workers', '1']
+
+
 def run(tmp_path, daemons, *extra):
-    """Run main() on tmp_path/*.tsv.gz; return (exit status, log text)."""
+    """Run main() on tmp_path/*.tsv.gz; return (exit status, log text).
+    ``--workers`` is 1 unless ``extra`` says otherwise."""
     log_path = tmp_path / 'run.log'
     status = gmemcload.main(['--pattern', str(tmp_path / '*.tsv.gz'),
                              '--log', str(log_path)]
-                            + address_args(daemons) + list(extra))
+                            + address_args(daemons) + with_workers(extra))
     return status, log_path.read_text()
+
+
+def summary_row(text, name):
+    """The summary's counts for the file shown as ``name`` (no spaces):
+    (lines, stored, errors)."""
+    rows = [line.split()[4:7] for line in
+            text.split('Summary:', 1)[1].splitlines()
+            if line.split()[3:4] == [name]]
+    assert len(rows) == 1, rows
+    return tuple(map(int, rows[0]))
 
 
 def listing(tmp_path):
@@ -127,8 +145,12 @@ def same_server(server):
     return {dev_type: server for dev_type in DEVICE_TYPES}
 
 
-def lines_for(dev_type, count, tag='', start=0):
-    return ['%s\t%s%05d\t%d.5\t-1.25\t%d,%d' % (dev_type, tag, i, i, i, i + 1)
+def lines_for(dev_type, count, tag='', start=0, version=0):
+    """``count`` clean lines of ``dev_type``, ids ``tag`` + a number from
+    ``start``; ``version`` changes every value, so that files sharing
+    keys show which of them won."""
+    return ['%s\t%s%05d\t%d.5\t-1.25\t%d,%d'
+            % (dev_type, tag, i, i, i + version, i + 1)
             for i in range(start, start + count)]
 
 
@@ -138,11 +160,12 @@ def assert_all_in_fake(fake, lines):
 
 
 def start_loader(tmp_path, daemons, *extra):
-    """Run gmemcload.py as a process; its log goes to tmp_path/run.log."""
+    """Run gmemcload.py as a process; its log goes to tmp_path/run.log.
+    ``--workers`` is 1 unless ``extra`` says otherwise."""
     return subprocess.Popen(
         [sys.executable, GMEMCLOAD, '--pattern', str(tmp_path / '*.tsv.gz'),
          '--log', str(tmp_path / 'run.log')] + address_args(daemons)
-        + list(extra))
+        + with_workers(extra))
 
 
 def wait_for(predicate, seconds=20.0):

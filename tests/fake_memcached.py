@@ -12,13 +12,16 @@ It speaks the part of the text protocol the loader and the tests use:
 * answer ``SERVER_ERROR object too large for cache`` to a ``set`` whose
   value is longer than ``max_value`` bytes, as real memcached does;
 * ``restart()``: drop every connection and all data and take a new pid,
-  as a restarted memcached does;
+  as a restarted memcached does (or keep the pid, or the pid and start
+  time: see restart);
 * answer ``stats`` without pid and uptime (``tells_identity = False``), as
   a proxy in front of memcached may;
 * stall a connection at its first ``set`` for ``stall_seconds`` while
   serving every other connection at once, for the next ``stall_sets``
   connections: as a memcached that stalls and then runs what it holds,
-  after what newer connections sent;
+  after what newer connections sent; with ``stall_part_seconds``, it
+  then answers that connection's commands one at a time, that long apart
+  (a stale batch answered slowly, in parts);
 * answer the next ``garbage_replies`` sets with ``ERROR`` without storing
   them (a reply a ``set`` cannot get), and the next ``extra_replies`` sets
   with one ``STORED`` too many.
@@ -49,6 +52,7 @@ class FakeMemcached:
         self.tells_identity = True
         self.stall_sets = 0
         self.stall_seconds = 0.0
+        self.stall_part_seconds = 0.0
         self.garbage_replies = 0
         self.extra_replies = 0
         self.commands = 0  # commands seen, over all connections
@@ -74,10 +78,12 @@ class FakeMemcached:
         """Connections still being served (a stalled one among them)."""
         return len(self._open)
 
-    def restart(self, same_identity=False):
+    def restart(self, same_identity=False, same_pid=False):
         """Drop every connection and all data; a new pid and start time,
         unless ``same_identity`` (a container's pid 1 restarted within the
-        same second): then only the connection count starts anew."""
+        same second): then only the connection count starts anew.  With
+        ``same_pid`` (a container's pid 1 restarted later) only the start
+        time changes, and the connection count goes on growing."""
         for sock in list(self._open):
             try:  # shutdown reaches the connection whatever holds the socket
                 sock.shutdown(socket.SHUT_RDWR)
@@ -85,6 +91,9 @@ class FakeMemcached:
                 pass
         self._open.clear()
         self.data.clear()
+        if same_pid:
+            self.started += 1
+            return
         self.connections = 0
         if not same_identity:
             self.pid = next(_PIDS)
@@ -102,6 +111,7 @@ class FakeMemcached:
             if self.resets is not None:
                 self.resets -= 1
         served = 0
+        part_pause = 0.0  # between replies, once a stall is over
         stall = self.stall_sets > 0
         if stall:
             self.stall_sets -= 1
@@ -119,6 +129,9 @@ class FakeMemcached:
                 if stall and line.startswith(b'set '):
                     stall = False
                     gevent.sleep(self.stall_seconds)
+                    part_pause = self.stall_part_seconds
+                elif part_pause:
+                    gevent.sleep(part_pause)
                 reply = self._command(line.rstrip(b'\r\n').split(), reader)
                 if reply is None:
                     return

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Break each guarantee on purpose and show that a test fails.
 
-Every mutant is one textual change to a copy of gmemcload.py; the tests
-named with it must then fail.  A mutant that survives (its tests still
+Every mutant is a textual change to a copy of gmemcload.py (one
+replacement, or a tuple of them); the tests named with it must then
+fail.  A mutant that survives (its tests still
 pass) is a guarantee no test defends.  Exits 1 if any survives.
 
     python tests/mutants.py            # every mutant
@@ -17,9 +18,13 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name -> (what it breaks, the code, its broken form, the tests to run)
+# name -> (what it breaks, the code, its broken form, the tests to run);
+# the code and its broken form may be tuples of replacements, made in turn.
 PROMISE = ['tests/test_rename_promise.py']
 WIRE = ['tests/test_wire.py']
+LOAD = ['tests/test_load.py']
+OPERATORS = ['tests/test_operators.py']
+ENCODERS = ['tests/test_encoders.py']
 MUTANTS = {
     # -- the wire
     'no-in-doubt-settling': (
@@ -48,6 +53,60 @@ MUTANTS = {
         "    if lines > count or not replies.endswith(b'\\r\\n'):",
         "    if False:",
         WIRE),
+    'settle-at-the-first-reply': (
+        'a connection in doubt counts as settled at its first reply, so the'
+        ' rest of a stale batch lands after newer writes',
+        "                while sock.recv(65536):\n"
+        "                    pass\n",
+        "                sock.recv(65536)\n",
+        WIRE),
+    'refusals-resent': (
+        'a record memcached refuses for good is sent again and again',
+        "            refused.append((index, reply))",
+        "            raise ProtocolError('refused')",
+        ['tests/test_faults.py::'
+         'test_a_refused_record_is_an_error_and_is_not_retried']),
+    # -- error accounting
+    'refusals-counted-as-stored': (
+        'a record memcached refused counts as stored, not as an error',
+        "            batch.load.batch_done(count - len(refused),"
+        " len(refused))",
+        "            batch.load.batch_done(count, 0)",
+        LOAD),
+    'errors-not-summed-over-chunks': (
+        'a file\'s errors are its last chunk\'s, not the sum of all',
+        "        self.errors += errors\n",
+        "        self.errors = errors\n",
+        LOAD),
+    'dropped-apps-are-errors': (
+        'a line with dropped app ids counts as an error',
+        "        if dropped_apps:\n"
+        "            dropped += 1\n",
+        "        if dropped_apps:\n"
+        "            dropped += 1\n"
+        "            errors += 1\n",
+        LOAD),
+    'error-rate-limit-exclusive': (
+        'a file exactly at --max-error-rate is not loaded',
+        "        if self.error_rate > max_error_rate:",
+        "        if self.error_rate >= max_error_rate:",
+        LOAD),
+    # -- the line contract
+    'largest-app-id-dropped': (
+        'the app id 2^32-1 is dropped, not kept',
+        "        if item.isdigit() and int(item) <= MAX_APP_ID:",
+        "        if item.isdigit() and int(item) < MAX_APP_ID:",
+        ['tests/test_parse.py']),
+    'app-items-not-stripped': (
+        'an app item with spaces around it is dropped',
+        "        item = item.strip()\n",
+        "",
+        ['tests/test_parse.py']),
+    'key-one-byte-too-long': (
+        'a key of 251 bytes is sent to memcached',
+        "    if len(key) > MAX_KEY_LENGTH or",
+        "    if len(key) > MAX_KEY_LENGTH + 1 or",
+        ['tests/test_parse.py']),
     # -- newest wins, order
     'lines-of-a-chunk-reversed': (
         'newest-wins within a file: a lane gets a chunk\'s records in'
@@ -88,6 +147,41 @@ MUTANTS = {
         "        pass\n",
         ['tests/test_encoders.py::'
          'test_encoders_die_with_a_killed_parent']),
+    'files-sorted-by-path': (
+        'files load in the order of their paths, so an older minute in a'
+        ' later directory overwrites a newer one',
+        "    return sorted(paths, key=lambda path: (os.path.basename(path),"
+        " path))",
+        "    return sorted(paths)",
+        LOAD),
+    'files-sorted-by-mtime': (
+        'files load in the order they were written, not by name',
+        "    return sorted(paths, key=lambda path: (os.path.basename(path),"
+        " path))",
+        "    return sorted(paths, key=os.path.getmtime)",
+        LOAD),
+    'dead-encoder-blames-every-chunk': (
+        'every chunk in flight is blamed for an encoder\'s death, so a'
+        ' chunk that never killed two encoders fails',
+        "        if chunks:\n"
+        "            chunks[0].blamed += 1\n",
+        "        for chunk in chunks:\n"
+        "            chunk.blamed += 1\n",
+        ENCODERS),
+    'dead-encoder-resends-in-reverse': (
+        'a dead encoder\'s chunks in flight go again in reverse, so results'
+        ' reach the wrong chunks',
+        "        for chunk in chunks:\n"
+        "            if self.broken or chunk.blamed >= 2:",
+        "        for chunk in reversed(chunks):\n"
+        "            if self.broken or chunk.blamed >= 2:",
+        ENCODERS),
+    'endless-encoder-restarts': (
+        'encoders that keep dying are started again without end',
+        "        if not self.pool.closed and self.fruitless_deaths > 3:",
+        "        if not self.pool.closed and self.fruitless_deaths > 99:",
+        ['tests/test_encoders.py::'
+         'test_encoders_that_keep_dying_fail_their_files_and_the_run_ends']),
     # -- renames
     'no-stop-at-first-failure': (
         'files after a failed one are still renamed',
@@ -96,6 +190,58 @@ MUTANTS = {
         "        if not load.loaded(self.max_error_rate):\n"
         "            pass\n",
         ['tests/test_load.py']),
+    'only-read-failures-stop-renames': (
+        'a file kept for its error rate, unacknowledged records, a restart'
+        ' or a change does not stop the later renames',
+        "        if not load.loaded(self.max_error_rate):\n"
+        "            self.renaming = False\n",
+        "        if load.failure is not None:\n"
+        "            self.renaming = False\n",
+        PROMISE),
+    'rename-check-asks-the-first-server-only': (
+        'a restart of any server but the first one asked is not noticed',
+        "                load.instances.items()):",
+        "                load.instances.items())[:1]:",
+        PROMISE),
+    'rename-check-asks-the-last-server-only': (
+        'a restart of any server but the last one asked is not noticed',
+        "                load.instances.items()):",
+        "                load.instances.items())[-1:]:",
+        PROMISE),
+    'start-time-not-compared': (
+        'a restart that keeps the pid, with a new start time, is not'
+        ' noticed',
+        "                    int(stats[b'time']) - int(stats[b'uptime']))",
+        "                    0)",
+        PROMISE),
+    'stop-does-not-end-the-rename-check': (
+        'a stop waits for a rename-time check on a stalled server',
+        "        self.stopped = True\n"
+        "        if self.check is not None:\n"
+        "            self.check.abort()\n",
+        "        self.stopped = True\n",
+        PROMISE),
+    'identity-taken-after-reading': (
+        'a file replaced while it is read is renamed: its identity is the'
+        ' path\'s after the read, not the opened file\'s',
+        ("            load.identity = file_identity(status)\n",
+         "                load.bytes_read = load.size\n"),
+        ("",
+         "                load.bytes_read = load.size\n"
+         "            load.identity = file_identity(os.stat(load.path))\n"),
+        PROMISE),
+    'late-judged-by-the-first-processed-file': (
+        'lateness is judged against the first processed file listed, not'
+        ' the newest',
+        "                    and (newest[0] is None or name > newest[0]):",
+        "                    and newest[0] is None:",
+        PROMISE),
+    'late-judged-by-the-last-processed-file': (
+        'lateness is judged against the last processed file listed, not'
+        ' the newest',
+        "                    and (newest[0] is None or name > newest[0]):",
+        "                    and True:",
+        PROMISE),
     'no-rename-time-server-check': (
         'a server restarted after a file was written is not noticed',
         "                self.check.problem(load)\n"
@@ -175,6 +321,35 @@ MUTANTS = {
         "                handle.fileno()).st_size:\n",
         "        if True:\n",
         PROMISE),
+    'lock-that-cannot-be-opened-ignored': (
+        'a run whose lock cannot be opened loads without it',
+        "    except OSError as exc:\n"
+        "        raise ConfigError('cannot open lock file",
+        "    except OSError as exc:\n"
+        "        return\n"
+        "        raise ConfigError('cannot open lock file",
+        OPERATORS),
+    'min-age-by-change-time': (
+        '--min-age goes by the change time, so no file is ever old enough',
+        "                modified = os.stat(path).st_mtime\n",
+        "                modified = os.stat(path).st_ctime\n",
+        OPERATORS),
+    'min-age-by-access-time': (
+        '--min-age goes by the access time',
+        "                modified = os.stat(path).st_mtime\n",
+        "                modified = os.stat(path).st_atime\n",
+        OPERATORS),
+    'waiting-files-not-in-the-metrics': (
+        'files left for the next run are not counted in the metrics',
+        "            files.labels(result='waiting').set(result.waiting if"
+        " result\n",
+        "            files.labels(result='waiting').set(0 if result\n",
+        OPERATORS),
+    'restarts-not-counted': (
+        'restarts seen are not counted in the metrics',
+        "            self.restarts += 1\n",
+        "            pass\n",
+        OPERATORS),
     'one-lock-per-pattern': (
         'runs whose patterns overlap load the same files at once',
         "            take_lock(locks, os.path.join(directory,"
@@ -199,12 +374,16 @@ def run_mutant(name, old, new, tests):
         path = os.path.join(copy, 'gmemcload.py')
         with open(path) as source:
             code = source.read()
-        if code.count(old) != 1:
-            raise SystemExit('mutant %s: its code is found %d times, not'
-                             ' once; update tests/mutants.py'
-                             % (name, code.count(old)))
+        if isinstance(old, str):
+            old, new = (old,), (new,)
+        for one_old, one_new in zip(old, new):
+            if code.count(one_old) != 1:
+                raise SystemExit('mutant %s: its code is found %d times,'
+                                 ' not once; update tests/mutants.py'
+                                 % (name, code.count(one_old)))
+            code = code.replace(one_old, one_new)
         with open(path, 'w') as out:
-            out.write(code.replace(old, new))
+            out.write(code)
         started = time.monotonic()
         result = subprocess.run(
             [sys.executable, '-m', 'pytest', '-x', '-q', '-p',

@@ -6,8 +6,11 @@ import pytest
 
 import generate
 import gmemcload
-from conftest import (expected_state, expected_value, listing, run,
-                      stored_values, write_gz)
+from conftest import (expected_state, expected_value, lines_for, listing,
+                      run, stored_values, summary_row, write_gz)
+
+FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
+                        '20170929000200.tsv.gz')
 
 
 def test_generated_files_load_byte_exact_with_newest_winning(
@@ -41,22 +44,61 @@ def test_newest_wins_across_files_and_within_a_file(tmp_path, memcached_set):
     assert stored_values(memcached_set, want) == want
 
 
-def test_files_are_taken_by_name_not_mtime_and_renamed_in_order(
-        tmp_path, memcached_set, monkeypatch):
-    names = ['20170929000200.tsv.gz', '20170929000000.tsv.gz',
-             '20170929000100.tsv.gz']
-    for age, name in enumerate(names):
-        path = write_gz(tmp_path / name, ['idfa\t%s\t1\t1\t1' % name] * 50)
-        os.utime(path, (1000 + age, 1000 + age))
-    write_gz(tmp_path / '.20170928235900.tsv.gz', ['idfa\told\t1\t1\t1'])
+def record_renames(monkeypatch):
+    """The paths gmemcload renames from, in the order it renames them."""
     renamed = []
     real_rename = gmemcload.rename_noreplace
-    monkeypatch.setattr(gmemcload, 'rename_noreplace', lambda a, b: (
-        renamed.append(os.path.basename(a)), real_rename(a, b)))
+
+    def rename(source, target):
+        renamed.append(source)
+        real_rename(source, target)
+
+    monkeypatch.setattr(gmemcload, 'rename_noreplace', rename)
+    return renamed
+
+
+def test_files_are_taken_by_name_not_mtime_and_renamed_in_order(
+        tmp_path, memcached_set, monkeypatch):
+    # Written newest name first, with mtimes that sort the other way; every
+    # file sets the same keys to values of its own.
+    names = [THIRD, SECOND, FIRST]
+    paths = {}
+    for age, name in enumerate(names):
+        paths[name] = write_gz(tmp_path / name,
+                               lines_for('idfa', 50, version=age))
+        os.utime(paths[name], (1000 + age, 1000 + age))
+    write_gz(tmp_path / '.20170928235900.tsv.gz', ['idfa\told\t1\t1\t1'])
+    renamed = record_renames(monkeypatch)
     status, text = run(tmp_path, memcached_set)
     assert status == 0, text
-    assert renamed == sorted(names)
+    assert renamed == [paths[name] for name in sorted(names)]
+    # THIRD, written first and oldest by mtime, has the newest values.
+    expected = dict(map(expected_value, lines_for('idfa', 50, version=0)))
+    assert stored_values(memcached_set, expected) == expected
     assert memcached_set['idfa'].get_many([b'idfa:old']) == {}
+
+
+@pytest.mark.parametrize('directories', [('a', 'b'), ('b', 'a')])
+def test_files_load_by_name_whatever_their_directory(
+        tmp_path, memcached_set, monkeypatch, directories):
+    # An older minute in a directory that sorts later must still load
+    # first, so that the newer minute's values win.
+    older_dir, newer_dir = directories
+    for directory in directories:
+        (tmp_path / directory).mkdir()
+    newer = write_gz(tmp_path / newer_dir / SECOND,
+                     lines_for('idfa', 40, version=2))
+    older = write_gz(tmp_path / older_dir / FIRST,
+                     lines_for('idfa', 40, version=1))
+    os.utime(older, (2000, 2000))
+    os.utime(newer, (1000, 1000))
+    renamed = record_renames(monkeypatch)
+    status, text = run(tmp_path, memcached_set,
+                       '--pattern', str(tmp_path / '*' / '*.tsv.gz'))
+    assert status == 0, text
+    assert renamed == [older, newer]
+    expected = dict(map(expected_value, lines_for('idfa', 40, version=2)))
+    assert stored_values(memcached_set, expected) == expected
 
 
 def test_the_first_failed_file_stops_the_renames(tmp_path, memcached_set):
@@ -98,16 +140,57 @@ def test_the_error_rate_threshold_decides_the_rename(
     lines = ['idfa\tgood%d\t1\t1\t1' % i for i in range(100 - bad)]
     lines += ['idfa\tbad\tnot-a-number\t1\t1'] * bad
     lines += ['', '   ']  # blank lines are not counted
-    write_gz(tmp_path / '20170929000000.tsv.gz', lines)
+    write_gz(tmp_path / FIRST, lines)
+    write_gz(tmp_path / SECOND, lines_for('gaid', 10))  # always good
     extra = ['--max-error-rate', limit] if limit else []
     status, text = run(tmp_path, memcached_set, *extra)
     assert status == (0 if loaded else 1)
-    assert listing(tmp_path) == [('.' if loaded else '')
-                                 + '20170929000000.tsv.gz']
+    mark = '.' if loaded else ''
+    assert listing(tmp_path) == [mark + FIRST, mark + SECOND]
+    assert summary_row(text, FIRST) == (100, 100 - bad, bad)
     if loaded:
         assert 'Acceptable error rate' in text
     else:
-        assert 'High error rate' in text
+        assert 'High error rate (%.4g > %.4g). Failed load' % (
+            bad / 100, float(limit or 0.01)) in text
+        assert '%s: kept: an earlier file was not loaded' % SECOND in text
+
+
+@pytest.mark.parametrize('workers', ['1', '2'])
+def test_a_files_errors_are_summed_over_all_its_chunks(
+        tmp_path, memcached_set, monkeypatch, workers):
+    # About 20 lines a chunk, a bad line in every few: every chunk's count
+    # must reach the file's.
+    monkeypatch.setattr(gmemcload, 'READ_CHUNK', 512)
+    lines = []
+    for i in range(600):
+        lines.append('idfa\tg%04d\t1\t1\t%d' % (i, i) if i % 30
+                     else 'idfa\tbad%d\tx\t1\t1' % i)
+    write_gz(tmp_path / FIRST, lines)
+    status, text = run(tmp_path, memcached_set, '--workers', workers,
+                       '--max-error-rate', '0.05', '--batch-size', '7')
+    assert status == 0, text
+    assert summary_row(text, FIRST) == (600, 580, 20)
+    assert 'Acceptable error rate (0.03333). Successful load' in text
+    assert '15 more bad lines not shown' in text
+    good = [line for line in lines if 'bad' not in line]
+    want = dict(map(expected_value, good))
+    assert stored_values(memcached_set, want) == want
+
+
+def test_dropped_app_ids_are_not_errors(tmp_path, memcached_set):
+    lines = ['idfa\td%04d\t1\t2\t%d,x%d,%d' % (i, i, i, i + 1)
+             for i in range(500)]
+    write_gz(tmp_path / FIRST, lines)
+    status, text = run(tmp_path, memcached_set, '--max-error-rate', '0')
+    assert status == 0, text
+    assert summary_row(text, FIRST) == (500, 500, 0)
+    assert listing(tmp_path) == ['.' + FIRST]
+    want = dict(expected_value('idfa\td%04d\t1\t2\t%d,%d' % (i, i, i + 1))
+                for i in range(500))
+    assert stored_values(memcached_set, want) == want
+    assert text.count('dropped 1 app ids that are not uint32') == 5
+    assert '495 more lines with dropped app ids not shown' in text
 
 
 def test_bad_lines_are_logged_a_few_in_full_then_counted(
@@ -148,9 +231,11 @@ def test_a_record_memcached_cannot_store_is_an_error_not_a_crash(
     status, text = run(tmp_path, memcached_set, '--batch-size', '64')
     assert status == 0, text  # 1 error in 200 records
     assert 'idfa:huge not stored: SERVER_ERROR' in text
-    got = memcached_set['idfa'].get_many(
-        [b'idfa:huge'] + [b'idfa:g%d' % i for i in range(199)])
-    assert len(got) == 199 and b'idfa:huge' not in got
+    assert summary_row(text, FIRST) == (200, 199, 1)
+    assert 'Acceptable error rate (0.005). Successful load' in text
+    want = dict(map(expected_value, lines[:100] + lines[101:]))
+    got = memcached_set['idfa'].get_many(list(want) + [b'idfa:huge'])
+    assert got == want
 
 
 def test_a_line_over_the_length_limit_is_one_malformed_line(

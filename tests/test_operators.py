@@ -7,8 +7,9 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import (catches, hold_lock, lines_for, listing, run,
-                      start_loader, stop_within, wait_for, wait_for_log,
+import gmemcload
+from conftest import (catches, expected_value, hold_lock, lines_for, listing,
+                      run, start_loader, stop_within, wait_for, wait_for_log,
                       write_gz)
 
 FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
@@ -112,6 +113,101 @@ def test_a_young_file_waits_and_the_run_ends_0(tmp_path, memcached_set):
     status, text = run(tmp_path, memcached_set, '--min-age', '60')
     assert status == 0, text
     assert listing(tmp_path) == ['.' + FIRST, '.' + SECOND, '.' + THIRD]
+
+
+@pytest.mark.parametrize('young_time', ['st_mtime', 'st_atime'])
+def test_min_age_goes_by_modification_time_only(tmp_path, memcached_set,
+                                                metrics_file, young_time):
+    # atime and mtime set apart (the change time is always now): only a
+    # recent mtime makes a file wait.
+    now = time.time()
+    for name in (FIRST, SECOND, THIRD):
+        write_gz(tmp_path / name, lines_for('idfa', 10, name[:14]))
+        os.utime(tmp_path / name, (now - 600, now - 600))
+    old = now - 600
+    os.utime(tmp_path / SECOND, (now, old) if young_time == 'st_atime'
+             else (old, now))
+    status, text = run(tmp_path, memcached_set, '--min-age', '60',
+                       '--metrics-file', metrics_file)
+    assert status == 0, text
+    found = metrics(metrics_file)
+    if young_time == 'st_mtime':
+        assert listing(tmp_path) == ['.' + FIRST, SECOND, THIRD]
+        assert value(found, 'last_run_files', result='waiting') == 2
+        assert value(found, 'last_run_files', result='renamed') == 1
+    else:
+        assert listing(tmp_path) == ['.' + FIRST, '.' + SECOND, '.' + THIRD]
+        assert value(found, 'last_run_files', result='waiting') == 0
+        assert value(found, 'last_run_files', result='renamed') == 3
+
+
+def test_a_restart_seen_is_counted_per_server_and_carried_over(
+        tmp_path, memcached_set, fake_memcached, metrics_file, monkeypatch):
+    # A restart after the first rename is seen once, by a lane's new
+    # connection or by the second file's check, whichever comes first.
+    daemons = dict(memcached_set, idfa=fake_memcached)
+    write_gz(tmp_path / FIRST, lines_for('idfa', 10))
+    write_gz(tmp_path / SECOND, lines_for('idfa', 10, 'b'))
+    real_rename = gmemcload.rename_noreplace
+
+    def rename_then_restart(source, target):
+        real_rename(source, target)
+        if source.endswith(FIRST):
+            fake_memcached.restart()
+
+    monkeypatch.setattr(gmemcload, 'rename_noreplace', rename_then_restart)
+    run(tmp_path, daemons, '--metrics-file', metrics_file)
+    first = metrics(metrics_file)
+    idfa = fake_memcached.address
+    assert value(first, 'last_run_server_restarts', server=idfa) == 1
+    assert value(first, 'server_restarts_total', server=idfa) == 1
+    gaid = memcached_set['gaid'].address
+    assert value(first, 'last_run_server_restarts', server=gaid) == 0
+    monkeypatch.setattr(gmemcload, 'rename_noreplace', real_rename)
+    write_gz(tmp_path / THIRD, lines_for('idfa', 10, 'c'))
+    status, text = run(tmp_path, daemons, '--metrics-file', metrics_file)
+    assert status == 0, text
+    second = metrics(metrics_file)
+    assert value(second, 'last_run_server_restarts', server=idfa) == 0
+    assert value(second, 'server_restarts_total', server=idfa) == 1
+
+
+@pytest.mark.parametrize('lock', ['missing', 'directory'])
+def test_a_lock_that_cannot_be_opened_exits_2_and_loads_nothing(
+        tmp_path, memcached_set, metrics_file, lock):
+    lines = lines_for('idfa', 10)
+    write_gz(tmp_path / FIRST, lines)
+    if lock == 'missing':  # --lock in a directory that does not exist
+        extra = ['--lock', str(tmp_path / 'no-such-directory' / 'lock')]
+    else:  # the default lock is not a file that can be opened
+        (tmp_path / '.gmemcload.lock').mkdir()
+        extra = []
+    status, text = run(tmp_path, memcached_set, '--metrics-file',
+                       metrics_file, *extra)
+    assert status == 2, text
+    assert 'cannot open lock file' in text and 'Processing' not in text
+    assert listing(tmp_path) == [FIRST]
+    keys = [expected_value(line)[0] for line in lines]
+    assert memcached_set['idfa'].get_many(keys) == {}
+    assert value(metrics(metrics_file), 'last_run_exit_status') == 2
+
+
+@pytest.mark.parametrize('signum, code', [(signal.SIGTERM, 143),
+                                          (signal.SIGINT, 130)])
+def test_a_stop_noted_while_starting_is_acted_on_once_the_run_can_stop(
+        tmp_path, memcached_set, metrics_file, monkeypatch, signum, code):
+    # What the handlers installed first note (see the top of gmemcload.py)
+    # is acted on as the run starts: no file is loaded.
+    monkeypatch.setattr(gmemcload, 'EARLY_SIGNALS', [signum])
+    lines = lines_for('idfa', 10)
+    write_gz(tmp_path / FIRST, lines)
+    status, text = run(tmp_path, memcached_set, '--metrics-file',
+                       metrics_file)
+    assert status == code, text
+    assert listing(tmp_path) == [FIRST]
+    keys = [expected_value(line)[0] for line in lines]
+    assert memcached_set['idfa'].get_many(keys) == {}
+    assert value(metrics(metrics_file), 'last_run_exit_status') == code
 
 
 def test_a_stopped_run_leaves_its_metrics(tmp_path, memcached_set,

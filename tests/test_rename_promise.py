@@ -5,6 +5,8 @@ import contextlib
 import gzip
 import io
 import os
+import random
+import signal
 
 import gevent
 import pytest
@@ -12,7 +14,9 @@ from isal import igzip
 
 import gmemcload
 from conftest import (expected_state, expected_value, lines_for, listing, run,
-                      same_server, stored_values, wait_for, write_gz)
+                      same_server, start_loader, stop_within, stored_values,
+                      wait_for, wait_for_log, write_gz)
+from daemons import free_port
 
 FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
                         '20170929000200.tsv.gz')
@@ -44,6 +48,59 @@ def loading_while_paused(tmp_path, daemons, paused, *extra):
                            *extra)
 
 
+# -- the first file not loaded --
+
+FAULTS = {
+    # fault: what the summary says of the second file
+    'unreadable': 'kept: unreadable: ',
+    'error rate': 'kept: error rate 0.3333 above 0.01',
+    'unacknowledged': 'kept: 50 records not acknowledged by memcached',
+    'restart': 'kept: memcached %(adid)s restarted after this file was'
+               ' written',
+    'changed': 'kept: changed while loading',
+}
+
+
+@pytest.mark.parametrize('fault', sorted(FAULTS))
+def test_the_first_file_not_loaded_for_any_reason_keeps_every_later_one(
+        tmp_path, memcached_set, fake_memcached, fault):
+    # FIRST loads; SECOND fails for ``fault``; THIRD loads (its values are
+    # stored) but must stay, so that the next run retries both in order.
+    gaid = memcached_set['gaid']
+    nowhere = type('Nowhere', (), {'address': '127.0.0.1:%d' % free_port()})
+    daemons = dict(memcached_set, adid=fake_memcached, dvid=nowhere)
+    write_gz(tmp_path / FIRST, lines_for('idfa', 20))
+    second = lines_for('gaid', 50) + lines_for('adid', 50)
+    if fault == 'error rate':
+        second += ['gaid\tbad%d\tx\t1\t1' % i for i in range(50)]
+    elif fault == 'unacknowledged':
+        second += lines_for('dvid', 50)
+    path = write_gz(tmp_path / SECOND, second)
+    if fault == 'unreadable':
+        (tmp_path / SECOND).write_bytes(b'not gzip\n')
+    third = lines_for('idfa', 20, version=3)
+    write_gz(tmp_path / THIRD, third)
+    with loading_while_paused(tmp_path, daemons, gaid,
+                              '--retries', '4') as loader:
+        # THIRD is read, and its writes acknowledged, while SECOND waits
+        # for gaid.
+        wait_for(lambda: all_stored(memcached_set['idfa'], third))
+        if fault == 'restart':
+            wait_for(lambda: fake_memcached.sets >= 50)
+            fake_memcached.restart()
+        elif fault == 'changed':
+            os.replace(write_gz(tmp_path / 'incoming', second), path)
+    status, text = loader.get(timeout=60)
+    assert status == 1, text
+    assert listing(tmp_path) == ['.' + FIRST, SECOND, THIRD]
+    summary = text.split('Summary:')[1]
+    assert FAULTS[fault] % {'adid': fake_memcached.address} in summary
+    assert 'I %s ' % THIRD in summary
+    assert '%s: kept: an earlier file was not loaded' % THIRD in text
+    want = dict(map(expected_value, third))
+    assert stored_values(memcached_set, want) == want
+
+
 # -- the servers a file wrote to, at rename time --
 
 @pytest.mark.parametrize('workers', ['1', '2'])
@@ -70,6 +127,68 @@ def test_a_restart_between_a_files_writes_and_its_rename_keeps_it(
     status, text = run(tmp_path, memcached_set)
     assert status == 0, text
     assert stored_values(memcached_set, expected) == expected
+
+
+def after_first_rename(monkeypatch, action):
+    """Run ``action()`` once, just after the run's first rename."""
+    real_rename = gmemcload.rename_noreplace
+    done = []
+
+    def rename(source, target):
+        real_rename(source, target)
+        if not done:
+            done.append(source)
+            action()
+
+    monkeypatch.setattr(gmemcload, 'rename_noreplace', rename)
+    return done
+
+
+@pytest.mark.parametrize('position', [0, -1])
+def test_a_restart_between_two_renames_keeps_the_second_file(
+        tmp_path, memcached_set, monkeypatch, position):
+    # The second file wrote to two servers; the one restarted is the first
+    # or the last one asked (by address), so the order of the checks cannot
+    # decide the outcome.
+    gaid = memcached_set['gaid']
+    second = lines_for('idfa', 100, 'b') + lines_for('adid', 100, 'b')
+    write_gz(tmp_path / FIRST, lines_for('gaid', 100))
+    write_gz(tmp_path / SECOND, second)
+    asked = sorted([memcached_set['idfa'], memcached_set['adid']],
+                   key=lambda daemon: daemon.address)
+    restarted = asked[position]
+    after_first_rename(monkeypatch, restarted.restart)
+    with loading_while_paused(tmp_path, memcached_set, gaid,
+                              '--retries', '10') as loader:
+        # Every write of the second file is acknowledged before the first
+        # file, waiting for gaid, is renamed.
+        wait_for(lambda: all_stored(memcached_set['idfa'], second[:100])
+                 and all_stored(memcached_set['adid'], second[100:]))
+    status, text = loader.get(timeout=60)
+    assert status == 1, text
+    assert listing(tmp_path) == ['.' + FIRST, SECOND]
+    assert '%s: Failed load: memcached %s restarted after this file was' \
+        ' written' % (SECOND, restarted.address) in text
+
+
+def test_a_restart_that_keeps_the_pid_but_not_the_start_time_is_noticed(
+        tmp_path, fake_memcached, memcached_set, monkeypatch):
+    # A container's pid 1, restarted a second or more later: the same pid,
+    # a connection count that goes on growing; only the start time tells.
+    gaid = memcached_set['gaid']
+    daemons = dict(memcached_set, idfa=fake_memcached)
+    write_gz(tmp_path / FIRST, lines_for('gaid', 100))
+    write_gz(tmp_path / SECOND, lines_for('idfa', 100))
+    after_first_rename(monkeypatch,
+                       lambda: fake_memcached.restart(same_pid=True))
+    with loading_while_paused(tmp_path, daemons, gaid, '--retries',
+                              '10') as loader:
+        wait_for(lambda: fake_memcached.sets >= 100)
+    status, text = loader.get(timeout=60)
+    assert status == 1, text
+    assert '%s: Failed load: memcached %s restarted after this file was' \
+        ' written' % (SECOND, fake_memcached.address) in text
+    assert listing(tmp_path) == ['.' + FIRST, SECOND]
 
 
 def test_a_restart_that_keeps_pid_and_start_time_is_noticed(
@@ -128,6 +247,32 @@ def test_a_server_that_cannot_be_asked_at_rename_time_keeps_the_file(
     assert listing(tmp_path) == [FIRST]
 
 
+@pytest.mark.parametrize('signum, code', [(signal.SIGTERM, 143),
+                                          (signal.SIGINT, 130)])
+def test_a_stop_during_the_rename_time_check_ends_the_run_at_once(
+        tmp_path, memcached_set, signum, code):
+    # The check of FIRST waits on a paused idfa, 3 s a try; the stop must
+    # end it at once, and rename nothing more.
+    gaid, idfa = memcached_set['gaid'], memcached_set['idfa']
+    lines = lines_for('gaid', 100) + lines_for('idfa', 100)
+    write_gz(tmp_path / FIRST, lines)
+    write_gz(tmp_path / SECOND, lines_for('adid', 10))
+    with pausing(gaid):
+        loader = start_loader(tmp_path, memcached_set, '--timeout', '3',
+                              '--retries', '5')
+        try:
+            wait_for(lambda: all_stored(idfa, lines[100:]))
+            with pausing(idfa):
+                gaid.resume()  # the writes are done: the check can come
+                wait_for_log(tmp_path, 'cannot check it before a rename')
+                assert stop_within(loader, signum, 2) == code
+        finally:
+            loader.kill()
+    assert listing(tmp_path) == [FIRST, SECOND]
+    text = (tmp_path / 'run.log').read_text()
+    assert '%s: Failed load: stopped by a signal' % FIRST in text
+
+
 def test_a_server_that_tells_no_identity_is_named_once_and_not_held_against(
         tmp_path, fake_memcached):
     fake_memcached.tells_identity = False
@@ -170,6 +315,36 @@ def test_a_file_that_changes_while_its_writes_wait_is_kept(
     assert status == 0, text
     assert stored_values(memcached_set, expected) == expected
     assert len(expected) == (200 if change == 'appended' else 100)
+
+
+def test_a_file_replaced_while_it_is_being_read_is_kept(
+        tmp_path, memcached_set, monkeypatch):
+    # The identity is the opened file's, taken when it was opened: a new
+    # delivery moved over the path after the first chunk was read is not
+    # the file that was read, and the next run loads it.
+    monkeypatch.setattr(gmemcload, 'READ_CHUNK', 1024)
+    path = write_gz(tmp_path / FIRST, lines_for('gaid', 300))
+    incoming = write_gz(tmp_path / 'incoming',
+                        lines_for('gaid', 300, version=5))
+    real_read_chunks = gmemcload.read_chunks
+
+    def replaced_after_the_first_chunk(read):
+        for number, chunk in enumerate(real_read_chunks(read)):
+            yield chunk
+            if number == 0:
+                os.replace(incoming, path)
+
+    monkeypatch.setattr(gmemcload, 'read_chunks',
+                        replaced_after_the_first_chunk)
+    status, text = run(tmp_path, memcached_set)
+    assert status == 1, text
+    assert '%s: Failed load: changed while loading' % FIRST in text
+    assert listing(tmp_path) == [FIRST]
+    monkeypatch.setattr(gmemcload, 'read_chunks', real_read_chunks)
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    want = dict(map(expected_value, lines_for('gaid', 300, version=5)))
+    assert stored_values(memcached_set, want) == want
 
 
 def test_a_file_rewritten_in_place_with_its_size_and_mtime_is_kept(
@@ -231,6 +406,46 @@ def test_a_late_older_file_is_kept_until_the_operator_says_load_it(
     assert listing(tmp_path) == ['.' + FIRST, '.' + SECOND, '.' + THIRD]
     older = dict([expected_value('idfa\tk\t1\t1\t1')])
     assert stored_values(memcached_set, [b'idfa:k']) == older
+
+
+@pytest.mark.parametrize('order', ['sorted', 'reversed', 'shuffled'])
+def test_lateness_is_judged_against_the_newest_processed_file(
+        tmp_path, memcached_set, monkeypatch, order):
+    # Several processed files, listed in any order: a file is late when it
+    # sorts at or before the newest of them, not merely the first listed.
+    processed = ['20170929000100', '20170929000300', '20170929000500']
+    for stamp in processed:
+        write_gz(tmp_path / ('.%s.tsv.gz' % stamp), ['idfa\tp\t1\t1\t1'])
+    for stamp in ('20170929000000', '20170929000200', '20170929000400',
+                  '20170929000600'):
+        write_gz(tmp_path / ('%s.tsv.gz' % stamp),
+                 lines_for('idfa', 5, stamp))
+    real_listdir = os.listdir
+
+    def listdir(path='.'):
+        entries = sorted(real_listdir(path))
+        if order == 'reversed':
+            entries.reverse()
+        elif order == 'shuffled':
+            random.Random(len(entries)).shuffle(entries)
+        return entries
+
+    monkeypatch.setattr(os, 'listdir', listdir)
+    status, text = run(tmp_path, memcached_set)
+    assert status == 1, text
+    newest = tmp_path / '.20170929000500.tsv.gz'
+    for stamp in ('20170929000000', '20170929000200', '20170929000400'):
+        assert '%s.tsv.gz: kept: late: %s, a newer file' % (
+            stamp, newest) in text
+    assert listing(tmp_path) == [
+        '.20170929000100.tsv.gz', '.20170929000300.tsv.gz',
+        '.20170929000500.tsv.gz', '.20170929000600.tsv.gz',
+        '20170929000000.tsv.gz', '20170929000200.tsv.gz',
+        '20170929000400.tsv.gz']
+    late = [expected_value(line)[0] for stamp in ('20170929000000',
+            '20170929000200', '20170929000400')
+            for line in lines_for('idfa', 5, stamp)]
+    assert memcached_set['idfa'].get_many(late) == {}
 
 
 def test_a_late_file_in_another_directory_is_late_too(tmp_path,

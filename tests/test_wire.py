@@ -29,6 +29,28 @@ def test_a_stale_batch_never_lands_after_a_newer_one(tmp_path,
     assert_all_in_fake(fake_memcached, newer)
 
 
+def test_a_stale_batch_answered_slowly_in_parts_is_read_to_its_end(
+        tmp_path, fake_memcached):
+    # After its stall, memcached runs the stale connection's sets one at a
+    # time, 40 ms apart: the first reply does not settle the connection;
+    # only its end does.  Anything newer sent before that end would be
+    # overwritten by the stale sets still to come.
+    fake_memcached.stall_sets = 1
+    fake_memcached.stall_seconds = 1.0
+    fake_memcached.stall_part_seconds = 0.04
+    older = lines_for('idfa', 50)
+    newer = lines_for('idfa', 50, version=9)
+    write_gz(tmp_path / FIRST, older)
+    write_gz(tmp_path / SECOND, newer)
+    status, text = run(tmp_path, same_server(fake_memcached), *ONE_LANE,
+                       '--timeout', '0.3', '--retries', '10',
+                       '--batch-size', '25')
+    assert status == 0, text
+    assert 'retry 1/10' in text
+    wait_for(lambda: fake_memcached.serving() == 0, 10)
+    assert_all_in_fake(fake_memcached, newer)
+
+
 def test_the_run_settles_an_abandoned_connection_before_it_exits(
         tmp_path, fake_memcached):
     # The set times out at 1 s and is answered at 1.5 s: within the one
