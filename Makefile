@@ -10,7 +10,7 @@ RUN_DIR := .run
 BENCH_FILES ?= 3
 BENCH_LINES ?= 500000
 
-.PHONY: help install memcached run stop test lint bench mutants proto clean
+.PHONY: help install memcached run stop test lint fuzz bench mutants proto clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -58,6 +58,9 @@ lint: install  ## check PEP 8 with pycodestyle (setup.cfg)
 
 test: install memcached lint  ## lint, then run every test
 	$(VENV)/bin/pytest -q tests
+
+fuzz: install  ## run the property tests with many more examples (slow)
+	HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/pytest -q tests/test_properties.py
 
 bench: install memcached  ## measure speed and correctness (BENCH_FILES, BENCH_LINES)
 	$(PY) tests/bench.py --files $(BENCH_FILES) --lines $(BENCH_LINES)

@@ -168,13 +168,15 @@ MUTANTS = {
         "        for chunk in chunks:\n"
         "            chunk.blamed += 1\n",
         ENCODERS),
-    'dead-encoder-resends-in-reverse': (
-        'a dead encoder\'s chunks in flight go again in reverse, so results'
-        ' reach the wrong chunks',
-        "        for chunk in chunks:\n"
-        "            if self.broken or chunk.blamed >= 2:",
-        "        for chunk in reversed(chunks):\n"
-        "            if self.broken or chunk.blamed >= 2:",
+    'dead-encoder-resends-out-of-step': (
+        'a dead encoder\'s chunks in flight are sent again in one order and'
+        ' awaited in another, so results reach the wrong chunks',
+        "            else:\n"
+        "                self.in_flight.append(chunk)\n"
+        "                self._write(chunk.pieces)\n",
+        "            else:\n"
+        "                self.in_flight.appendleft(chunk)\n"
+        "                self._write(chunk.pieces)\n",
         ENCODERS),
     'endless-encoder-restarts': (
         'encoders that keep dying are started again without end',
