@@ -60,6 +60,13 @@ MUTANTS = {
         "                    pass\n",
         "                sock.recv(65536)\n",
         WIRE),
+    'no-settle-before-sending': (
+        'a lane sends on a fresh connection without settling the ones in'
+        ' doubt',
+        "        self.settle()\n"
+        "        if self.sock is None:\n",
+        "        if self.sock is None:\n",
+        WIRE),
     'refusals-resent': (
         'a record memcached refuses for good is sent again and again',
         "            refused.append((index, reply))",
@@ -192,6 +199,15 @@ MUTANTS = {
         "        if not load.loaded(self.max_error_rate):\n"
         "            pass\n",
         ['tests/test_load.py']),
+    'unacknowledged-records-within-the-limit-renamed': (
+        'a file with a few records never acknowledged is loaded when its'
+        ' error rate is within the limit',
+        "        if self.unacknowledged:\n"
+        "            return '%d records not acknowledged by memcached (%s)'"
+        " % (\n"
+        "                self.unacknowledged, self.write_failure)\n",
+        "",
+        PROMISE),
     'only-read-failures-stop-renames': (
         'a file kept for its error rate, unacknowledged records, a restart'
         ' or a change does not stop the later renames',

@@ -15,7 +15,7 @@ from isal import igzip
 import gmemcload
 from conftest import (expected_state, expected_value, lines_for, listing, run,
                       same_server, start_loader, stop_within, stored_values,
-                      wait_for, wait_for_log, write_gz)
+                      summary_row, wait_for, wait_for_log, write_gz)
 from daemons import free_port
 
 FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
@@ -99,6 +99,22 @@ def test_the_first_file_not_loaded_for_any_reason_keeps_every_later_one(
     assert '%s: kept: an earlier file was not loaded' % THIRD in text
     want = dict(map(expected_value, third))
     assert stored_values(memcached_set, want) == want
+
+
+def test_a_file_with_any_record_unacknowledged_is_kept_below_the_limit(
+        tmp_path, memcached_set):
+    # 3 records of 1003 never acknowledged: an error rate of 0.003, within
+    # --max-error-rate, and still not every record is in memcached.
+    nowhere = type('Nowhere', (), {'address': '127.0.0.1:%d' % free_port()})
+    write_gz(tmp_path / FIRST, lines_for('idfa', 1000)
+             + lines_for('dvid', 3))
+    status, text = run(tmp_path, dict(memcached_set, dvid=nowhere),
+                       '--retries', '0')
+    assert status == 1, text
+    assert listing(tmp_path) == [FIRST]
+    assert summary_row(text, FIRST) == (1003, 1000, 3)
+    assert '%s: Failed load: 3 records not acknowledged by memcached' \
+        % FIRST in text
 
 
 # -- the servers a file wrote to, at rename time --
