@@ -181,8 +181,12 @@ def _parse_apps_slowly(raw_apps):
         return apps, dropped
     for item in raw_apps.split(b','):
         item = item.strip()
-        if item.isdigit() and int(item) <= MAX_APP_ID:
-            apps.append(int(item))
+        # Leading zeros first: int() refuses over 4300 digits, and no uint32
+        # needs more than 10.
+        digits = item.lstrip(b'0') or b'0'
+        if item.isdigit() and len(digits) <= 10 \
+                and int(digits) <= MAX_APP_ID:
+            apps.append(int(digits))
         else:
             dropped += 1
     return apps, dropped

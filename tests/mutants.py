@@ -101,8 +101,8 @@ MUTANTS = {
     # -- the line contract
     'largest-app-id-dropped': (
         'the app id 2^32-1 is dropped, not kept',
-        "        if item.isdigit() and int(item) <= MAX_APP_ID:",
-        "        if item.isdigit() and int(item) < MAX_APP_ID:",
+        "                and int(digits) <= MAX_APP_ID:",
+        "                and int(digits) < MAX_APP_ID:",
         ['tests/test_parse.py']),
     'app-items-not-stripped': (
         'an app item with spaces around it is dropped',

@@ -178,6 +178,23 @@ def test_a_files_errors_are_summed_over_all_its_chunks(
     assert stored_values(memcached_set, want) == want
 
 
+@pytest.mark.parametrize('workers', ['1', '2'])
+def test_an_app_id_of_thousands_of_digits_is_dropped_not_a_crash(
+        tmp_path, memcached_set, workers):
+    # int() refuses more than 4300 digits: such an item is one dropped app
+    # id, never a failed chunk or a dead encoder.
+    lines = lines_for('idfa', 50)
+    lines[10] = 'idfa\tlong\t1\t2\t3,%s,4' % ('9' * 5000)
+    lines[20] = 'idfa\tzeros\t1\t2\t%s5' % ('0' * 5000)
+    write_gz(tmp_path / FIRST, lines)
+    status, text = run(tmp_path, memcached_set, '--workers', workers)
+    assert status == 0, text
+    assert summary_row(text, FIRST) == (50, 50, 0)
+    want = dict(map(expected_value, lines[:10] + lines[11:20] + lines[21:]
+                    + ['idfa\tlong\t1\t2\t3,4', 'idfa\tzeros\t1\t2\t5']))
+    assert stored_values(memcached_set, want) == want
+
+
 def test_dropped_app_ids_are_not_errors(tmp_path, memcached_set):
     lines = ['idfa\td%04d\t1\t2\t%d,x%d,%d' % (i, i, i, i + 1)
              for i in range(500)]

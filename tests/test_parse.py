@@ -104,6 +104,8 @@ def test_nan_coordinates_are_accepted():
     (b'0,007', [0, 7], 0),
     (b'\xd9\xa3,5', [5], 1),  # an Arabic-Indic digit is not ASCII
     (b'a,b', [], 2),
+    (b'0' * 4300 + b'7,8', [7, 8], 0),  # more digits than int() takes
+    (b'9' * 4301 + b',8', [8], 1),
 ])
 def test_apps_keep_decimal_uint32_items_in_order(raw, apps, dropped):
     assert parse_line(b'idfa\tabc\t1\t2\t' + raw)[4:] == (apps, dropped)
