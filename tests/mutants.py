@@ -185,6 +185,17 @@ MUTANTS = {
         "                self.in_flight.appendleft(chunk)\n"
         "                self._write(chunk.pieces)\n",
         ENCODERS),
+    'a-chunk-may-kill-three-encoders': (
+        'a chunk that kills two encoders is sent to a third',
+        "            if self.broken or chunk.blamed >= 2:",
+        "            if self.broken or chunk.blamed > 2:",
+        ENCODERS),
+    'deaths-counted-over-results': (
+        'an encoder place gives up after four deaths in all, not four in'
+        ' a row',
+        "                self.fruitless_deaths = 0\n",
+        "",
+        ENCODERS),
     'endless-encoder-restarts': (
         'encoders that keep dying are started again without end',
         "        if not self.pool.closed and self.fruitless_deaths > 3:",
@@ -247,6 +258,18 @@ MUTANTS = {
         ("",
          "                load.bytes_read = load.size\n"
          "            load.identity = file_identity(os.stat(load.path))\n"),
+        PROMISE),
+    'identity-of-the-path-not-the-opened-file': (
+        'a file replaced just after it was opened is renamed: its identity'
+        ' is the path\'s, not the opened file\'s',
+        "            status = os.fstat(raw.fileno())",
+        "            status = os.stat(load.path)",
+        PROMISE),
+    'late-same-name-in-another-directory-loaded': (
+        'a file with the name of one processed in another directory is'
+        ' loaded, not late',
+        "        elif newest is None or name > newest:",
+        "        elif newest is None or name >= newest:",
         PROMISE),
     'late-judged-by-the-first-processed-file': (
         'lateness is judged against the first processed file listed, not'
@@ -363,6 +386,31 @@ MUTANTS = {
         " result\n",
         "            files.labels(result='waiting').set(0 if result\n",
         OPERATORS),
+    'waiting-uncounted-when-every-file-waits': (
+        'a run whose every file is too young says no file waits',
+        "        return RunResult(settings, waiting=len(paths))",
+        "        return RunResult(settings, waiting=len(loads))",
+        OPERATORS),
+    'check-restarts-not-counted': (
+        'a restart seen only by the rename-time check is not counted',
+        "            self.servers[address].check_instance(now)\n",
+        "",
+        OPERATORS),
+    'lane-restarts-not-counted': (
+        'a restart seen only by a lane\'s new connection is not counted',
+        "            self.identified(self.instance)\n",
+        "",
+        OPERATORS),
+    'restarts-counted-once': (
+        'several restarts in a run count as one',
+        "            self.restarts += 1\n",
+        "            self.restarts = 1\n",
+        OPERATORS),
+    'dry-exit-ignores-errors': (
+        'a dry run exits 0 for a file that would not load',
+        "(settings.dry and load.loaded(",
+        "(settings.dry or load.loaded(",
+        LOAD),
     'restarts-not-counted': (
         'restarts seen are not counted in the metrics',
         "            self.restarts += 1\n",

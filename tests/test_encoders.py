@@ -120,9 +120,23 @@ def test_a_crash_resends_every_chunk_in_flight_in_order_blaming_one(
     assert len(list(tmp_path.glob('once.*'))) == 2  # each crashed once
 
 
+def count_spawns(monkeypatch):
+    """The encoder processes started from now on, as a growing list."""
+    real_popen = gmemcload.subprocess.Popen
+    spawned = []
+
+    def popen(*args, **kwargs):
+        spawned.append(args)
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(gmemcload.subprocess, 'Popen', popen)
+    return spawned
+
+
 def test_a_chunk_that_kills_two_encoders_fails_its_file(
         tmp_path, memcached_set, monkeypatch):
     monkeypatch.setenv('GMEMCLOAD_TEST_CRASH_ON', 'idfa\tcrash')
+    spawned = count_spawns(monkeypatch)
     write_gz(tmp_path / '20170929000000.tsv.gz', lines_for('idfa', 10))
     write_gz(tmp_path / '20170929000100.tsv.gz',
              ['idfa\tcrash\t1\t1\t1'] + lines_for('gaid', 10))
@@ -134,6 +148,31 @@ def test_a_chunk_that_kills_two_encoders_fails_its_file(
     assert listing(tmp_path) == ['.20170929000000.tsv.gz',
                                  '20170929000100.tsv.gz',
                                  '20170929000200.tsv.gz']
+    # Two encoders, and one replacement for each of the two deaths.
+    assert len(spawned) == 2 + 2
+    assert text.count('exited with status -9') == 2
+
+
+def test_encoders_that_die_now_and_then_are_replaced_without_end(
+        tmp_path, monkeypatch):
+    # Every chunk crashes the encoder once, then encodes: six deaths, each
+    # followed by a result, are not "dying in a row", and nothing fails.
+    monkeypatch.setenv('GMEMCLOAD_TEST_CRASH_ON', 'idfa\t')
+    monkeypatch.setenv('GMEMCLOAD_TEST_CRASH_ONCE', str(tmp_path / 'once'))
+    spawned = count_spawns(monkeypatch)
+    routes, _ = gmemcload.build_routes(
+        {t: ['127.0.0.1:1'] for t in gmemcload.DEVICE_TYPES}, 1)
+    chunks = [('\n'.join(lines_for('idfa', 20, version=n)) + '\n').encode()
+              for n in range(6)]
+    encoders = gmemcload.EncoderProcesses(1, routes)
+    encoders.start()
+    try:
+        got = [encoders.submit([chunk]).get(timeout=30) for chunk in chunks]
+    finally:
+        encoders.close()
+    assert got == [gmemcload.encode_chunk(chunk, routes) for chunk in chunks]
+    assert len(list(tmp_path.glob('once.*'))) == 6
+    assert len(spawned) == 1 + 6
 
 
 @pytest.mark.parametrize('signum, code', [(signal.SIGTERM, 143),
@@ -182,14 +221,7 @@ def test_encoders_that_keep_dying_fail_their_files_and_the_run_ends(
         tmp_path, memcached_set, monkeypatch):
     monkeypatch.setattr(gmemcload, 'READ_CHUNK', 2048)
     monkeypatch.setenv('GMEMCLOAD_TEST_CRASH_ON', '\t')  # every chunk
-    real_popen = gmemcload.subprocess.Popen
-    spawned = []
-
-    def popen(*args, **kwargs):
-        spawned.append(args)
-        return real_popen(*args, **kwargs)
-
-    monkeypatch.setattr(gmemcload.subprocess, 'Popen', popen)
+    spawned = count_spawns(monkeypatch)
     write_gz(tmp_path / '20170929000000.tsv.gz', lines_for('idfa', 2000))
     status, text = run(tmp_path, memcached_set, '--workers', '2')
     assert status == 1, text

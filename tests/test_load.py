@@ -330,6 +330,17 @@ def test_dry_run_connects_to_nothing_renames_nothing_logs_records(tmp_path):
     assert ' D 127.0.0.1:1 - gaid:ab -> apps: 3 lat: 1 lon: 2' in text
 
 
+def test_a_dry_run_exits_1_for_a_file_that_would_not_load(tmp_path):
+    write_gz(tmp_path / FIRST, lines_for('idfa', 10)
+             + ['idfa\tbad\tx\t1\t1'])
+    nowhere = {t: type('A', (), {'address': '127.0.0.1:1'})
+               for t in gmemcload.DEVICE_TYPES}
+    status, text = run(tmp_path, nowhere, '--dry')
+    assert status == 1, text
+    assert 'High error rate (0.09091 > 0.01). Failed load' in text
+    assert listing(tmp_path) == [FIRST]
+
+
 def test_self_test_exits_zero(tmp_path):
     assert gmemcload.main(['-t', '--log', str(tmp_path / 'log')]) == 0
 

@@ -4,6 +4,7 @@ import os
 import signal
 import time
 
+import gevent
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -115,23 +116,29 @@ def test_a_young_file_waits_and_the_run_ends_0(tmp_path, memcached_set):
     assert listing(tmp_path) == ['.' + FIRST, '.' + SECOND, '.' + THIRD]
 
 
-@pytest.mark.parametrize('young_time', ['st_mtime', 'st_atime'])
+@pytest.mark.parametrize('young', ['st_mtime', 'st_atime', 'all'])
 def test_min_age_goes_by_modification_time_only(tmp_path, memcached_set,
-                                                metrics_file, young_time):
+                                                metrics_file, young):
     # atime and mtime set apart (the change time is always now): only a
     # recent mtime makes a file wait.
     now = time.time()
+    old = now - 600
     for name in (FIRST, SECOND, THIRD):
         write_gz(tmp_path / name, lines_for('idfa', 10, name[:14]))
-        os.utime(tmp_path / name, (now - 600, now - 600))
-    old = now - 600
-    os.utime(tmp_path / SECOND, (now, old) if young_time == 'st_atime'
-             else (old, now))
+        os.utime(tmp_path / name, (now, now) if young == 'all'
+                 else (old, old))
+    if young != 'all':
+        os.utime(tmp_path / SECOND, (now, old) if young == 'st_atime'
+                 else (old, now))
     status, text = run(tmp_path, memcached_set, '--min-age', '60',
                        '--metrics-file', metrics_file)
     assert status == 0, text
     found = metrics(metrics_file)
-    if young_time == 'st_mtime':
+    if young == 'all':
+        assert listing(tmp_path) == [FIRST, SECOND, THIRD]
+        assert value(found, 'last_run_files', result='waiting') == 3
+        assert value(found, 'last_run_files', result='renamed') == 0
+    elif young == 'st_mtime':
         assert listing(tmp_path) == ['.' + FIRST, SECOND, THIRD]
         assert value(found, 'last_run_files', result='waiting') == 2
         assert value(found, 'last_run_files', result='renamed') == 1
@@ -141,13 +148,19 @@ def test_min_age_goes_by_modification_time_only(tmp_path, memcached_set,
         assert value(found, 'last_run_files', result='renamed') == 3
 
 
-def test_a_restart_seen_is_counted_per_server_and_carried_over(
+def test_restarts_seen_are_counted_per_server_and_carried_over(
         tmp_path, memcached_set, fake_memcached, metrics_file, monkeypatch):
-    # A restart after the first rename is seen once, by a lane's new
-    # connection or by the second file's check, whichever comes first.
     daemons = dict(memcached_set, idfa=fake_memcached)
-    write_gz(tmp_path / FIRST, lines_for('idfa', 10))
-    write_gz(tmp_path / SECOND, lines_for('idfa', 10, 'b'))
+    idfa, gaid = fake_memcached.address, memcached_set['gaid']
+
+    def restarts(found, server=idfa):
+        return (value(found, 'last_run_server_restarts', server=server),
+                value(found, 'server_restarts_total', server=server))
+
+    # 1. Seen by the rename-time check alone: SECOND's writes are done,
+    # and nothing more is written, when idfa restarts after FIRST's rename.
+    write_gz(tmp_path / FIRST, lines_for('gaid', 10))
+    write_gz(tmp_path / SECOND, lines_for('idfa', 10))
     real_rename = gmemcload.rename_noreplace
 
     def rename_then_restart(source, target):
@@ -156,20 +169,41 @@ def test_a_restart_seen_is_counted_per_server_and_carried_over(
             fake_memcached.restart()
 
     monkeypatch.setattr(gmemcload, 'rename_noreplace', rename_then_restart)
-    run(tmp_path, daemons, '--metrics-file', metrics_file)
-    first = metrics(metrics_file)
-    idfa = fake_memcached.address
-    assert value(first, 'last_run_server_restarts', server=idfa) == 1
-    assert value(first, 'server_restarts_total', server=idfa) == 1
-    gaid = memcached_set['gaid'].address
-    assert value(first, 'last_run_server_restarts', server=gaid) == 0
+    gaid.pause()
+    try:
+        loader = gevent.spawn(run, tmp_path, daemons, '--metrics-file',
+                              metrics_file, '--timeout', '0.5',
+                              '--retries', '10')
+        wait_for(lambda: fake_memcached.sets >= 10)
+    finally:
+        gaid.resume()
+    status, text = loader.get(timeout=60)
+    assert status == 1, text
+    assert restarts(metrics(metrics_file)) == (1, 1)
+    assert restarts(metrics(metrics_file), gaid.address) == (0, 0)
     monkeypatch.setattr(gmemcload, 'rename_noreplace', real_rename)
-    write_gz(tmp_path / THIRD, lines_for('idfa', 10, 'c'))
+
+    # 2. Seen by the lanes: two restarts while THIRD's one batch is
+    # written.  Each costs a retry; the batch acknowledged whole by the
+    # third instance, THIRD loads (and SECOND again, with it).
+    fake_memcached.delay = 0.005
+    write_gz(tmp_path / THIRD, lines_for('idfa', 300, 'c'))
+    sets = fake_memcached.sets
+    loader = gevent.spawn(run, tmp_path, daemons, '--metrics-file',
+                          metrics_file, '--uploaders', '1')
+    for seen in (50, 150):
+        wait_for(lambda: fake_memcached.sets >= sets + seen)
+        fake_memcached.restart()
+    status, text = loader.get(timeout=60)
+    assert status == 0, text
+    assert restarts(metrics(metrics_file)) == (2, 3)
+
+    # 3. None: the gauge goes back to 0, the counter stays.
+    fake_memcached.delay = 0
+    write_gz(tmp_path / '20170929000300.tsv.gz', lines_for('idfa', 10, 'd'))
     status, text = run(tmp_path, daemons, '--metrics-file', metrics_file)
     assert status == 0, text
-    second = metrics(metrics_file)
-    assert value(second, 'last_run_server_restarts', server=idfa) == 0
-    assert value(second, 'server_restarts_total', server=idfa) == 1
+    assert restarts(metrics(metrics_file)) == (0, 3)
 
 
 @pytest.mark.parametrize('lock', ['missing', 'directory'])

@@ -333,11 +333,13 @@ def test_a_file_that_changes_while_its_writes_wait_is_kept(
     assert len(expected) == (200 if change == 'appended' else 100)
 
 
+@pytest.mark.parametrize('when', ['just after it was opened',
+                                  'after its first chunk was read'])
 def test_a_file_replaced_while_it_is_being_read_is_kept(
-        tmp_path, memcached_set, monkeypatch):
+        tmp_path, memcached_set, monkeypatch, when):
     # The identity is the opened file's, taken when it was opened: a new
-    # delivery moved over the path after the first chunk was read is not
-    # the file that was read, and the next run loads it.
+    # delivery moved over the path while the file is read is not the file
+    # that was read, and the next run loads it.
     monkeypatch.setattr(gmemcload, 'READ_CHUNK', 1024)
     path = write_gz(tmp_path / FIRST, lines_for('gaid', 300))
     incoming = write_gz(tmp_path / 'incoming',
@@ -350,13 +352,23 @@ def test_a_file_replaced_while_it_is_being_read_is_kept(
             if number == 0:
                 os.replace(incoming, path)
 
-    monkeypatch.setattr(gmemcload, 'read_chunks',
-                        replaced_after_the_first_chunk)
+    def replaced_once_open(name, *args, **kwargs):
+        opened = open(name, *args, **kwargs)
+        if name == path:
+            os.replace(incoming, path)
+        return opened
+
+    if when == 'just after it was opened':
+        monkeypatch.setattr(gmemcload, 'open', replaced_once_open,
+                            raising=False)
+    else:
+        monkeypatch.setattr(gmemcload, 'read_chunks',
+                            replaced_after_the_first_chunk)
     status, text = run(tmp_path, memcached_set)
     assert status == 1, text
     assert '%s: Failed load: changed while loading' % FIRST in text
     assert listing(tmp_path) == [FIRST]
-    monkeypatch.setattr(gmemcload, 'read_chunks', real_read_chunks)
+    monkeypatch.undo()
     status, text = run(tmp_path, memcached_set)
     assert status == 0, text
     want = dict(map(expected_value, lines_for('gaid', 300, version=5)))
@@ -464,16 +476,18 @@ def test_lateness_is_judged_against_the_newest_processed_file(
     assert memcached_set['idfa'].get_many(late) == {}
 
 
+@pytest.mark.parametrize('late', [FIRST, SECOND])
 def test_a_late_file_in_another_directory_is_late_too(tmp_path,
-                                                      memcached_set):
+                                                      memcached_set, late):
     # Files are loaded in name order over every directory the pattern
-    # matches; so is lateness judged.
+    # matches; so is lateness judged: a name at or before the processed
+    # one's is late.
     for directory in ('east', 'west'):
         (tmp_path / directory).mkdir()
     write_gz(tmp_path / 'east' / SECOND, ['idfa\tk\t2\t2\t2'])
     pattern = str(tmp_path / '*' / '*.tsv.gz')
     assert run(tmp_path, memcached_set, '--pattern', pattern)[0] == 0
-    write_gz(tmp_path / 'west' / FIRST, ['idfa\tk\t1\t1\t1'])
+    write_gz(tmp_path / 'west' / late, ['idfa\tk\t1\t1\t1'])
     status, text = run(tmp_path, memcached_set, '--pattern', pattern)
     assert status == 1, text
     assert 'kept: late: %s' % (tmp_path / 'east' / ('.' + SECOND)) in text
