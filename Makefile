@@ -53,8 +53,9 @@ stop:  ## stop the memcached daemons that `make run` started
 		[ -f "$$pidfile" ] && kill "$$(cat $$pidfile)" && rm -f "$$pidfile"; \
 	done; true
 
-lint: install  ## check PEP 8 with pycodestyle (setup.cfg)
+lint: install  ## check PEP 8 (pycodestyle, setup.cfg) and real mistakes (pyflakes)
 	$(VENV)/bin/pycodestyle gmemcload.py tests
+	$(VENV)/bin/pyflakes gmemcload.py tests
 
 test: install memcached lint  ## lint, then run every test
 	$(VENV)/bin/pytest -q tests

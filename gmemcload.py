@@ -88,6 +88,8 @@ from isal import igzip  # noqa: E402
 
 from proto import appsinstalled_pb2  # noqa: E402
 
+__version__ = '0.9.0'
+
 log = logging.getLogger('gmemcload')
 
 DEVICE_TYPES = ('idfa', 'gaid', 'adid', 'dvid')
@@ -108,6 +110,14 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock, try later
 EXIT_SIGNAL_BASE = 128  # exit status 128 + signal number, as shells do
+EXIT_STATUSES = """exit status:
+  0        every matched file was loaded and renamed (or none matched)
+  1        a file was not loaded, was kept after one that was not, or is
+           late; or the pattern's directory could not be listed
+  2        bad usage: an option, an address or a lock file that cannot be
+           used
+  75       another run holds the lock: nothing was read or renamed
+  130, 143 stopped by SIGINT or SIGTERM"""
 
 READ_CHUNK = 1 << 20  # decompressed bytes read at a time
 # A longer line is one malformed line, skipped without being held whole:
@@ -2131,8 +2141,12 @@ def _rate(text):
 def build_parser():
     parser = argparse.ArgumentParser(
         prog='gmemcload.py',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description='Load installed-apps logs (*.tsv.gz) into memcached,'
-                    ' then rename each loaded file to .<name>, in order.')
+                    ' then rename each loaded file to .<name>, in order.',
+        epilog=EXIT_STATUSES)
+    parser.add_argument('--version', action='version',
+                        version='%(prog)s ' + __version__)
     parser.add_argument('-t', '--test', action='store_true',
                         help='run a protobuf round-trip self-test and exit')
     parser.add_argument('-l', '--log', metavar='FILE',
@@ -2161,9 +2175,10 @@ def build_parser():
                              ' (default: %(default)s)')
     parser.add_argument('--retries', type=_non_negative_int, default=5,
                         help='times a failed batch is re-sent on a fresh'
-                             ' connection, with backoff %.2gs doubling to'
-                             ' %gs (default: %%(default)s)'
-                             % (BACKOFF_FIRST, BACKOFF_MAX))
+                             ' connection, and a server that cannot be'
+                             ' asked before a rename is asked again, with'
+                             ' backoff %.2gs doubling to %gs (default:'
+                             ' %%(default)s)' % (BACKOFF_FIRST, BACKOFF_MAX))
     parser.add_argument('--max-error-rate', type=_rate, default=0.01,
                         help='highest error rate at which a file still counts'
                              ' as loaded (default: %(default)s)')
@@ -2186,13 +2201,16 @@ def build_parser():
                              ' run (for node_exporter\'s textfile'
                              ' collector: PATH ends in .prom)')
     parser.add_argument('--load-late', action='store_true',
-                        help='load a file even if a newer file of its'
-                             ' directory was already processed (its values'
+                        help='load a file even if a file whose name sorts'
+                             ' after it, in any directory the pattern'
+                             ' matches, was already processed (its values'
                              ' then overwrite newer ones); by default such'
                              ' a file is kept and the run exits 1')
     parser.add_argument('--lock', metavar='PATH',
-                        help='lock file that keeps runs apart (default: %s in'
-                             ' the directory of --pattern)' % LOCK_FILE_NAME)
+                        help='lock file that keeps runs apart, instead of'
+                             ' the default: %s in the directory of'
+                             ' --pattern and in every directory holding a'
+                             ' matched file' % LOCK_FILE_NAME)
     return parser
 
 
@@ -2437,7 +2455,8 @@ def _run(args):
                         workers=args.workers)
     options = dict(vars(args))
     del options['encoder']
-    log.info('Memc loader started with options: %s', options)
+    log.info('Memc loader %s started with options: %s', __version__,
+             options)
     directory = pattern_directory(args.pattern)
     if not os.path.isdir(directory):
         log.warning('No files match %s (no such directory)', args.pattern)

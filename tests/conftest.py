@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 
-from daemons import MemcachedDaemon, free_port  # noqa: E402,F401
+from daemons import MemcachedDaemon  # noqa: E402
 from fake_memcached import FakeMemcached  # noqa: E402
 import gmemcload  # noqa: E402
 from proto import appsinstalled_pb2  # noqa: E402

@@ -341,6 +341,27 @@ def test_a_dry_run_exits_1_for_a_file_that_would_not_load(tmp_path):
     assert listing(tmp_path) == [FIRST]
 
 
+def test_version_is_printed_and_named_in_the_start_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as caught:
+        gmemcload.main(['--version'])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out == 'gmemcload.py %s\n' % (
+        gmemcload.__version__)
+    status, text = run(tmp_path, {t: type('A', (), {'address': '127.0.0.1:1'})
+                                  for t in gmemcload.DEVICE_TYPES}, '--dry')
+    assert status == 0, text
+    assert 'Memc loader %s started with options' % gmemcload.__version__ \
+        in text.splitlines()[0]
+
+
+def test_help_lists_every_exit_status(capsys):
+    with pytest.raises(SystemExit):
+        gmemcload.main(['--help'])
+    epilog = capsys.readouterr().out.split('exit status:')[1]
+    for status in ('0 ', '1 ', '2 ', '75 ', '130, 143 '):
+        assert '\n  ' + status in epilog
+
+
 def test_self_test_exits_zero(tmp_path):
     assert gmemcload.main(['-t', '--log', str(tmp_path / 'log')]) == 0
 
