@@ -396,14 +396,6 @@ def encode_chunk(data, routes):
     return lines, errors, batches, bad, dropped, dropped_samples
 
 
-def key_at(payload, index):
-    """The key of the ``index``-th ``set`` command in ``payload``."""
-    for number, (key, _) in enumerate(iter_commands(payload)):
-        if number == index:
-            return key
-    raise IndexError(index)
-
-
 def iter_commands(payload):
     """Yield ``(key, value)`` of each ``set`` command in ``payload``."""
     position = 0
@@ -962,7 +954,7 @@ class FileLoad:
                  'kept_because', 'bytes_read', 'size', 'started', 'seconds',
                  'identity', 'instances', 'pending_batches',
                  'enqueuing_done', 'acked', '_bad_lines', '_shown_bad',
-                 '_dropped', '_shown_dropped')
+                 '_dropped', '_shown_dropped', '_refused', '_shown_refused')
 
     def __init__(self, path, name=None):
         self.path = path
@@ -988,6 +980,7 @@ class FileLoad:
         self.acked = None
         self._bad_lines = self._shown_bad = 0
         self._dropped = self._shown_dropped = 0
+        self._refused = self._shown_refused = 0
 
     def track(self):
         self.acked = gevent.event.Event()
@@ -1058,6 +1051,25 @@ class FileLoad:
                          self.name, count, line)
         self._dropped += dropped
 
+    def add_refusals(self, address, refused, payload):
+        """Log the first LOGGED_LINES_PER_FILE records of the file that
+        memcached refused, by key, from ``refused`` (read_replies' pairs
+        for ``payload``); the rest are counted.  Their errors are counted
+        by batch_done."""
+        room = LOGGED_LINES_PER_FILE - self._shown_refused
+        self._refused += len(refused)
+        if room <= 0:
+            return
+        shown = dict(refused[:room])
+        for index, (key, _) in enumerate(iter_commands(payload)):
+            if index in shown:
+                self._shown_refused += 1
+                log.error('%s: %s not stored: %s', address,
+                          key.decode('ascii', 'backslashreplace'),
+                          shown.pop(index).decode('ascii', 'replace'))
+                if not shown:
+                    break
+
     def batch_enqueued(self):
         self.pending_batches += 1
 
@@ -1089,6 +1101,10 @@ class FileLoad:
         if self._dropped > self._shown_dropped:
             log.info('%s: %d more lines with dropped app ids not shown',
                      self.name, self._dropped - self._shown_dropped)
+        if self._refused > self._shown_refused:
+            log.error('%s: %d more records memcached did not store not'
+                      ' shown', self.name,
+                      self._refused - self._shown_refused)
 
 
 class Batch:
@@ -1231,11 +1247,8 @@ class Lane:
                             reason, attempt + 1, retries, count, delay)
                 self.stopping.wait(delay)  # a backoff a signal cuts short
                 continue
-            for index, reply in refused:
-                log.error('%s: %s not stored: %s', address,
-                          key_at(batch.payload, index).decode(
-                              'ascii', 'backslashreplace'),
-                          reply.decode('ascii', 'replace'))
+            if refused:
+                batch.load.add_refusals(address, refused, batch.payload)
             batch.load.wrote_to(address, self.connection.instance,
                                 self.connection.connections)
             batch.load.batch_done(count - len(refused), len(refused))

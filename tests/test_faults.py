@@ -11,8 +11,8 @@ import generate
 import gmemcload
 from conftest import (assert_all_in_fake, expected_state, expected_value,
                       hold_lock, lines_for, listing, run, same_server,
-                      start_loader, stop_within, stored_values, wait_for,
-                      wait_for_log, wait_with_usage, write_gz)
+                      start_loader, stop_within, stored_values, summary_row,
+                      wait_for, wait_for_log, wait_with_usage, write_gz)
 from daemons import free_port
 
 TYPES = gmemcload.DEVICE_TYPES
@@ -60,6 +60,29 @@ def test_a_refused_record_is_an_error_and_is_not_retried(
     assert fake_memcached.sets == 300  # each record sent once
     assert b'dvid:big' not in fake_memcached.data
     assert len(fake_memcached.data) == 299
+
+
+def test_refusals_are_logged_a_few_in_full_per_file_then_counted(
+        tmp_path, fake_memcached):
+    # A server that refuses every record: 5 lines in full for each file,
+    # then one count, whatever the batches.
+    fake_memcached.max_value = 1
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines_for('gaid', 400))
+    write_gz(tmp_path / '20170929000100.tsv.gz', lines_for('gaid', 3, 'b'))
+    status, text = run(tmp_path, same_server(fake_memcached),
+                       '--batch-size', '50', '--uploaders', '1')
+    assert status == 1, text
+    assert summary_row(text, '20170929000000.tsv.gz') == (400, 0, 400)
+    assert summary_row(text, '20170929000100.tsv.gz') == (3, 0, 3)
+    assert text.count(' not stored: SERVER_ERROR object too large') == 5 + 3
+    for key in ('gaid:00000', 'gaid:00004', 'gaid:b00002'):
+        assert '%s: %s not stored: SERVER_ERROR' % (fake_memcached.address,
+                                                    key) in text
+    assert '20170929000000.tsv.gz: 395 more records memcached did not' \
+        ' store not shown' in text
+    assert 'gaid:00005 not stored' not in text
+    assert fake_memcached.sets == 403  # each sent once
+    assert fake_memcached.data == {}
 
 
 def test_refused_connections_fail_in_bounded_time_others_still_load(
