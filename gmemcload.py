@@ -60,6 +60,7 @@ monkey.patch_all()
 import argparse  # noqa: E402
 import collections  # noqa: E402
 import contextlib  # noqa: E402
+import enum  # noqa: E402
 import ctypes  # noqa: E402
 import errno  # noqa: E402
 import fcntl  # noqa: E402
@@ -179,6 +180,57 @@ class Unreadable(Exception):
 class AbandonIO(gevent.GreenletExit):
     """Thrown into a greenlet blocked on memcached after a stop, so that
     the stop does not wait out ``--timeout``."""
+
+
+class Reason(enum.Enum):
+    """Why a file is not loaded: the closed set of kinds.  A member's value
+    is its label in the metrics (``reason``); its ``template`` makes the
+    words of the log and the summary from a Verdict's details.  Code
+    compares members, never words."""
+
+    def __new__(cls, label, template):
+        member = object.__new__(cls)
+        member._value_ = label
+        member.template = template
+        return member
+
+    NOT_READ_TO_END = 'not_read_to_its_end', '%s'
+    UNREADABLE = 'unreadable', 'unreadable: %s'
+    STOPPED = 'stopped', 'stopped by a signal'
+    UNACKNOWLEDGED = 'unacknowledged', \
+        '%d records not acknowledged by memcached (%s)'
+    ERROR_RATE = 'error_rate', 'error rate %.4g above %g'
+    SERVER_RESTARTED = 'server_restarted', 'memcached %s restarted %s'
+    SERVER_NOT_CHECKABLE = 'server_not_checkable', \
+        'cannot check memcached %s before the rename: %s'
+    CHANGED = 'changed', 'changed while loading (replaced or written to):' \
+        ' the next run loads it again'
+    NOT_RENAMED = 'not_renamed', '%s'
+    LATE = 'late', 'late: %s, a newer file, was already processed and' \
+        ' this older one would overwrite its values; move it aside, or' \
+        ' load it anyway with --load-late'
+    REDELIVERED = 'redelivered', 'late: a processed copy %s already' \
+        ' exists (the same minute delivered again?); move one of them aside'
+    AFTER_A_FILE_NOT_LOADED = 'after_a_file_not_loaded', \
+        'an earlier file was not loaded'
+
+
+class Verdict:
+    """Why one file is not loaded: a Reason and the details its template
+    takes; ``str()`` gives the words."""
+
+    __slots__ = ('reason', 'details')
+
+    def __init__(self, reason, *details):
+        self.reason = reason
+        self.details = details
+
+    def __str__(self):
+        return self.reason.template % self.details if self.details \
+            else self.reason.template
+
+
+STOPPED = Verdict(Reason.STOPPED)
 
 
 # -- 1. the line contract ----------------------------------------------------
@@ -950,8 +1002,8 @@ class FileLoad:
     """
 
     __slots__ = ('path', 'name', 'lines', 'stored', 'errors',
-                 'unacknowledged', 'failure', 'write_failure', 'renamed',
-                 'kept_because', 'bytes_read', 'size', 'started', 'seconds',
+                 'unacknowledged', 'verdict', 'unacknowledged_because',
+                 'renamed', 'bytes_read', 'size', 'started', 'seconds',
                  'identity', 'instances', 'pending_batches',
                  'enqueuing_done', 'acked', '_bad_lines', '_shown_bad',
                  '_dropped', '_shown_dropped', '_refused', '_shown_refused')
@@ -963,10 +1015,10 @@ class FileLoad:
         self.stored = 0
         self.errors = 0
         self.unacknowledged = 0
-        self.failure = None  # a read failure or a stop: never loaded
-        self.write_failure = None  # why records went unacknowledged
+        # Why the file is not loaded, once that is known (see kept()).
+        self.verdict = None
+        self.unacknowledged_because = None  # the first batch's failure
         self.renamed = False
-        self.kept_because = None
         self.bytes_read = 0
         self.size = 0
         self.started = None
@@ -993,27 +1045,28 @@ class FileLoad:
         processed = self.stored + self.errors
         return self.errors / processed if processed else 0.0
 
-    def problem(self, max_error_rate):
-        """Why the file is not loaded (see the module docstring), or
-        None when it is."""
-        if self.failure is not None:
-            return self.failure
+    def kept(self, max_error_rate):
+        """The Verdict that keeps the file (see the module docstring), or
+        None while nothing does: a failure noted with fail(), else records
+        not acknowledged, else an error rate above ``max_error_rate``."""
+        if self.verdict is not None:
+            return self.verdict
         if self.unacknowledged:
-            return '%d records not acknowledged by memcached (%s)' % (
-                self.unacknowledged, self.write_failure)
+            return Verdict(Reason.UNACKNOWLEDGED, self.unacknowledged,
+                           self.unacknowledged_because)
         if self.error_rate > max_error_rate:
-            return 'error rate %.4g above %g' % (self.error_rate,
-                                                 max_error_rate)
+            return Verdict(Reason.ERROR_RATE, self.error_rate,
+                           max_error_rate)
         return None
 
     def loaded(self, max_error_rate):
-        return self.problem(max_error_rate) is None
+        return self.kept(max_error_rate) is None
 
-    def fail(self, reason):
-        """Note why the file is not loaded; the first reason stays (None
-        is no reason)."""
-        if self.failure is None:
-            self.failure = reason
+    def fail(self, verdict):
+        """Note why the file is not loaded; the first Verdict stays (None
+        is none)."""
+        if self.verdict is None:
+            self.verdict = verdict
 
     def wrote_to(self, address, instance, connections):
         """Note that the server instance ``instance`` acknowledged writes
@@ -1025,8 +1078,8 @@ class FileLoad:
             return
         seen, seen_connections = self.instances[address]
         if seen != instance:
-            self.fail('memcached %s restarted while this file loaded'
-                      % address)
+            self.fail(Verdict(Reason.SERVER_RESTARTED, address,
+                              'while this file loaded'))
         elif None not in (connections, seen_connections):
             self.instances[address] = (instance, max(connections,
                                                      seen_connections))
@@ -1073,14 +1126,15 @@ class FileLoad:
     def batch_enqueued(self):
         self.pending_batches += 1
 
-    def batch_done(self, stored, refused, unacknowledged=0, reason=None):
-        """Record an uploader's verdict on one batch."""
+    def batch_done(self, stored, refused, unacknowledged=0, because=None):
+        """Record an uploader's count of one batch: records stored,
+        refused, and not acknowledged ``because`` (words)."""
         self.stored += stored
         self.errors += refused + unacknowledged
         if unacknowledged:
             self.unacknowledged += unacknowledged
-            if self.write_failure is None:
-                self.write_failure = reason
+            if self.unacknowledged_because is None:
+                self.unacknowledged_because = because
         self.pending_batches -= 1
         self._check_acked()
 
@@ -1209,7 +1263,7 @@ class Lane:
                     if batch is not None:  # else the connection is idle
                         self.connection.abandon()
                         batch.load.batch_done(0, 0, batch.count,
-                                              'stopped by a signal')
+                                              str(STOPPED))
                 except Exception:
                     log.exception('%s: uploader failed on a batch',
                                   self.server.address)
@@ -1225,7 +1279,7 @@ class Lane:
         count = batch.count
         address = self.server.address
         if self.stopping.is_set():
-            batch.load.batch_done(0, 0, count, 'stopped by a signal')
+            batch.load.batch_done(0, 0, count, str(STOPPED))
             return
         retries = self.settings.retries
         for attempt in range(retries + 1):
@@ -1357,23 +1411,18 @@ def set_aside_late(loads, pattern, load_late):
     for load in loads:
         name = os.path.basename(load.path)
         if os.path.lexists(dot_path(load.path)):
-            load.fail('late: a processed copy %s already exists (the same'
-                      ' minute delivered again?); move one of them aside'
-                      % dot_path(load.path))
+            load.fail(Verdict(Reason.REDELIVERED, dot_path(load.path)))
         elif newest is None or name > newest:
             to_load.append(load)
         elif not load_late:
-            load.fail('late: %s, a newer file, was already processed and'
-                      ' this older one would overwrite its values; move it'
-                      ' aside, or load it anyway with --load-late'
-                      % newest_path)
+            load.fail(Verdict(Reason.LATE, newest_path))
         else:
             log.warning('%s: late (%s is newer and already processed),'
                         ' loaded on --load-late: its values overwrite newer'
                         ' ones', load.name, newest_path)
             to_load.append(load)
-        if load.failure is not None:
-            log.error('%s: kept: %s', load.name, load.failure)
+        if load.verdict is not None:
+            log.error('%s: kept: %s', load.name, load.verdict)
     return to_load
 
 
@@ -1415,18 +1464,18 @@ def rename_noreplace(source, target):
 def rename_loaded(path, identity):
     """Rename ``path`` to ``.<name>`` if it still names the file that was
     read (``identity``, see file_identity), never over an existing file.
-    Returns None, or why the file is kept."""
+    Returns None, or the Verdict that keeps the file."""
     target = dot_path(path)
-    changed = 'changed while loading (replaced or written to): the next run' \
-              ' loads it again'
+    changed = Verdict(Reason.CHANGED)
     try:
         if file_identity(os.stat(path)) != identity:
             return changed
         rename_noreplace(path, target)
     except FileExistsError:
-        return 'not renamed: %s already exists' % target
+        return Verdict(Reason.NOT_RENAMED, 'not renamed: %s already exists'
+                       % target)
     except OSError as exc:
-        return 'rename failed: %s' % exc
+        return Verdict(Reason.NOT_RENAMED, 'rename failed: %s' % exc)
     # The path may have been replaced between the check and the rename:
     # then the file renamed is not the one read, and goes back.  (The
     # rename itself changed the change time.)
@@ -1461,15 +1510,14 @@ class InstanceCheck:
         self.greenlet = None  # the check in flight, for abort()
 
     def problem(self, load):
-        """Why ``load``'s records are not proven to be in memcached now, or
-        None.  abort() ends it at once with 'stopped by a signal'."""
+        """The Verdict that ``load``'s records are not proven to be in
+        memcached now, or None.  abort() ends it at once, STOPPED."""
         self.greenlet = gevent.spawn(self._problem, load)
         try:
             result = self.greenlet.get()
         finally:
             self.greenlet = None
-        return 'stopped by a signal' if isinstance(result, AbandonIO) \
-            else result
+        return STOPPED if isinstance(result, AbandonIO) else result
 
     def abort(self):
         if self.greenlet is not None:
@@ -1488,16 +1536,17 @@ class InstanceCheck:
                 continue
             answer, error = self._ask(address)
             if error is not None:
-                return 'cannot check memcached %s before the rename: %s' \
-                    % (address, error)
+                return Verdict(Reason.SERVER_NOT_CHECKABLE, address, error)
             now, connections_now = answer
             self.servers[address].check_instance(now)
             if now != instance or None not in (connections, connections_now) \
                     and connections_now < connections:
-                return ('memcached %s restarted after this file was written'
-                        ' (now %s, wrote to %s): its records there are gone'
-                        % (address, describe_instance(now, connections_now),
-                           describe_instance(instance, connections)))
+                return Verdict(
+                    Reason.SERVER_RESTARTED, address,
+                    'after this file was written (now %s, wrote to %s): its'
+                    ' records there are gone'
+                    % (describe_instance(now, connections_now),
+                       describe_instance(instance, connections)))
         return None
 
     def _ask(self, address):
@@ -1549,15 +1598,15 @@ def describe_instance(instance, connections):
 def log_outcome(load, max_error_rate):
     """Log a file's verdict in the original tool's words."""
     rate = load.error_rate
-    problem = load.problem(max_error_rate)
-    if problem is None:
+    verdict = load.kept(max_error_rate)
+    if verdict is None:
         log.info('%s: Acceptable error rate (%.4g). Successful load',
                  load.name, rate)
-    elif load.failure is None and not load.unacknowledged:
+    elif verdict.reason is Reason.ERROR_RATE:
         log.error('%s: High error rate (%.4g > %.4g). Failed load',
                   load.name, rate, max_error_rate)
     else:
-        log.error('%s: Failed load: %s', load.name, problem)
+        log.error('%s: Failed load: %s', load.name, verdict)
 
 
 class RenameInOrder:
@@ -1587,19 +1636,19 @@ class RenameInOrder:
     def __call__(self, load):
         if self.renaming and self.check is not None \
                 and load.loaded(self.max_error_rate):
-            problem = 'stopped by a signal' if self.stopped else (
+            verdict = STOPPED if self.stopped else (
                 self.check.problem(load)
                 or rename_loaded(load.path, load.identity))
-            if problem is None:
+            if verdict is None:
                 load.renamed = True
             else:
-                load.fail(problem)
+                load.fail(verdict)
         log_outcome(load, self.max_error_rate)
         if not load.loaded(self.max_error_rate):
             self.renaming = False
         elif not self.renaming:
-            load.kept_because = 'an earlier file was not loaded'
-            log.warning('%s: kept: %s', load.name, load.kept_because)
+            load.fail(Verdict(Reason.AFTER_A_FILE_NOT_LOADED))
+            log.warning('%s: kept: %s', load.name, load.verdict)
 
 
 # -- 6. the run --------------------------------------------------------------
@@ -1712,18 +1761,19 @@ class Loader:
             self.current = load
             load.started = time.monotonic()
             if self.stopping.is_set():
-                self.ordered.put((load, None, 'stopped by a signal'))
+                self.ordered.put((load, None, STOPPED))
                 continue
             log.info('Processing %s', load.path)
             try:
                 self._read_file(load)
             except Interrupted:
-                ending = 'stopped by a signal'
+                ending = STOPPED
             except (OSError, Unreadable) as exc:
-                ending = 'unreadable: %s' % exc
+                ending = Verdict(Reason.UNREADABLE, exc)
             except Exception:
                 log.exception('%s: failed while reading', load.name)
-                ending = 'internal error while reading'
+                ending = Verdict(Reason.NOT_READ_TO_END,
+                                 'internal error while reading')
             else:
                 ending = None
             self.ordered.put((load, None, ending))
@@ -1766,7 +1816,8 @@ class Loader:
                     self._append_chunk(load, result, extra)
             except Exception:
                 log.exception('%s: failed while writing', load.name)
-                load.fail('internal error while writing')
+                load.fail(Verdict(Reason.NOT_READ_TO_END,
+                                  'internal error while writing'))
                 if result is None and not load.enqueuing_done:
                     load.finish_enqueuing()
 
@@ -1774,8 +1825,8 @@ class Loader:
         try:
             chunk = result.get()
         except EncodingFailed as exc:
-            load.fail('stopped by a signal' if self.stopping.is_set()
-                      else 'could not be encoded: %s' % exc)
+            load.fail(STOPPED if self.stopping.is_set() else Verdict(
+                Reason.NOT_READ_TO_END, 'could not be encoded: %s' % exc))
             return
         lines, errors, batches, bad, dropped, dropped_samples = chunk
         load.add_lines(lines, errors, bad, dropped, dropped_samples)
@@ -1791,15 +1842,15 @@ class Loader:
 
     def _end_file(self, load, ending):
         """Flush the file's last batches, or drop them if it was stopped;
-        ``ending`` is why the file failed, or None."""
+        ``ending`` is the Verdict of a file that failed, or None."""
         stopped = self.stopping.is_set() or ending is not None \
-            and ending.startswith('stopped')
+            and ending.reason is Reason.STOPPED
         for number, commands in enumerate(self.pending):
             if commands and not stopped:
                 self._flush(number, load)
             self.pending[number] = []
             self.pending_count[number] = 0
-        load.fail(ending or ('stopped by a signal' if stopped else None))
+        load.fail(ending or (STOPPED if stopped else None))
         load.finish_enqueuing()
 
     def _flush(self, number, load):
@@ -2260,13 +2311,13 @@ def log_summary(loads, max_error_rate, dry=False):
     listed = loads if len(loads) <= SUMMARY_ROWS else \
         [load for load in loads if not load.renamed][:SUMMARY_ROWS]
     for load in listed:
-        problem = load.problem(max_error_rate) or load.kept_because
+        verdict = load.kept(max_error_rate)
         if load.renamed:
             result = 'renamed'
-        elif problem is None:  # loaded, under --dry
+        elif verdict is None:  # loaded, under --dry
             result = 'parsed (dry run: nothing sent or renamed)'
         else:
-            result = 'kept: ' + problem
+            result = 'kept: %s' % verdict
         log.info('%-28s %10d %10d %8d %8.4f %8.1f  %s', load.name, load.lines,
                  load.stored, load.errors, load.error_rate, load.seconds,
                  result)
@@ -2353,12 +2404,22 @@ def write_metrics(path, status, started, result):
                   'When a run last ended with status 0 (0: never)',
                   last_success)
             files = gauge('last_run_files', 'Files of the last run, by'
-                          ' result', labels=['result'])
+                          ' result, and by reason for the kept ones',
+                          labels=['result', 'reason'])
             renamed = sum(load.renamed for load in loads)
-            files.labels(result='renamed').set(renamed)
-            files.labels(result='kept').set(len(loads) - renamed)
-            files.labels(result='waiting').set(result.waiting if result
-                                               else 0)
+            files.labels(result='renamed', reason='').set(renamed)
+            verdicts = [load.kept(result.settings.max_error_rate)
+                        for load in loads if not load.renamed]
+            kept = collections.Counter(verdict.reason for verdict in verdicts
+                                       if verdict is not None)
+            for reason in Reason:  # every one, so that none goes missing
+                files.labels(result='kept', reason=reason.value).set(
+                    kept[reason])
+            # Neither renamed nor kept: loaded under --dry.
+            files.labels(result='parsed', reason='').set(
+                verdicts.count(None))
+            files.labels(result='waiting', reason='').set(
+                result.waiting if result else 0)
             lines = sum(load.lines for load in loads)
             stored = sum(load.stored for load in loads)
             errors = sum(load.errors for load in loads)

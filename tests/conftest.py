@@ -9,6 +9,8 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 import pytest  # noqa: E402
+from prometheus_client.parser import (  # noqa: E402
+    text_string_to_metric_families)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -137,6 +139,32 @@ def stored_values(daemons, keys):
     for dev_type, type_keys in by_type.items():
         found.update(daemons[dev_type].get_many(type_keys))
     return found
+
+
+# -- the metrics file --
+
+def metrics(path):
+    """{(sample name, labels as sorted pairs): value}, read with
+    prometheus-client's own parser."""
+    with open(path) as text:
+        return {(sample.name, tuple(sorted(sample.labels.items()))):
+                sample.value
+                for family in text_string_to_metric_families(text.read())
+                for sample in family.samples}
+
+
+def value(found, name, **labels):
+    return found[('gmemcload_' + name, tuple(sorted(labels.items())))]
+
+
+def files(found, result, reason=''):
+    """gmemcload_last_run_files: of a ``result``, for ``reason`` or, for
+    kept files without one, summed over every reason."""
+    if result == 'kept' and not reason:
+        return sum(count for (name, labels), count in found.items()
+                   if name == 'gmemcload_last_run_files'
+                   and ('result', 'kept') in labels)
+    return value(found, 'last_run_files', result=result, reason=reason)
 
 
 # -- lines, processes and bounded waits --

@@ -219,9 +219,9 @@ MUTANTS = {
         'a file with a few records never acknowledged is loaded when its'
         ' error rate is within the limit',
         "        if self.unacknowledged:\n"
-        "            return '%d records not acknowledged by memcached (%s)'"
-        " % (\n"
-        "                self.unacknowledged, self.write_failure)\n",
+        "            return Verdict(Reason.UNACKNOWLEDGED,"
+        " self.unacknowledged,\n"
+        "                           self.unacknowledged_because)\n",
         "",
         PROMISE),
     'only-read-failures-stop-renames': (
@@ -229,7 +229,7 @@ MUTANTS = {
         ' or a change does not stop the later renames',
         "        if not load.loaded(self.max_error_rate):\n"
         "            self.renaming = False\n",
-        "        if load.failure is not None:\n"
+        "        if load.verdict is not None:\n"
         "            self.renaming = False\n",
         PROMISE),
     'rename-check-asks-the-first-server-only': (
@@ -387,9 +387,8 @@ MUTANTS = {
         OPERATORS),
     'waiting-files-not-in-the-metrics': (
         'files left for the next run are not counted in the metrics',
-        "            files.labels(result='waiting').set(result.waiting if"
-        " result\n",
-        "            files.labels(result='waiting').set(0 if result\n",
+        "                result.waiting if result else 0)",
+        "                0)",
         OPERATORS),
     'waiting-uncounted-when-every-file-waits': (
         'a run whose every file is too young says no file waits',
@@ -416,6 +415,13 @@ MUTANTS = {
         "(settings.dry and load.loaded(",
         "(settings.dry or load.loaded(",
         LOAD),
+    'kept-files-without-their-reason': (
+        'the metrics count kept files, but not by their reason',
+        "reason=reason.value).set(\n"
+        "                    kept[reason])",
+        "reason=reason.value).set(\n"
+        "                    0)",
+        PROMISE),
     'restarts-not-counted': (
         'restarts seen are not counted in the metrics',
         "            self.restarts += 1\n",

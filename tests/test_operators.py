@@ -6,29 +6,14 @@ import time
 
 import gevent
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 import gmemcload
-from conftest import (catches, expected_value, hold_lock, lines_for, listing,
-                      run, start_loader, stop_within, wait_for, wait_for_log,
-                      write_gz)
+from conftest import (catches, expected_value, files, hold_lock, lines_for,
+                      listing, metrics, run, start_loader, stop_within, value,
+                      wait_for, wait_for_log, write_gz)
 
 FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
                         '20170929000200.tsv.gz')
-
-
-def metrics(path):
-    """{(sample name, labels as sorted pairs): value}, read with
-    prometheus-client's own parser."""
-    with open(path) as text:
-        return {(sample.name, tuple(sorted(sample.labels.items()))):
-                sample.value
-                for family in text_string_to_metric_families(text.read())
-                for sample in family.samples}
-
-
-def value(found, name, **labels):
-    return found[('gmemcload_' + name, tuple(sorted(labels.items())))]
 
 
 @pytest.fixture
@@ -52,8 +37,8 @@ def test_good_failed_and_locked_runs_each_leave_their_metrics(
     assert before <= success <= time.time()
     assert value(good, 'last_run_end_timestamp_seconds') == success
     assert value(good, 'last_run_duration_seconds') > 0
-    assert value(good, 'last_run_files', result='renamed') == 2
-    assert value(good, 'last_run_files', result='kept') == 0
+    assert files(good, 'renamed') == 2
+    assert files(good, 'kept') == 0
     assert value(good, 'last_run_lines') == 51
     assert value(good, 'last_run_records_stored') == 50
     assert value(good, 'last_run_errors') == 1
@@ -72,7 +57,8 @@ def test_good_failed_and_locked_runs_each_leave_their_metrics(
     failed = metrics(metrics_file)
     assert value(failed, 'last_run_exit_status') == 1
     assert value(failed, 'last_success_timestamp_seconds') == success
-    assert value(failed, 'last_run_files', result='kept') == 1
+    assert files(failed, 'kept') == 1
+    assert files(failed, 'kept', 'unacknowledged') == 1
     assert value(failed, 'last_run_server_down', server='127.0.0.1:1') == 1
     assert value(failed, 'lines_total') == 51 + 10
     assert value(failed, 'files_renamed_total') == 2
@@ -136,16 +122,16 @@ def test_min_age_goes_by_modification_time_only(tmp_path, memcached_set,
     found = metrics(metrics_file)
     if young == 'all':
         assert listing(tmp_path) == [FIRST, SECOND, THIRD]
-        assert value(found, 'last_run_files', result='waiting') == 3
-        assert value(found, 'last_run_files', result='renamed') == 0
+        assert files(found, 'waiting') == 3
+        assert files(found, 'renamed') == 0
     elif young == 'st_mtime':
         assert listing(tmp_path) == ['.' + FIRST, SECOND, THIRD]
-        assert value(found, 'last_run_files', result='waiting') == 2
-        assert value(found, 'last_run_files', result='renamed') == 1
+        assert files(found, 'waiting') == 2
+        assert files(found, 'renamed') == 1
     else:
         assert listing(tmp_path) == ['.' + FIRST, '.' + SECOND, '.' + THIRD]
-        assert value(found, 'last_run_files', result='waiting') == 0
-        assert value(found, 'last_run_files', result='renamed') == 3
+        assert files(found, 'waiting') == 0
+        assert files(found, 'renamed') == 3
 
 
 def test_restarts_seen_are_counted_per_server_and_carried_over(
@@ -259,7 +245,7 @@ def test_a_stopped_run_leaves_its_metrics(tmp_path, memcached_set,
     stopped = metrics(metrics_file)
     assert value(stopped, 'last_run_exit_status') == 143
     assert value(stopped, 'last_success_timestamp_seconds') == 0
-    assert value(stopped, 'last_run_files', result='kept') == 1
+    assert files(stopped, 'kept') == 1
 
 
 @pytest.mark.parametrize('signum, code', [(signal.SIGTERM, 143),

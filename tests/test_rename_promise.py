@@ -13,9 +13,10 @@ import pytest
 from isal import igzip
 
 import gmemcload
-from conftest import (expected_state, expected_value, lines_for, listing, run,
-                      same_server, start_loader, stop_within, stored_values,
-                      summary_row, wait_for, wait_for_log, write_gz)
+from conftest import (expected_state, expected_value, files, lines_for,
+                      listing, metrics, run, same_server, start_loader,
+                      stop_within, stored_values, summary_row, wait_for,
+                      wait_for_log, write_gz)
 from daemons import free_port
 
 FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
@@ -51,13 +52,14 @@ def loading_while_paused(tmp_path, daemons, paused, *extra):
 # -- the first file not loaded --
 
 FAULTS = {
-    # fault: what the summary says of the second file
-    'unreadable': 'kept: unreadable: ',
-    'error rate': 'kept: error rate 0.3333 above 0.01',
-    'unacknowledged': 'kept: 50 records not acknowledged by memcached',
-    'restart': 'kept: memcached %(adid)s restarted after this file was'
-               ' written',
-    'changed': 'kept: changed while loading',
+    # fault: (what the summary says of the second file, its metrics reason)
+    'unreadable': ('kept: unreadable: ', 'unreadable'),
+    'error rate': ('kept: error rate 0.3333 above 0.01', 'error_rate'),
+    'unacknowledged': ('kept: 50 records not acknowledged by memcached',
+                       'unacknowledged'),
+    'restart': ('kept: memcached %(adid)s restarted after this file was'
+                ' written', 'server_restarted'),
+    'changed': ('kept: changed while loading', 'changed'),
 }
 
 
@@ -80,8 +82,9 @@ def test_the_first_file_not_loaded_for_any_reason_keeps_every_later_one(
         (tmp_path / SECOND).write_bytes(b'not gzip\n')
     third = lines_for('idfa', 20, version=3)
     write_gz(tmp_path / THIRD, third)
-    with loading_while_paused(tmp_path, daemons, gaid,
-                              '--retries', '4') as loader:
+    metrics_file = str(tmp_path / 'metrics.prom')
+    with loading_while_paused(tmp_path, daemons, gaid, '--retries', '4',
+                              '--metrics-file', metrics_file) as loader:
         # THIRD is read, and its writes acknowledged, while SECOND waits
         # for gaid.
         wait_for(lambda: all_stored(memcached_set['idfa'], third))
@@ -94,9 +97,15 @@ def test_the_first_file_not_loaded_for_any_reason_keeps_every_later_one(
     assert status == 1, text
     assert listing(tmp_path) == ['.' + FIRST, SECOND, THIRD]
     summary = text.split('Summary:')[1]
-    assert FAULTS[fault] % {'adid': fake_memcached.address} in summary
+    words, reason = FAULTS[fault]
+    assert words % {'adid': fake_memcached.address} in summary
     assert 'I %s ' % THIRD in summary
     assert '%s: kept: an earlier file was not loaded' % THIRD in text
+    found = metrics(metrics_file)
+    assert files(found, 'kept') == 2
+    assert files(found, 'kept', reason) == 1
+    assert files(found, 'kept', 'after_a_file_not_loaded') == 1
+    assert files(found, 'renamed') == 1
     want = dict(map(expected_value, third))
     assert stored_values(memcached_set, want) == want
 
@@ -405,8 +414,9 @@ def test_a_path_replaced_during_the_rename_is_put_back(tmp_path,
         real_rename(source, target)
 
     monkeypatch.setattr(gmemcload, 'rename_noreplace', replaced_just_before)
-    problem = gmemcload.rename_loaded(path, identity)
-    assert problem.startswith('changed while loading')
+    verdict = gmemcload.rename_loaded(path, identity)
+    assert verdict.reason is gmemcload.Reason.CHANGED
+    assert str(verdict).startswith('changed while loading')
     assert listing(tmp_path) == [FIRST]
     with gzip.open(path) as unread:
         assert unread.read() == b'idfa\tb\t1\t1\t1\n'
@@ -603,9 +613,13 @@ def test_files_that_share_a_base_name_are_shown_by_path(tmp_path,
 
 def test_the_dry_summary_counts_records_and_stores_nothing(tmp_path):
     write_gz(tmp_path / FIRST, lines_for('idfa', 5))
+    metrics_file = str(tmp_path / 'metrics.prom')
     status, text = run(tmp_path, same_server(type('Nowhere', (), {
-        'address': '127.0.0.1:1'})), '--dry')
+        'address': '127.0.0.1:1'})), '--dry', '--metrics-file', metrics_file)
     assert status == 0, text
+    found = metrics(metrics_file)
+    assert (files(found, 'parsed'), files(found, 'kept'),
+            files(found, 'renamed')) == (1, 0, 0)
     summary = text.split('Summary:')[1]
     assert 'stored' not in summary
     assert 'total: 1 files, 5 lines, 5 records, 0 errors; 0 renamed' \
