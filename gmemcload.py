@@ -1205,10 +1205,44 @@ class Server:
         self.instance = instance
 
 
-def backoff(attempt):
-    """Seconds to wait before retry ``attempt + 1``: BACKOFF_FIRST,
-    doubling, at most BACKOFF_MAX."""
-    return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt)
+class RetryPolicy:
+    """The one retry policy for memcached operations, batches and
+    rename-time checks alike: an operation that fails with OSError or
+    ProtocolError is tried ``retries`` times more (--retries), after a
+    backoff of BACKOFF_FIRST seconds doubling to BACKOFF_MAX."""
+
+    def __init__(self, retries):
+        self.retries = retries
+
+    @staticmethod
+    def backoff(attempt):
+        """Seconds to wait before retry ``attempt + 1``."""
+        return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt)
+
+    def call(self, operation, announce, on_failure=None, giving_up=None,
+             wait=gevent.sleep):
+        """``(operation(), None)``, or ``(None, the last error's words)``
+        once every try failed, or once ``giving_up()`` says so after a
+        failure.  ``on_failure()`` runs after each failure (to abandon a
+        connection, say); ``announce(error, retry, delay)`` logs each
+        retry before ``wait(delay)``, which a stop may cut short."""
+        error = None
+        for attempt in range(self.retries + 1):
+            if attempt and giving_up is not None and giving_up():
+                break
+            try:
+                return operation(), None
+            except (OSError, ProtocolError) as exc:
+                if on_failure is not None:
+                    on_failure()
+                error = str(exc) or type(exc).__name__
+            if attempt == self.retries or giving_up is not None \
+                    and giving_up():
+                break
+            delay = self.backoff(attempt)
+            announce(error, attempt + 1, delay)
+            wait(delay)
+        return None, error
 
 
 class Lane:
@@ -1281,36 +1315,36 @@ class Lane:
         if self.stopping.is_set():
             batch.load.batch_done(0, 0, count, str(STOPPED))
             return
-        retries = self.settings.retries
-        for attempt in range(retries + 1):
-            if self.server.down:
-                batch.load.batch_done(0, 0, count, self.server.down)
-                return
-            if attempt and self.stopping.is_set():
-                break
-            try:
-                refused = self.connection.exchange(batch.payload, count)
-            except (OSError, ProtocolError) as exc:
-                self.connection.abandon()
-                error = str(exc) or type(exc).__name__
-                reason = '%s: %s' % (address, error)
-                if attempt == retries or self.stopping.is_set():
-                    break
-                delay = backoff(attempt)
-                log.warning('%s; retry %d/%d of a batch of %d in %.2fs',
-                            reason, attempt + 1, retries, count, delay)
-                self.stopping.wait(delay)  # a backoff a signal cuts short
-                continue
+        if self.server.down:
+            batch.load.batch_done(0, 0, count, self.server.down)
+            return
+        policy = self.settings.retry
+
+        def announce(error, retry, delay):
+            log.warning('%s: %s; retry %d/%d of a batch of %d in %.2fs',
+                        address, error, retry, policy.retries, count, delay)
+
+        refused, error = policy.call(
+            lambda: self.connection.exchange(batch.payload, count),
+            announce, on_failure=self.connection.abandon,
+            giving_up=lambda: self.stopping.is_set() or self.server.down,
+            wait=self.stopping.wait)  # a backoff a signal cuts short
+        if error is None:
             if refused:
                 batch.load.add_refusals(address, refused, batch.payload)
             batch.load.wrote_to(address, self.connection.instance,
                                 self.connection.connections)
             batch.load.batch_done(count - len(refused), len(refused))
             return
+        if self.server.down:  # another lane gave up on it meanwhile
+            batch.load.batch_done(0, 0, count, self.server.down)
+            return
+        reason = '%s: %s' % (address, error)
         if not self.stopping.is_set():
             self.server.down = '%s is down: %s' % (address, error)
             log.error('%s; giving up after %d retries, its remaining'
-                      ' records in this run fail at once', reason, retries)
+                      ' records in this run fail at once', reason,
+                      policy.retries)
         batch.load.batch_done(0, 0, count, reason)
 
 
@@ -1503,7 +1537,7 @@ class InstanceCheck:
 
     def __init__(self, settings, servers):
         self.timeout = settings.timeout
-        self.retries = settings.retries
+        self.policy = settings.retry
         self.servers = servers  # address -> Server, to count restarts
         self.connections = {}  # address -> a connection kept for reuse
         self.warned = set()  # addresses logged as not checkable
@@ -1551,33 +1585,32 @@ class InstanceCheck:
 
     def _ask(self, address):
         """(server_identity's answer, None), or (None, why it gave none
-        after every retry)."""
-        sock = self.connections.pop(address, None)
-        attempt = 0
-        while True:
-            reused = sock is not None
+        after every retry of the policy)."""
+        def ask():
+            sock = self.connections.pop(address, None)
+            if sock is not None:  # kept from an earlier check
+                try:
+                    answer = server_identity(sock)
+                except (OSError, ProtocolError):
+                    sock.close()  # it may have died with a restart
+                else:
+                    self.connections[address] = sock
+                    return answer
+            sock = connect(memcache._Host(address), self.timeout)
             try:
-                if sock is None:
-                    sock = connect(memcache._Host(address), self.timeout)
                 answer = server_identity(sock)
-            except (OSError, ProtocolError) as exc:
-                if sock is not None:
-                    sock.close()
-                    sock = None
-                if reused:  # it may have died with a restart: ask anew
-                    continue
-                error = str(exc) or type(exc).__name__
-                if attempt == self.retries:
-                    return None, error
-                delay = backoff(attempt)
-                attempt += 1
-                log.warning('%s: cannot check it before a rename: %s;'
-                            ' retry %d/%d in %.2fs', address, error,
-                            attempt, self.retries, delay)
-                gevent.sleep(delay)
-                continue
+            except BaseException:
+                sock.close()
+                raise
             self.connections[address] = sock
-            return answer, None
+            return answer
+
+        def announce(error, retry, delay):
+            log.warning('%s: cannot check it before a rename: %s;'
+                        ' retry %d/%d in %.2fs', address, error, retry,
+                        self.policy.retries, delay)
+
+        return self.policy.call(ask, announce)
 
     def _cannot_check(self, address):
         if address not in self.warned:
@@ -1662,7 +1695,7 @@ class Settings:
         self.batch_size = batch_size
         self.uploaders = uploaders
         self.timeout = timeout
-        self.retries = retries
+        self.retry = RetryPolicy(retries)
         self.max_error_rate = max_error_rate
         self.dry = dry
         self.workers = workers  # encoders; 1: in this process

@@ -53,6 +53,17 @@ MUTANTS = {
         "    if lines > count or not replies.endswith(b'\\r\\n'):",
         "    if False:",
         WIRE),
+    'no-batch-retries': (
+        'a batch that fails once is not sent again',
+        "        policy = self.settings.retry\n",
+        "        policy = RetryPolicy(0)\n",
+        ['tests/test_faults.py']),
+    'no-backoff-between-retries': (
+        'retries follow each other at once, so a stall of a few seconds'
+        ' uses them all up',
+        "            wait(delay)\n",
+        "",
+        ['tests/test_faults.py']),
     'settle-at-the-first-reply': (
         'a connection in doubt counts as settled at its first reply, so the'
         ' rest of a stale batch lands after newer writes',
@@ -304,8 +315,8 @@ MUTANTS = {
         PROMISE),
     'no-rename-time-retries': (
         'a short stall at rename time fails the run',
-        "                if attempt == self.retries:",
-        "                if True:",
+        "        self.policy = settings.retry\n",
+        "        self.policy = RetryPolicy(0)\n",
         PROMISE),
     'no-file-identity-check': (
         'a file changed while loading is renamed',
