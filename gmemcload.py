@@ -1687,18 +1687,27 @@ class RenameInOrder:
 # -- 6. the run --------------------------------------------------------------
 
 class Settings:
-    """Validated options of one run."""
+    """What a run needs, built once from the parsed options (whose only
+    defaults are build_parser's).  Raises ConfigError for an address that
+    is not HOST:PORT."""
 
-    def __init__(self, addresses, batch_size=1000, uploaders=2, timeout=2.0,
-                 retries=5, max_error_rate=0.01, dry=False, workers=1):
-        self.addresses = addresses  # device type -> list of 'host:port'
-        self.batch_size = batch_size
-        self.uploaders = uploaders
-        self.timeout = timeout
-        self.retry = RetryPolicy(retries)
-        self.max_error_rate = max_error_rate
-        self.dry = dry
-        self.workers = workers  # encoders; 1: in this process
+    def __init__(self, args):
+        self.pattern = args.pattern
+        # device type -> list of 'host:port'
+        self.addresses = {dev_type: parse_addresses(dev_type,
+                                                    getattr(args, dev_type))
+                          for dev_type in DEVICE_TYPES}
+        self.batch_size = args.batch_size
+        self.uploaders = args.uploaders
+        self.timeout = args.timeout
+        self.retry = RetryPolicy(args.retries)
+        self.max_error_rate = args.max_error_rate
+        self.dry = args.dry
+        self.workers = args.workers  # encoders; 1: in this process
+        self.min_age = args.min_age
+        self.load_late = args.load_late
+        self.lock = args.lock  # None: the default locks (see load_files)
+        self.show_bar = not args.log and sys.stderr.isatty()
 
 
 class Loader:
@@ -2108,30 +2117,50 @@ def listing(pattern):
                          % (pattern, exc)) from None
 
 
-def load_files(args, settings, locks):
-    """The run: list the files, lock their directories, load them and
-    rename them in order.  Returns a RunResult.  Raises Locked, or
-    Unlistable."""
-    with listing(args.pattern):
-        paths = find_files(args.pattern)
-    if not settings.dry and not args.lock:
+def load_files(settings, locks):
+    """The run: the files chosen (choose_files), loaded and renamed in
+    order (load_in_order), and summed up.  Returns a RunResult.  Raises
+    Locked, or Unlistable."""
+    loads, to_load, waiting = choose_files(settings, locks)
+    if not loads:
+        return RunResult(settings, waiting=waiting)
+    servers, signum = load_in_order(settings, to_load)
+    log_summary(loads, settings.max_error_rate, settings.dry)
+    log_cpu(settings.workers)
+    return RunResult(settings, loads, waiting, servers, signum)
+
+
+def choose_files(settings, locks):
+    """List the files of the pattern, lock their directories, leave the
+    young ones (--min-age) and set aside the late and re-delivered ones.
+    Returns ``(loads, to_load, waiting)``: a FileLoad for each file taken,
+    those of them to load, and the number of files left waiting."""
+    with listing(settings.pattern):
+        paths = find_files(settings.pattern)
+    if not settings.dry and not settings.lock:
         # Two runs whose patterns overlap share a directory, and so a lock.
         for directory in sorted({os.path.dirname(path) for path in paths}):
             take_lock(locks, os.path.join(directory, LOCK_FILE_NAME))
+    if not paths:
+        log.info('No files match %s', settings.pattern)
     names = display_names(paths)
-    young = younger_than(paths, args.min_age)
+    young = younger_than(paths, settings.min_age)
     if young < len(paths):
         log.info('%s was modified less than %gs ago (--min-age): it and %d'
                  ' later files wait for the next run', names[young],
-                 args.min_age, len(paths) - young - 1)
+                 settings.min_age, len(paths) - young - 1)
     loads = [FileLoad(path, name)
              for path, name in zip(paths[:young], names[:young])]
-    if not paths:
-        log.info('No files match %s', args.pattern)
-    if not loads:
-        return RunResult(settings, waiting=len(paths))
-    with listing(args.pattern):
-        to_load = set_aside_late(loads, args.pattern, args.load_late)
+    with listing(settings.pattern):
+        to_load = set_aside_late(loads, settings.pattern,
+                                 settings.load_late) if loads else []
+    return loads, to_load, len(paths) - young
+
+
+def load_in_order(settings, loads):
+    """Load ``loads`` and rename them in order, the pipeline wired to the
+    renames, stop signals and progress.  Returns ``(servers, signum)``:
+    the Servers written to, and the signal that stopped the run or None."""
     engine = Loader(settings)
     check = None if settings.dry else InstanceCheck(settings, engine.servers)
     renamer = RenameInOrder(settings.max_error_rate, check)
@@ -2141,12 +2170,11 @@ def load_files(args, settings, locks):
         engine.stop(signum)
 
     caught, handlers = catch_stop_signals(stop)
-    show_bar = not args.log and sys.stderr.isatty()
-    progress = Progress(engine.current_load, bar=show_bar)
+    progress = Progress(engine.current_load, bar=settings.show_bar)
     try:
-        with (_log_around_the_bar() if show_bar
+        with (_log_around_the_bar() if settings.show_bar
               else contextlib.nullcontext()):
-            engine.run(to_load, renamer)
+            engine.run(loads, renamer)
     finally:
         progress.stop()
         if check is not None:
@@ -2154,10 +2182,7 @@ def load_files(args, settings, locks):
         gevent.sleep(0)  # run a signal callback that is still pending
         for handler in handlers:
             handler.cancel()
-    log_summary(loads, settings.max_error_rate, settings.dry)
-    log_cpu(settings.workers)
-    return RunResult(settings, loads, len(paths) - young,
-                     engine.servers.values(), caught[0] if caught else None)
+    return list(engine.servers.values()), caught[0] if caught else None
 
 
 def _log_around_the_bar():
@@ -2553,13 +2578,7 @@ def outcome(args):
 def _run(args):
     """Check the options, take the lock, load: a RunResult.  Raises
     ConfigError, Locked or Unlistable."""
-    addresses = {t: parse_addresses(t, getattr(args, t))
-                 for t in DEVICE_TYPES}
-    settings = Settings(addresses, batch_size=args.batch_size,
-                        uploaders=args.uploaders, timeout=args.timeout,
-                        retries=args.retries,
-                        max_error_rate=args.max_error_rate, dry=args.dry,
-                        workers=args.workers)
+    settings = Settings(args)
     options = dict(vars(args))
     del options['encoder']
     log.info('Memc loader %s started with options: %s', __version__,
@@ -2570,10 +2589,10 @@ def _run(args):
         return RunResult(settings)
     locks = RunLocks()
     try:
-        if not args.dry:
-            take_lock(locks, args.lock or os.path.join(directory,
-                                                       LOCK_FILE_NAME))
-        return load_files(args, settings, locks)
+        if not settings.dry:
+            take_lock(locks, settings.lock or os.path.join(directory,
+                                                           LOCK_FILE_NAME))
+        return load_files(settings, locks)
     finally:
         locks.release()
 

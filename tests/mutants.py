@@ -403,8 +403,8 @@ MUTANTS = {
         OPERATORS),
     'waiting-uncounted-when-every-file-waits': (
         'a run whose every file is too young says no file waits',
-        "        return RunResult(settings, waiting=len(paths))",
-        "        return RunResult(settings, waiting=len(loads))",
+        "    return loads, to_load, len(paths) - young\n",
+        "    return loads, to_load, len(loads) - young\n",
         OPERATORS),
     'check-restarts-not-counted': (
         'a restart seen only by the rename-time check is not counted',
