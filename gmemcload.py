@@ -992,21 +992,87 @@ class Connection:
 
 # -- 4. lanes: retries over a connection, accounting per file ----------------
 
-class FileLoad:
-    """What happened to one file: counts, outcome and timing.
+class Samples:
+    """One kind of a file's problems, logged in full for the first
+    LOGGED_LINES_PER_FILE and counted after that; log_unshown() says how
+    many were not shown."""
 
-    ``pending_batches`` counts batches enqueued and not yet finished by an
-    uploader; ``acked`` is set once enqueuing is over and it is zero.  The
-    event exists only while the file is being loaded (``track`` to
-    ``release``), so a run of many files stays small.
+    __slots__ = ('level', 'what', 'seen', 'shown')
+
+    def __init__(self, level, what):
+        self.level = level
+        self.what = what  # words for the unshown ones, plural
+        self.seen = self.shown = 0
+
+    def room(self):
+        """How many more may be shown."""
+        return LOGGED_LINES_PER_FILE - self.shown
+
+    def count(self, number):
+        self.seen += number
+
+    def show(self, message, *args):
+        """Log one of those counted, if there is room."""
+        if self.shown < LOGGED_LINES_PER_FILE:
+            self.shown += 1
+            log.log(self.level, message, *args)
+
+    def log_unshown(self, name):
+        if self.seen > self.shown:
+            log.log(self.level, '%s: %d more %s not shown', name,
+                    self.seen - self.shown, self.what)
+
+
+class Acknowledgements:
+    """The barrier a file's rename waits at: batches enqueued and not yet
+    finished by an uploader.  It opens once enqueuing is over and none is
+    left; ``on_open()`` is called then, once."""
+
+    __slots__ = ('pending', 'enqueuing_done', 'event', 'on_open')
+
+    def __init__(self, on_open):
+        self.pending = 0
+        self.enqueuing_done = False
+        self.event = gevent.event.Event()
+        self.on_open = on_open
+
+    def enqueued(self):
+        self.pending += 1
+
+    def done(self):
+        self.pending -= 1
+        self._check()
+
+    def finish(self):
+        """Enqueuing is over: no batch will come any more."""
+        self.enqueuing_done = True
+        self._check()
+
+    def wait(self):
+        self.event.wait()
+
+    def _check(self):
+        if self.enqueuing_done and self.pending == 0 \
+                and not self.event.is_set():
+            self.on_open()
+            self.event.set()
+
+
+class FileLoad:
+    """What happened to one file: its counts, its verdict, the server
+    instances that acknowledged its writes, and timing.
+
+    Its samples of bad lines, dropped app ids and refusals log a few of
+    each (Samples).  ``acks`` is its Acknowledgements, which exist only
+    while the file is being loaded (``track`` to ``release``), so a run of
+    many files stays small.
     """
 
     __slots__ = ('path', 'name', 'lines', 'stored', 'errors',
                  'unacknowledged', 'verdict', 'unacknowledged_because',
                  'renamed', 'bytes_read', 'size', 'started', 'seconds',
-                 'identity', 'instances', 'pending_batches',
-                 'enqueuing_done', 'acked', '_bad_lines', '_shown_bad',
-                 '_dropped', '_shown_dropped', '_refused', '_shown_refused')
+                 'identity', 'instances', 'acks', 'bad_lines',
+                 'dropped_apps', 'refusals')
 
     def __init__(self, path, name=None):
         self.path = path
@@ -1027,18 +1093,22 @@ class FileLoad:
         # address -> (instance, connections) of the server that
         # acknowledged this file's writes there; see wrote_to
         self.instances = {}
-        self.pending_batches = 0
-        self.enqueuing_done = False
-        self.acked = None
-        self._bad_lines = self._shown_bad = 0
-        self._dropped = self._shown_dropped = 0
-        self._refused = self._shown_refused = 0
+        self.acks = None
+        self.bad_lines = Samples(logging.ERROR, 'bad lines')
+        self.dropped_apps = Samples(logging.INFO,
+                                    'lines with dropped app ids')
+        self.refusals = Samples(logging.ERROR,
+                                'records memcached did not store')
 
     def track(self):
-        self.acked = gevent.event.Event()
+        self.acks = Acknowledgements(self._acknowledged)
 
     def release(self):
-        self.acked = None
+        self.acks = None
+
+    def _acknowledged(self):
+        if self.started is not None:
+            self.seconds = time.monotonic() - self.started
 
     @property
     def error_rate(self):
@@ -1086,45 +1156,33 @@ class FileLoad:
 
     def add_lines(self, lines, errors, bad=(), dropped=0,
                   dropped_samples=()):
-        """Count a chunk's lines and bad lines (``errors``); log the first
-        LOGGED_LINES_PER_FILE bad lines and lines with dropped app ids of
-        the file, from the chunk's samples."""
+        """Count a chunk's lines and bad lines (``errors``), and its lines
+        with dropped app ids; show their samples, as room is left."""
         self.lines += lines
         self.errors += errors
+        self.bad_lines.count(errors)
         for kind, reason, line in bad:
-            if self._shown_bad < LOGGED_LINES_PER_FILE:
-                self._shown_bad += 1
-                log.error('%s: %s line: %s: %r', self.name, kind, reason,
-                          line)
-        self._bad_lines += errors
+            self.bad_lines.show('%s: %s line: %s: %r', self.name, kind,
+                                reason, line)
+        self.dropped_apps.count(dropped)
         for count, line in dropped_samples:
-            if self._shown_dropped < LOGGED_LINES_PER_FILE:
-                self._shown_dropped += 1
-                log.info('%s: dropped %d app ids that are not uint32: %r',
-                         self.name, count, line)
-        self._dropped += dropped
+            self.dropped_apps.show('%s: dropped %d app ids that are not'
+                                   ' uint32: %r', self.name, count, line)
 
     def add_refusals(self, address, refused, payload):
-        """Log the first LOGGED_LINES_PER_FILE records of the file that
-        memcached refused, by key, from ``refused`` (read_replies' pairs
-        for ``payload``); the rest are counted.  Their errors are counted
-        by batch_done."""
-        room = LOGGED_LINES_PER_FILE - self._shown_refused
-        self._refused += len(refused)
-        if room <= 0:
-            return
-        shown = dict(refused[:room])
+        """Show the records memcached refused, by key, as room is left,
+        from ``refused`` (read_replies' pairs for ``payload``), in one
+        pass over the payload.  Their errors are counted by batch_done."""
+        self.refusals.count(len(refused))
+        shown = dict(refused[:max(0, self.refusals.room())])
         for index, (key, _) in enumerate(iter_commands(payload)):
+            if not shown:
+                break
             if index in shown:
-                self._shown_refused += 1
-                log.error('%s: %s not stored: %s', address,
-                          key.decode('ascii', 'backslashreplace'),
-                          shown.pop(index).decode('ascii', 'replace'))
-                if not shown:
-                    break
-
-    def batch_enqueued(self):
-        self.pending_batches += 1
+                self.refusals.show('%s: %s not stored: %s', address,
+                                   key.decode('ascii', 'backslashreplace'),
+                                   shown.pop(index).decode('ascii',
+                                                           'replace'))
 
     def batch_done(self, stored, refused, unacknowledged=0, because=None):
         """Record an uploader's count of one batch: records stored,
@@ -1135,30 +1193,11 @@ class FileLoad:
             self.unacknowledged += unacknowledged
             if self.unacknowledged_because is None:
                 self.unacknowledged_because = because
-        self.pending_batches -= 1
-        self._check_acked()
-
-    def finish_enqueuing(self):
-        self.enqueuing_done = True
-        self._check_acked()
-
-    def _check_acked(self):
-        if self.enqueuing_done and self.pending_batches == 0:
-            if self.started is not None:
-                self.seconds = time.monotonic() - self.started
-            self.acked.set()
+        self.acks.done()
 
     def log_unshown(self):
-        if self._bad_lines > self._shown_bad:
-            log.error('%s: %d more bad lines not shown', self.name,
-                      self._bad_lines - self._shown_bad)
-        if self._dropped > self._shown_dropped:
-            log.info('%s: %d more lines with dropped app ids not shown',
-                     self.name, self._dropped - self._shown_dropped)
-        if self._refused > self._shown_refused:
-            log.error('%s: %d more records memcached did not store not'
-                      ' shown', self.name,
-                      self._refused - self._shown_refused)
+        for samples in (self.bad_lines, self.dropped_apps, self.refusals):
+            samples.log_unshown(self.name)
 
 
 class Batch:
@@ -1780,7 +1819,7 @@ class Loader:
         writer = gevent.spawn(self._write)
         try:
             for load in iter(started.get, None):
-                load.acked.wait()
+                load.acks.wait()
                 load.log_unshown()
                 on_done(load)
                 load.release()
@@ -1860,8 +1899,8 @@ class Loader:
                 log.exception('%s: failed while writing', load.name)
                 load.fail(Verdict(Reason.NOT_READ_TO_END,
                                   'internal error while writing'))
-                if result is None and not load.enqueuing_done:
-                    load.finish_enqueuing()
+                if result is None and not load.acks.enqueuing_done:
+                    load.acks.finish()
 
     def _append_chunk(self, load, result, oversized):
         try:
@@ -1893,7 +1932,7 @@ class Loader:
             self.pending[number] = []
             self.pending_count[number] = 0
         load.fail(ending or (STOPPED if stopped else None))
-        load.finish_enqueuing()
+        load.acks.finish()
 
     def _flush(self, number, load):
         """Hand lane ``number``'s pending batch to it (blocks while its
@@ -1902,7 +1941,7 @@ class Loader:
                       self.pending_count[number])
         self.pending[number] = []
         self.pending_count[number] = 0
-        load.batch_enqueued()
+        load.acks.enqueued()
         self.lanes[number].submit(batch)
 
 

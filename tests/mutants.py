@@ -84,11 +84,12 @@ MUTANTS = {
         "            raise ProtocolError('refused')",
         ['tests/test_faults.py::'
          'test_a_refused_record_is_an_error_and_is_not_retried']),
-    'refusals-logged-without-limit': (
-        'every record memcached refuses gets a log line of its own',
-        "        room = LOGGED_LINES_PER_FILE - self._shown_refused\n",
-        "        room = len(refused)\n",
-        ['tests/test_faults.py']),
+    'samples-logged-without-limit': (
+        'every bad line, and every record memcached refuses, gets a log'
+        ' line of its own',
+        "        if self.shown < LOGGED_LINES_PER_FILE:\n",
+        "        if True:\n",
+        LOAD),
     # -- error accounting
     'refusals-counted-as-stored': (
         'a record memcached refused counts as stored, not as an error',
