@@ -9,10 +9,25 @@ and each valid line becomes one memcached entry: key ``dev_type:dev_id``,
 value the serialized ``appsinstalled.UserApps`` protobuf.  Every device type
 has its own memcached server (or list of servers).
 
-The pipeline, which the sections below follow in order::
+The pipeline::
 
     files -> reader -> chunks -> encoders -> results in chunk order
           -> writer -> lanes -> memcached -> rename-time checks -> renames
+
+The sections of this file, from the pure parts to the I/O:
+
+1. the line contract: parse_line states it (the README has it in words);
+2. chunks and encoding: read_chunks cuts a stream at line ends,
+   encode_chunk turns a chunk into each lane's ``set`` commands;
+3. the encoders that run encode_chunk, in this process or in processes;
+4. the wire: one memcached Connection, and connections in doubt;
+5. lanes: RetryPolicy, the one retry policy (batches and rename-time
+   checks alike), the Lane over a Connection, FileLoad's accounting;
+6. files: matching, identity, late files, and RenameInOrder, whose
+   docstring lists every condition a rename needs;
+7. the run: the Loader (reader, writer, lanes) and load_files;
+8. the metrics file;
+9. the command line, where outcomes become exit statuses.
 
 * ``gevent.monkey.patch_all()`` runs first, so the loader's own memcached
   sockets are cooperative.
@@ -315,7 +330,7 @@ def describe_value(value):
     return str(_UserApps.FromString(value)).replace('\n', ' ').strip()
 
 
-# -- 2. chunks and encoding --------------------------------------------------
+# -- 2. chunks and encoding: pure functions ----------------------------------
 
 def read_chunks(read):
     """Yield ``(pieces, oversized)`` pairs from ``read(size)``, a reader of
@@ -458,6 +473,8 @@ def iter_commands(payload):
         yield key, payload[start:start + int(length)]
         position = start + int(length) + 2
 
+
+# -- 3. the encoders: in this process, or in encoder processes ---------------
 
 class EncodingFailed(Exception):
     """A chunk could not be encoded: the file it belongs to fails."""
@@ -813,7 +830,7 @@ def _crash_for_tests(data):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-# -- 3. the wire: one memcached connection -----------------------------------
+# -- 4. the wire: one memcached connection -----------------------------------
 
 def connect(host, timeout):
     """A new connection to python-memcached's ``host`` (a ``_Host``), with
@@ -990,7 +1007,7 @@ class Connection:
         self.in_doubt = []
 
 
-# -- 4. lanes: retries over a connection, accounting per file ----------------
+# -- 5. lanes: the retry policy, accounting per file -------------------------
 
 class Samples:
     """One kind of a file's problems, logged in full for the first
@@ -1410,7 +1427,7 @@ class DryLane:
         batch.load.batch_done(batch.count, 0)
 
 
-# -- 5. files: matching, identity, late files, renames -----------------------
+# -- 6. files: matching, identity, late files, renames -----------------------
 
 def pattern_directory(pattern):
     """The deepest directory of ``pattern`` with no glob characters."""
@@ -1684,13 +1701,24 @@ def log_outcome(load, max_error_rate):
 class RenameInOrder:
     """The one place where files are renamed: called with each FileLoad in
     sorted order, it renames a loaded file to ``.<name>`` until the first
-    file that is not loaded; every file after that is kept.
+    file that is not loaded; every file after that is kept
+    (AFTER_A_FILE_NOT_LOADED).
 
-    Loaded means: read to its end, every record acknowledged or counted as
-    an error, the error rate within bounds (FileLoad.problem), every server
-    it wrote to still the instance that acknowledged it (InstanceCheck),
-    and its path still naming the bytes that were read (rename_loaded).
-    After a stop nothing more is renamed.
+    A file is renamed only if all of these hold, each a Reason if not:
+
+    * it is neither late nor re-delivered (set_aside_late, before loading:
+      LATE, REDELIVERED);
+    * it was read to its end (UNREADABLE, NOT_READ_TO_END, STOPPED);
+    * every record in it was acknowledged by memcached or counted as an
+      error (UNACKNOWLEDGED), and its error rate is within
+      ``--max-error-rate`` (ERROR_RATE): FileLoad.kept;
+    * every server it wrote to is, just before the rename, the instance
+      that acknowledged its writes, asked after --retries tries if need be
+      (InstanceCheck: SERVER_RESTARTED, SERVER_NOT_CHECKABLE);
+    * its path still names the bytes that were read, just before the
+      rename and just after it (rename_loaded: CHANGED), and the rename
+      replaces nothing (NOT_RENAMED);
+    * no stop has come (STOPPED).
     """
 
     def __init__(self, max_error_rate, check=None):
@@ -1723,7 +1751,7 @@ class RenameInOrder:
             log.warning('%s: kept: %s', load.name, load.verdict)
 
 
-# -- 6. the run --------------------------------------------------------------
+# -- 7. the run --------------------------------------------------------------
 
 class Settings:
     """What a run needs, built once from the parsed options (whose only
@@ -2238,7 +2266,132 @@ def take_lock(locks, path):
                           ' with --lock)' % (path, exc)) from None
 
 
-# -- 7. the command line -----------------------------------------------------
+# -- 8. the metrics file -----------------------------------------------------
+
+def write_metrics(path, status, started, result):
+    """Write the run's metrics to ``path`` in Prometheus text format, as
+    node_exporter's textfile collector reads them: atomically (a temporary
+    file in the same directory, then a rename).  The counters and the last
+    success time carry over from the file the previous run wrote.  A
+    failure is logged; it does not change the exit status."""
+    # Imported here: encoders, and runs without --metrics-file, need none.
+    import prometheus_client
+    from prometheus_client.parser import text_string_to_metric_families
+    prometheus_client.disable_created_metrics()
+    registry = prometheus_client.CollectorRegistry()
+
+    def gauge(name, help_text, value=None, labels=()):
+        metric = prometheus_client.Gauge('gmemcload_' + name, help_text,
+                                         labels, registry=registry)
+        if value is not None:
+            metric.set(value)
+        return metric
+
+    def counter(name, help_text, counts):
+        """A counter, ``counts`` ({labels as sorted pairs: this run's
+        count}) added to the previous run's."""
+        names = [label for label, _ in next(iter(counts), ())]
+        metric = prometheus_client.Counter('gmemcload_' + name, help_text,
+                                           names, registry=registry)
+        for labels, count in counts.items():
+            total = previous.get(('gmemcload_%s_total' % name, labels),
+                                 0) + count
+            (metric.labels(**dict(labels)) if labels else metric).inc(total)
+
+    ended = time.time()
+    loads = result.loads if result else []
+    servers = result.servers if result else []
+    try:
+        with _metrics_lock(path):
+            try:
+                with open(path) as old:
+                    previous = {
+                        (sample.name, tuple(sorted(sample.labels.items()))):
+                        sample.value
+                        for family in text_string_to_metric_families(
+                            old.read())
+                        for sample in family.samples}
+            except FileNotFoundError:
+                previous = {}
+            except (OSError, ValueError) as exc:
+                log.warning('%s: the previous metrics cannot be read (%s);'
+                            ' counters start again from 0', path, exc)
+                previous = {}
+            last_success = ended if status == EXIT_OK else previous.get(
+                ('gmemcload_last_success_timestamp_seconds', ()), 0)
+            gauge('last_run_end_timestamp_seconds',
+                  'When the last run ended', ended)
+            gauge('last_run_exit_status', 'Exit status of the last run',
+                  status)
+            gauge('last_run_duration_seconds', 'How long the last run took',
+                  ended - started)
+            gauge('last_success_timestamp_seconds',
+                  'When a run last ended with status 0 (0: never)',
+                  last_success)
+            files = gauge('last_run_files', 'Files of the last run, by'
+                          ' result, and by reason for the kept ones',
+                          labels=['result', 'reason'])
+            renamed = sum(load.renamed for load in loads)
+            files.labels(result='renamed', reason='').set(renamed)
+            verdicts = [load.kept(result.settings.max_error_rate)
+                        for load in loads if not load.renamed]
+            kept = collections.Counter(verdict.reason for verdict in verdicts
+                                       if verdict is not None)
+            for reason in Reason:  # every one, so that none goes missing
+                files.labels(result='kept', reason=reason.value).set(
+                    kept[reason])
+            # Neither renamed nor kept: loaded under --dry.
+            files.labels(result='parsed', reason='').set(
+                verdicts.count(None))
+            files.labels(result='waiting', reason='').set(
+                result.waiting if result else 0)
+            lines = sum(load.lines for load in loads)
+            stored = sum(load.stored for load in loads)
+            errors = sum(load.errors for load in loads)
+            gauge('last_run_lines', 'Lines read in the last run', lines)
+            gauge('last_run_records_stored', 'Records stored in the last'
+                  ' run', stored)
+            gauge('last_run_errors', 'Errors in the last run', errors)
+            down = gauge('last_run_server_down', '1 if the server was down'
+                         ' in the last run', labels=['server'])
+            restarts = gauge('last_run_server_restarts', 'Restarts of the'
+                             ' server seen in the last run',
+                             labels=['server'])
+            for server in servers:
+                down.labels(server=server.address).set(bool(server.down))
+                restarts.labels(server=server.address).set(server.restarts)
+            runs = {labels: 0 for name, labels in previous
+                    if name == 'gmemcload_runs_total'}
+            runs[(('status', str(status)),)] = 1
+            counter('runs', 'Runs, by exit status', runs)
+            counter('files_renamed', 'Files renamed', {(): renamed})
+            counter('lines', 'Lines read', {(): lines})
+            counter('records_stored', 'Records stored', {(): stored})
+            counter('errors', 'Errors: bad lines and records not stored',
+                    {(): errors})
+            restarts_seen = {labels: 0 for name, labels in previous
+                             if name == 'gmemcload_server_restarts_total'}
+            for server in servers:
+                restarts_seen[(('server', server.address),)] = \
+                    server.restarts
+            if restarts_seen:
+                counter('server_restarts', 'Restarts of the server seen',
+                        restarts_seen)
+            prometheus_client.write_to_textfile(path, registry)
+    except (OSError, ValueError) as exc:
+        log.error('cannot write the metrics file %s: %s', path, exc)
+
+
+@contextlib.contextmanager
+def _metrics_lock(path):
+    """Hold ``PATH.lock`` while the metrics file is read and written, so
+    that two runs ending at once never write counters that go back."""
+    with open(path + '.lock', 'a') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+# -- 9. the command line -----------------------------------------------------
 
 def parse_addresses(option, text):
     """Split a comma-separated list of HOST:PORT; raise ConfigError."""
@@ -2438,129 +2591,6 @@ def log_cpu(workers):
              + own.ru_stime, encoders.ru_utime + encoders.ru_stime,
              '%d encoder processes' % workers if workers > 1
              else 'no encoder process (--workers 1)')
-
-
-def write_metrics(path, status, started, result):
-    """Write the run's metrics to ``path`` in Prometheus text format, as
-    node_exporter's textfile collector reads them: atomically (a temporary
-    file in the same directory, then a rename).  The counters and the last
-    success time carry over from the file the previous run wrote.  A
-    failure is logged; it does not change the exit status."""
-    # Imported here: encoders, and runs without --metrics-file, need none.
-    import prometheus_client
-    from prometheus_client.parser import text_string_to_metric_families
-    prometheus_client.disable_created_metrics()
-    registry = prometheus_client.CollectorRegistry()
-
-    def gauge(name, help_text, value=None, labels=()):
-        metric = prometheus_client.Gauge('gmemcload_' + name, help_text,
-                                         labels, registry=registry)
-        if value is not None:
-            metric.set(value)
-        return metric
-
-    def counter(name, help_text, counts):
-        """A counter, ``counts`` ({labels as sorted pairs: this run's
-        count}) added to the previous run's."""
-        names = [label for label, _ in next(iter(counts), ())]
-        metric = prometheus_client.Counter('gmemcload_' + name, help_text,
-                                           names, registry=registry)
-        for labels, count in counts.items():
-            total = previous.get(('gmemcload_%s_total' % name, labels),
-                                 0) + count
-            (metric.labels(**dict(labels)) if labels else metric).inc(total)
-
-    ended = time.time()
-    loads = result.loads if result else []
-    servers = result.servers if result else []
-    try:
-        with _metrics_lock(path):
-            try:
-                with open(path) as old:
-                    previous = {
-                        (sample.name, tuple(sorted(sample.labels.items()))):
-                        sample.value
-                        for family in text_string_to_metric_families(
-                            old.read())
-                        for sample in family.samples}
-            except FileNotFoundError:
-                previous = {}
-            except (OSError, ValueError) as exc:
-                log.warning('%s: the previous metrics cannot be read (%s);'
-                            ' counters start again from 0', path, exc)
-                previous = {}
-            last_success = ended if status == EXIT_OK else previous.get(
-                ('gmemcload_last_success_timestamp_seconds', ()), 0)
-            gauge('last_run_end_timestamp_seconds',
-                  'When the last run ended', ended)
-            gauge('last_run_exit_status', 'Exit status of the last run',
-                  status)
-            gauge('last_run_duration_seconds', 'How long the last run took',
-                  ended - started)
-            gauge('last_success_timestamp_seconds',
-                  'When a run last ended with status 0 (0: never)',
-                  last_success)
-            files = gauge('last_run_files', 'Files of the last run, by'
-                          ' result, and by reason for the kept ones',
-                          labels=['result', 'reason'])
-            renamed = sum(load.renamed for load in loads)
-            files.labels(result='renamed', reason='').set(renamed)
-            verdicts = [load.kept(result.settings.max_error_rate)
-                        for load in loads if not load.renamed]
-            kept = collections.Counter(verdict.reason for verdict in verdicts
-                                       if verdict is not None)
-            for reason in Reason:  # every one, so that none goes missing
-                files.labels(result='kept', reason=reason.value).set(
-                    kept[reason])
-            # Neither renamed nor kept: loaded under --dry.
-            files.labels(result='parsed', reason='').set(
-                verdicts.count(None))
-            files.labels(result='waiting', reason='').set(
-                result.waiting if result else 0)
-            lines = sum(load.lines for load in loads)
-            stored = sum(load.stored for load in loads)
-            errors = sum(load.errors for load in loads)
-            gauge('last_run_lines', 'Lines read in the last run', lines)
-            gauge('last_run_records_stored', 'Records stored in the last'
-                  ' run', stored)
-            gauge('last_run_errors', 'Errors in the last run', errors)
-            down = gauge('last_run_server_down', '1 if the server was down'
-                         ' in the last run', labels=['server'])
-            restarts = gauge('last_run_server_restarts', 'Restarts of the'
-                             ' server seen in the last run',
-                             labels=['server'])
-            for server in servers:
-                down.labels(server=server.address).set(bool(server.down))
-                restarts.labels(server=server.address).set(server.restarts)
-            runs = {labels: 0 for name, labels in previous
-                    if name == 'gmemcload_runs_total'}
-            runs[(('status', str(status)),)] = 1
-            counter('runs', 'Runs, by exit status', runs)
-            counter('files_renamed', 'Files renamed', {(): renamed})
-            counter('lines', 'Lines read', {(): lines})
-            counter('records_stored', 'Records stored', {(): stored})
-            counter('errors', 'Errors: bad lines and records not stored',
-                    {(): errors})
-            restarts_seen = {labels: 0 for name, labels in previous
-                             if name == 'gmemcload_server_restarts_total'}
-            for server in servers:
-                restarts_seen[(('server', server.address),)] = \
-                    server.restarts
-            if restarts_seen:
-                counter('server_restarts', 'Restarts of the server seen',
-                        restarts_seen)
-            prometheus_client.write_to_textfile(path, registry)
-    except (OSError, ValueError) as exc:
-        log.error('cannot write the metrics file %s: %s', path, exc)
-
-
-@contextlib.contextmanager
-def _metrics_lock(path):
-    """Hold ``PATH.lock`` while the metrics file is read and written, so
-    that two runs ending at once never write counters that go back."""
-    with open(path + '.lock', 'a') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def main(argv=None):
