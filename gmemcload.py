@@ -145,6 +145,11 @@ OPEN_FILES = 3  # files read and not yet renamed or kept, at most
 ENCODER_CHUNKS = 2  # chunks in flight per encoder process
 F_SETPIPE_SZ = 1031  # fcntl: a pipe's capacity (Linux)
 ENCODER_TIMEOUT = 30.0  # seconds a busy encoder may give no result
+# An encoder's death is a retry of its chunks, not of memcached I/O: a
+# chunk that killed this many encoders fails its file, and a place whose
+# encoders died this many times in a row without a result gives up.
+ENCODER_DEATHS_PER_CHUNK = 2
+ENCODER_DEATHS_IN_A_ROW = 4
 _libc = ctypes.CDLL(None, use_errno=True)
 SUMMARY_ROWS = 100  # past this many files the summary lists only kept ones
 BACKOFF_FIRST = 0.25  # seconds before the first retry; doubles per retry
@@ -700,7 +705,8 @@ class _EncoderSlot:
         chunks = list(self.in_flight)
         self.in_flight.clear()
         self.fruitless_deaths += 1
-        if not self.pool.closed and self.fruitless_deaths > 3:
+        if not self.pool.closed and \
+                self.fruitless_deaths >= ENCODER_DEATHS_IN_A_ROW:
             self.broken = 'encoders keep dying (exit status %s)' % status
             log.error('encoder %d: %s; no other is started, and the'
                       ' chunks sent to it fail', self.number + 1,
@@ -720,7 +726,7 @@ class _EncoderSlot:
             self.broken = 'no encoder could be started: %s' % exc
             log.error('encoder %d: %s', self.number + 1, self.broken)
         for chunk in chunks:
-            if self.broken or chunk.blamed >= 2:
+            if self.broken or chunk.blamed >= ENCODER_DEATHS_PER_CHUNK:
                 self._fail(chunk, self.broken or 'a chunk of it killed two'
                            ' encoders (exit status %s)' % status)
             else:

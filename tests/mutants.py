@@ -204,8 +204,10 @@ MUTANTS = {
         ENCODERS),
     'a-chunk-may-kill-three-encoders': (
         'a chunk that kills two encoders is sent to a third',
-        "            if self.broken or chunk.blamed >= 2:",
-        "            if self.broken or chunk.blamed > 2:",
+        "            if self.broken or chunk.blamed >="
+        " ENCODER_DEATHS_PER_CHUNK:",
+        "            if self.broken or chunk.blamed >"
+        " ENCODER_DEATHS_PER_CHUNK:",
         ENCODERS),
     'deaths-counted-over-results': (
         'an encoder place gives up after four deaths in all, not four in'
@@ -215,8 +217,8 @@ MUTANTS = {
         ENCODERS),
     'endless-encoder-restarts': (
         'encoders that keep dying are started again without end',
-        "        if not self.pool.closed and self.fruitless_deaths > 3:",
-        "        if not self.pool.closed and self.fruitless_deaths > 99:",
+        "                self.fruitless_deaths >= ENCODER_DEATHS_IN_A_ROW:",
+        "                self.fruitless_deaths >= 99:",
         ['tests/test_encoders.py::'
          'test_encoders_that_keep_dying_fail_their_files_and_the_run_ends']),
     # -- renames
