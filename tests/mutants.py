@@ -131,6 +131,30 @@ MUTANTS = {
         "    if len(key) > MAX_KEY_LENGTH or",
         "    if len(key) > MAX_KEY_LENGTH + 1 or",
         ['tests/test_parse.py']),
+    'every-key-to-the-first-uploader': (
+        'a server\'s keys all travel through its first lane',
+        "    return lanes[0] if len(lanes) == 1 else",
+        "    return lanes[0] if True else",
+        ['tests/test_parse.py']),
+    'every-key-to-the-first-server': (
+        'a type\'s keys all go to its first server, where a Client with'
+        ' the same list does not look for them',
+        "    lanes = lanes_by_server[0] if len(lanes_by_server) == 1"
+        " else \\\n",
+        "    lanes = lanes_by_server[0] if True else \\\n",
+        ['tests/test_parse.py']),
+    'types-share-lanes': (
+        'two device types with different servers share lanes',
+        "                lane_addresses += [address] * uploaders\n",
+        "                lane_addresses = [address] * uploaders\n",
+        ['tests/test_parse.py']),
+    'decompressor-error-escapes': (
+        'an error of the decompressor escapes as a crash, not Unreadable',
+        "            raise Unreadable('%s (%s)' % (exc,"
+        " type(exc).__name__)) \\\n",
+        "            raise Unreadable('%s (%s)' / (exc,"
+        " type(exc).__name__)) \\\n",
+        ['tests/test_parse.py']),
     # -- newest wins, order
     'lines-of-a-chunk-reversed': (
         'newest-wins within a file: a lane gets a chunk\'s records in'

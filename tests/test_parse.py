@@ -1,6 +1,8 @@
 """The line contract: parse_line and pack_user_apps, no server needed."""
 import math
+import zlib
 
+import memcache
 import pytest
 
 import gmemcload
@@ -189,3 +191,65 @@ def test_read_chunks_gives_a_turn_for_every_read_inside_a_long_line(
     turns = list(gmemcload.read_chunks(reader.read))
     assert len(turns) >= 100
     assert [oversized for _, oversized in turns if oversized] == [[b'x' * 8]]
+
+
+@pytest.mark.parametrize('error', [zlib.error('invalid distance'),
+                                   EOFError('Compressed file ended'),
+                                   ValueError('bad header'), OSError(5)])
+def test_any_decompressor_error_is_unreadable_input(error):
+    def read(size):
+        raise error
+
+    with pytest.raises(gmemcload.Unreadable) as caught:
+        list(gmemcload.read_chunks(read))
+    assert str(caught.value) == '%s (%s)' % (error, type(error).__name__)
+
+
+def test_memory_running_out_while_reading_is_not_the_inputs_fault():
+    def read(size):
+        raise MemoryError()
+
+    with pytest.raises(MemoryError):
+        list(gmemcload.read_chunks(read))
+
+
+def test_every_type_has_its_servers_and_each_server_its_own_lanes():
+    addresses = {'idfa': ['a:1'], 'gaid': ['b:1', 'c:1'], 'adid': ['a:1'],
+                 'dvid': ['d:1']}
+    routes, lane_addresses = gmemcload.build_routes(addresses, 2)
+    assert routes == {b'idfa': ((0, 1),), b'gaid': ((2, 3), (4, 5)),
+                      b'adid': ((0, 1),), b'dvid': ((6, 7),)}
+    assert lane_addresses == ['a:1', 'a:1', 'b:1', 'b:1', 'c:1', 'c:1',
+                              'd:1', 'd:1']
+
+
+@pytest.mark.parametrize('servers', [1, 2, 3])
+@pytest.mark.parametrize('uploaders', [1, 2, 3])
+def test_a_keys_lane_is_its_clients_server_and_its_crc32_uploader(
+        servers, uploaders):
+    # The server is the one a memcache.Client with the same list uses; the
+    # lane within it is crc32 mod --uploaders, so every lane gets keys.
+    addresses = ['127.0.0.1:%d' % (11211 + n) for n in range(servers)]
+    routes, lane_addresses = gmemcload.build_routes(
+        {t: addresses for t in gmemcload.DEVICE_TYPES}, uploaders)
+    client = memcache.Client(addresses)
+    used = set()
+    for n in range(300):
+        key = b'idfa:%d' % n
+        lane = gmemcload.lane_for(routes[b'idfa'], key)
+        server = client.buckets[memcache.serverHashFunction(key)
+                                % len(client.buckets)]
+        assert lane_addresses[lane] == '%s:%d' % server.address
+        lanes = routes[b'idfa'][addresses.index(lane_addresses[lane])]
+        assert lane == lanes[zlib.crc32(key) % uploaders]
+        used.add(lane)
+    assert used == set(range(servers * uploaders))
+
+
+def test_iter_commands_gives_back_each_key_and_value():
+    records = [(b'k1', b''), (b'k2', b'v\r\nset x 0 0 1\r\n'),
+               (b'k3', bytes(range(256)))]
+    payload = b''.join(gmemcload.set_command(key, value)
+                       for key, value in records)
+    assert list(gmemcload.iter_commands(payload)) == records
+    assert list(gmemcload.iter_commands(b'')) == []

@@ -91,9 +91,15 @@ def test_replies_out_of_step_resend_the_batch_on_a_fresh_connection(
 # -- read_replies, with canned replies --
 
 def canned(*chunks):
-    """A recv() that hands out ``chunks``, then the end of the stream."""
+    """A recv() that hands out ``chunks``, then the end of the stream; it
+    takes a size as a socket's recv does."""
     pending = list(chunks)
-    return lambda size: pending.pop(0) if pending else b''
+
+    def recv(size):
+        assert isinstance(size, int) and size >= 4096, size
+        return pending.pop(0) if pending else b''
+
+    return recv
 
 
 def test_replies_split_anywhere_across_reads_are_counted():
