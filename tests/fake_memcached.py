@@ -14,6 +14,7 @@ It speaks the part of the text protocol the loader and the tests use:
 * ``restart()``: drop every connection and all data and take a new pid,
   as a restarted memcached does (or keep the pid, or the pid and start
   time: see restart);
+* count ``connection_step`` connections for each (a busy server);
 * answer ``stats`` without pid and uptime (``tells_identity = False``), as
   a proxy in front of memcached may;
 * stall a connection at its first ``set`` for ``stall_seconds`` while
@@ -58,6 +59,7 @@ class FakeMemcached:
         self.commands = 0  # commands seen, over all connections
         self.sets = 0
         self.connections = 0
+        self.connection_step = 1  # as if others connected in between
         self.pid = next(_PIDS)
         self.started = int(time.time())
         self._open = set()
@@ -100,7 +102,7 @@ class FakeMemcached:
             self.started = int(time.time()) - 1
 
     def _handle(self, sock, _peer):
-        self.connections += 1
+        self.connections += self.connection_step
         self._open.add(sock)
         if self.refuse:
             _reset(sock)

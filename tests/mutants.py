@@ -280,6 +280,12 @@ MUTANTS = {
         "                load.instances.items()):",
         "                load.instances.items())[-1:]:",
         PROMISE),
+    'lowest-connection-count-compared': (
+        'a restart that keeps pid and start time is missed when the check'
+        ' counts more connections than the file\'s first one did',
+        "            self.instances[address] = (instance, max(connections,",
+        "            self.instances[address] = (instance, min(connections,",
+        PROMISE),
     'start-time-not-compared': (
         'a restart that keeps the pid, with a new start time, is not'
         ' noticed',

@@ -236,6 +236,39 @@ def test_a_restart_that_keeps_pid_and_start_time_is_noticed(
     assert listing(tmp_path) == [FIRST]
 
 
+def test_the_count_compared_is_the_highest_the_files_connections_saw(
+        tmp_path, fake_memcached, memcached_set, monkeypatch):
+    # idfa's writes are acknowledged on a connection made at 150 and, after
+    # a reset, on one made at 250.  It restarts keeping pid and start
+    # time, and is busy: the check's connection counts 160, above the
+    # first connection's count and below the second's.  Only the highest
+    # count tells the restart.
+    monkeypatch.setattr(gmemcload, 'READ_CHUNK', 512)
+    gaid = memcached_set['gaid']
+    daemons = dict(memcached_set, idfa=fake_memcached)
+    fake_memcached.connections = 50
+    fake_memcached.connection_step = 100
+    fake_memcached.reset_after = 25  # stats, a batch, part of the next
+    fake_memcached.resets = 1
+    lines = lines_for('idfa', 100) + lines_for('gaid', 100)
+    write_gz(tmp_path / FIRST, lines)
+    with loading_while_paused(tmp_path, daemons, gaid, '--uploaders', '1',
+                              '--batch-size', '1',
+                              '--retries', '10') as loader:
+        wait_for(lambda: len(fake_memcached.data) == 100)
+        fake_memcached.restart(same_identity=True)
+        fake_memcached.connections = 60
+    status, text = loader.get(timeout=60)
+    assert status == 1, text
+    assert 'retry 1/10' in text  # the reset, and a second connection
+    assert 'wrote to pid %d started' % fake_memcached.pid in text
+    assert '%s: Failed load: memcached %s restarted after this file was' \
+        ' written' % (FIRST, fake_memcached.address) in text
+    assert '160 connections, wrote to' in text
+    assert '250 connections)' in text
+    assert listing(tmp_path) == [FIRST]
+
+
 @contextlib.contextmanager
 def silent_at_rename(tmp_path, memcached_set, *extra):
     """Load a file whose idfa writes are acknowledged and whose rename then
