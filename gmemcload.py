@@ -1578,17 +1578,27 @@ def rename_loaded(path, identity):
     try:
         if file_identity(os.stat(target))[:-1] == identity[:-1]:
             return None
-        rename_noreplace(target, path)
-    except OSError as exc:
-        log.error('%s was replaced while being renamed, and could not be'
-                  ' put back: %s; rename it back by hand', target, exc)
+    except OSError:
+        pass
+    put_back(path, 'was replaced while being renamed')
     return changed
 
 
+def put_back(path, why):
+    """Rename ``.<name>`` back to ``path``, never over a file; log it if
+    it cannot be (``why`` says why it was to go back)."""
+    try:
+        rename_noreplace(dot_path(path), path)
+    except OSError as exc:
+        log.error('%s %s, and could not be put back: %s; rename it back by'
+                  ' hand', dot_path(path), why, exc)
+
+
 class InstanceCheck:
-    """Proof, just before a rename, that a file's records are still in
-    memcached: each server the file wrote to is asked who it is (one
-    ``stats`` round trip on a connection of the renaming process's own).
+    """Proof, just before a rename and just after it, that a file's
+    records are still in memcached: every server the file wrote to is
+    asked at once who it is (one ``stats`` round trip each, on connections
+    of the renaming process's own).
     It must be the instance that acknowledged the writes, with at least as
     many connections counted as then.  A restarted server is empty; one
     that cannot be asked, after --retries tries, proves nothing.
@@ -1625,12 +1635,22 @@ class InstanceCheck:
         self.connections.clear()
 
     def _problem(self, load):
-        for address, (instance, connections) in sorted(
-                load.instances.items()):
-            if instance is None:
+        """Ask every server the file wrote to at once; the first problem in
+        the order of their addresses, or None."""
+        wrote = []  # (address, (instance, connections)) of the checkable
+        for address, seen in sorted(load.instances.items()):
+            if seen[0] is None:
                 self._cannot_check(address)
-                continue
-            answer, error = self._ask(address)
+            else:
+                wrote.append((address, seen))
+        asking = gevent.pool.Group()
+        answers = [asking.spawn(self._ask, address) for address, _ in wrote]
+        try:
+            asking.join()
+        finally:
+            asking.kill(block=False)  # after abort(): no question goes on
+        for (address, (instance, connections)), asked in zip(wrote, answers):
+            answer, error = asked.value
             if error is not None:
                 return Verdict(Reason.SERVER_NOT_CHECKABLE, address, error)
             now, connections_now = answer
@@ -1718,9 +1738,11 @@ class RenameInOrder:
     * every record in it was acknowledged by memcached or counted as an
       error (UNACKNOWLEDGED), and its error rate is within
       ``--max-error-rate`` (ERROR_RATE): FileLoad.kept;
-    * every server it wrote to is, just before the rename, the instance
-      that acknowledged its writes, asked after --retries tries if need be
-      (InstanceCheck: SERVER_RESTARTED, SERVER_NOT_CHECKABLE);
+    * every server it wrote to is, at the moment of the rename, the
+      instance that acknowledged its writes: all of them are asked at once
+      just before the rename and again just after it, and a change seen
+      after it renames the file back (InstanceCheck, _confirm:
+      SERVER_RESTARTED, SERVER_NOT_CHECKABLE, after --retries tries);
     * its path still names the bytes that were read, just before the
       rename and just after it (rename_loaded: CHANGED), and the rename
       replaces nothing (NOT_RENAMED);
@@ -1733,6 +1755,16 @@ class RenameInOrder:
         self.renaming = True
         self.stopped = False
 
+    def _confirm(self, load):
+        """Ask the servers again once the file is renamed: an answer of the
+        first check may be old by the time of the rename, so a server that
+        changed before the rename is seen now, and the rename is undone.
+        Returns the Verdict that undid it, or None."""
+        verdict = STOPPED if self.stopped else self.check.problem(load)
+        if verdict is not None:
+            put_back(load.path, 'was renamed while a server changed')
+        return verdict
+
     def stop(self):
         """Rename nothing more, and end a check in flight at once."""
         self.stopped = True
@@ -1744,7 +1776,8 @@ class RenameInOrder:
                 and load.loaded(self.max_error_rate):
             verdict = STOPPED if self.stopped else (
                 self.check.problem(load)
-                or rename_loaded(load.path, load.identity))
+                or rename_loaded(load.path, load.identity)
+                or self._confirm(load))
             if verdict is None:
                 load.renamed = True
             else:

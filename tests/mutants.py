@@ -272,19 +272,25 @@ MUTANTS = {
         PROMISE),
     'rename-check-asks-the-first-server-only': (
         'a restart of any server but the first one asked is not noticed',
-        "                load.instances.items()):",
-        "                load.instances.items())[:1]:",
+        "        for address, seen in sorted(load.instances.items()):",
+        "        for address, seen in sorted(load.instances.items())[:1]:",
         PROMISE),
     'rename-check-asks-the-last-server-only': (
         'a restart of any server but the last one asked is not noticed',
-        "                load.instances.items()):",
-        "                load.instances.items())[-1:]:",
+        "        for address, seen in sorted(load.instances.items()):",
+        "        for address, seen in sorted(load.instances.items())[-1:]:",
         PROMISE),
     'lowest-connection-count-compared': (
         'a restart that keeps pid and start time is missed when the check'
         ' counts more connections than the file\'s first one did',
         "            self.instances[address] = (instance, max(connections,",
         "            self.instances[address] = (instance, min(connections,",
+        PROMISE),
+    'no-check-after-the-rename': (
+        'a restart between the check\'s answers and the rename is missed',
+        "                or rename_loaded(load.path, load.identity)\n"
+        "                or self._confirm(load))",
+        "                or rename_loaded(load.path, load.identity))",
         PROMISE),
     'start-time-not-compared': (
         'a restart that keeps the pid, with a new start time, is not'

@@ -216,6 +216,36 @@ def test_a_restart_that_keeps_the_pid_but_not_the_start_time_is_noticed(
     assert listing(tmp_path) == ['.' + FIRST, SECOND]
 
 
+@pytest.mark.parametrize('position', [0, -1])
+def test_a_restart_after_the_check_but_before_the_rename_keeps_the_file(
+        tmp_path, memcached_set, monkeypatch, position):
+    # The check's answers are a moment old when the file is renamed; a
+    # restart in that moment is seen by the check after the rename, which
+    # puts the file back.
+    idfa, adid = memcached_set['idfa'], memcached_set['adid']
+    restarted = sorted([idfa, adid], key=lambda d: d.address)[position]
+    lines = lines_for('idfa', 50) + lines_for('adid', 50)
+    path = write_gz(tmp_path / FIRST, lines)
+    real_rename = gmemcload.rename_noreplace
+
+    def restart_then_rename(source, target):
+        if source == path:
+            restarted.restart()
+        real_rename(source, target)
+
+    monkeypatch.setattr(gmemcload, 'rename_noreplace', restart_then_rename)
+    status, text = run(tmp_path, memcached_set)
+    assert status == 1, text
+    assert listing(tmp_path) == [FIRST]
+    assert '%s: Failed load: memcached %s restarted after this file was' \
+        ' written' % (FIRST, restarted.address) in text
+    monkeypatch.setattr(gmemcload, 'rename_noreplace', real_rename)
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    want = dict(map(expected_value, lines))
+    assert stored_values(memcached_set, want) == want
+
+
 def test_a_restart_that_keeps_pid_and_start_time_is_noticed(
         tmp_path, fake_memcached, memcached_set):
     # A memcached in a container is always pid 1; restarted within the
