@@ -221,6 +221,10 @@ class Reason(enum.Enum):
         '%d records not acknowledged by memcached (%s)'
     ERROR_RATE = 'error_rate', 'error rate %.4g above %g'
     SERVER_RESTARTED = 'server_restarted', 'memcached %s restarted %s'
+    EVICTED = 'evicted', 'memcached %s evicted %d items and was flushed' \
+        ' %d times while this file was written and checked: the cache is' \
+        ' full, and some of its records may be gone (give memcached more' \
+        ' memory, or load anyway with --accept-evictions)'
     SERVER_NOT_CHECKABLE = 'server_not_checkable', \
         'cannot check memcached %s before the rename: %s'
     CHANGED = 'changed', 'changed while loading (replaced or written to):' \
@@ -904,10 +908,12 @@ def _read_reply(sock, done, limit=1 << 20):
 
 
 def server_identity(sock):
-    """Ask the server who it is: ``(instance, connections)``, where
-    ``instance`` is its ``(pid, start time)`` (None if its ``stats`` do not
-    say) and ``connections`` its ``total_connections`` so far (None if not
-    said), a count that only grows while the same instance runs.  Raises
+    """Ask the server who it is: ``(instance, connections, dropped)``,
+    where ``instance`` is its ``(pid, start time)`` (None if its ``stats``
+    do not say), ``connections`` its ``total_connections`` so far and
+    ``dropped`` its ``(evictions, cmd_flush)`` so far, the items it let go
+    to make room and the flushes that emptied it (each None if not said):
+    counts that only grow while the same instance runs.  Raises
     ProtocolError with the server's own words if it answers anything else
     (a server at its connection limit says so)."""
     sock.sendall(b'stats\r\n')
@@ -922,8 +928,10 @@ def server_identity(sock):
                     int(stats[b'time']) - int(stats[b'uptime']))
     except (KeyError, ValueError):
         instance = None  # a server (or proxy) that keeps no such stats
-    connections = stats.get(b'total_connections', b'')
-    return instance, int(connections) if connections.isdigit() else None
+    counts = [int(stats[name]) if stats.get(name, b'').isdigit() else None
+              for name in (b'total_connections', b'evictions', b'cmd_flush')]
+    dropped = None if None in counts[1:] else tuple(counts[1:])
+    return instance, counts[0], dropped
 
 
 class Connection:
@@ -949,6 +957,7 @@ class Connection:
         self.sock = None
         self.instance = None  # (pid, start time) of the server, or None
         self.connections = None  # its total_connections when connected
+        self.dropped = None  # its (evictions, cmd_flush) when connected
         self.in_doubt = []
 
     def exchange(self, payload, count):
@@ -958,8 +967,9 @@ class Connection:
         self.settle()
         if self.sock is None:
             self.sock = connect(self.host, self.timeout)
-            self.instance, self.connections = server_identity(self.sock)
-            self.identified(self.instance)
+            self.instance, self.connections, self.dropped = \
+                server_identity(self.sock)
+            self.identified(self.instance, self.dropped)
         self.sock.sendall(payload)
         return read_replies(self.sock.recv, count)
 
@@ -1161,21 +1171,26 @@ class FileLoad:
         if self.verdict is None:
             self.verdict = verdict
 
-    def wrote_to(self, address, instance, connections):
+    def wrote_to(self, address, instance, connections, dropped):
         """Note that the server instance ``instance`` acknowledged writes
         of this file, on a connection made when it had counted
-        ``connections`` (see server_identity); two instances mean the
-        server restarted meanwhile."""
+        ``connections``, having dropped ``dropped`` items before the
+        writes were sent (see server_identity); two instances mean the
+        server restarted meanwhile.  Kept: the highest connection count,
+        the lowest dropped counts."""
         if address not in self.instances:
-            self.instances[address] = (instance, connections)
+            self.instances[address] = (instance, connections, dropped)
             return
-        seen, seen_connections = self.instances[address]
+        seen, seen_connections, seen_dropped = self.instances[address]
         if seen != instance:
             self.fail(Verdict(Reason.SERVER_RESTARTED, address,
                               'while this file loaded'))
-        elif None not in (connections, seen_connections):
-            self.instances[address] = (instance, max(connections,
-                                                     seen_connections))
+            return
+        if None not in (connections, seen_connections):
+            connections = max(connections, seen_connections)
+        if None not in (dropped, seen_dropped):
+            dropped = tuple(map(min, dropped, seen_dropped))
+        self.instances[address] = (instance, connections, dropped)
 
     def add_lines(self, lines, errors, bad=(), dropped=0,
                   dropped_samples=()):
@@ -1253,9 +1268,14 @@ class Server:
         self.down = None
         self.instance = None  # (pid, start time) of the memcached process
         self.restarts = 0  # restarts seen in this run
+        # The highest (evictions, cmd_flush) seen of this instance, and the
+        # evictions seen to grow in this run.
+        self.dropped = None
+        self.evictions = 0
 
-    def check_instance(self, instance):
-        """Note the identity a new connection found; count a restart."""
+    def check_instance(self, instance, dropped=None):
+        """Note the identity a new connection or a check found, and its
+        counts of items dropped; count a restart, and evictions."""
         if instance is None:
             return
         if self.instance is not None and instance != self.instance:
@@ -1264,7 +1284,13 @@ class Server:
                         ' stored earlier is gone; files not yet renamed'
                         ' that wrote to it are kept', self.address,
                         instance[0], self.instance[0])
+            self.dropped = None
         self.instance = instance
+        if dropped is not None:
+            if self.dropped is not None:
+                self.evictions += max(0, dropped[0] - self.dropped[0])
+                dropped = tuple(map(max, dropped, self.dropped))
+            self.dropped = dropped
 
 
 class RetryPolicy:
@@ -1381,6 +1407,8 @@ class Lane:
             batch.load.batch_done(0, 0, count, self.server.down)
             return
         policy = self.settings.retry
+        # What the server had dropped before this batch was sent.
+        known = self.server.instance, self.server.dropped
 
         def announce(error, retry, delay):
             log.warning('%s: %s; retry %d/%d of a batch of %d in %.2fs',
@@ -1394,8 +1422,11 @@ class Lane:
         if error is None:
             if refused:
                 batch.load.add_refusals(address, refused, batch.payload)
-            batch.load.wrote_to(address, self.connection.instance,
-                                self.connection.connections)
+            instance = self.connection.instance
+            batch.load.wrote_to(
+                address, instance, self.connection.connections,
+                known[1] if known[0] == instance and known[1] is not None
+                else self.connection.dropped)
             batch.load.batch_done(count - len(refused), len(refused))
             return
         if self.server.down:  # another lane gave up on it meanwhile
@@ -1610,9 +1641,12 @@ class InstanceCheck:
     def __init__(self, settings, servers):
         self.timeout = settings.timeout
         self.policy = settings.retry
+        self.accept_evictions = settings.accept_evictions
         self.servers = servers  # address -> Server, to count restarts
         self.connections = {}  # address -> a connection kept for reuse
-        self.warned = set()  # addresses logged as not checkable
+        # addresses logged as not checkable; (path, address) of evictions
+        # accepted and logged
+        self.warned = set()
         self.greenlet = None  # the check in flight, for abort()
 
     def problem(self, load):
@@ -1637,7 +1671,7 @@ class InstanceCheck:
     def _problem(self, load):
         """Ask every server the file wrote to at once; the first problem in
         the order of their addresses, or None."""
-        wrote = []  # (address, (instance, connections)) of the checkable
+        wrote = []  # (address, (instance, connections, dropped)) checkable
         for address, seen in sorted(load.instances.items()):
             if seen[0] is None:
                 self._cannot_check(address)
@@ -1649,12 +1683,13 @@ class InstanceCheck:
             asking.join()
         finally:
             asking.kill(block=False)  # after abort(): no question goes on
-        for (address, (instance, connections)), asked in zip(wrote, answers):
+        for (address, (instance, connections, dropped)), asked in zip(
+                wrote, answers):
             answer, error = asked.value
             if error is not None:
                 return Verdict(Reason.SERVER_NOT_CHECKABLE, address, error)
-            now, connections_now = answer
-            self.servers[address].check_instance(now)
+            now, connections_now, dropped_now = answer
+            self.servers[address].check_instance(now, dropped_now)
             if now != instance or None not in (connections, connections_now) \
                     and connections_now < connections:
                 return Verdict(
@@ -1663,6 +1698,21 @@ class InstanceCheck:
                     ' records there are gone'
                     % (describe_instance(now, connections_now),
                        describe_instance(instance, connections)))
+            if None in (dropped, dropped_now):
+                continue  # a server that does not count them
+            evicted, flushed = (after - before for after, before in
+                                zip(dropped_now, dropped))
+            if evicted <= 0 and flushed <= 0:
+                continue
+            if not self.accept_evictions:
+                return Verdict(Reason.EVICTED, address, evicted, flushed)
+            if (load.path, address) not in self.warned:
+                self.warned.add((load.path, address))
+                log.warning('%s: memcached %s evicted %d items and was'
+                            ' flushed %d times while it was written and'
+                            ' checked; renamed on --accept-evictions: some'
+                            ' of its records may be gone', load.name,
+                            address, evicted, flushed)
         return None
 
     def _ask(self, address):
@@ -1812,6 +1862,7 @@ class Settings:
         self.workers = args.workers  # encoders; 1: in this process
         self.min_age = args.min_age
         self.load_late = args.load_late
+        self.accept_evictions = args.accept_evictions
         self.lock = args.lock  # None: the default locks (see load_files)
         self.show_bar = not args.log and sys.stderr.isatty()
 
@@ -2396,9 +2447,13 @@ def write_metrics(path, status, started, result):
             restarts = gauge('last_run_server_restarts', 'Restarts of the'
                              ' server seen in the last run',
                              labels=['server'])
+            evictions = gauge('last_run_server_evictions', 'Items the server'
+                              ' evicted, seen in the last run',
+                              labels=['server'])
             for server in servers:
                 down.labels(server=server.address).set(bool(server.down))
                 restarts.labels(server=server.address).set(server.restarts)
+                evictions.labels(server=server.address).set(server.evictions)
             runs = {labels: 0 for name, labels in previous
                     if name == 'gmemcload_runs_total'}
             runs[(('status', str(status)),)] = 1
@@ -2408,14 +2463,18 @@ def write_metrics(path, status, started, result):
             counter('records_stored', 'Records stored', {(): stored})
             counter('errors', 'Errors: bad lines and records not stored',
                     {(): errors})
-            restarts_seen = {labels: 0 for name, labels in previous
-                             if name == 'gmemcload_server_restarts_total'}
-            for server in servers:
-                restarts_seen[(('server', server.address),)] = \
-                    server.restarts
-            if restarts_seen:
-                counter('server_restarts', 'Restarts of the server seen',
-                        restarts_seen)
+            for name, help_text, attribute in (
+                    ('server_restarts', 'Restarts of the server seen',
+                     'restarts'),
+                    ('server_evictions', 'Items the server evicted, seen'
+                     ' while files were written and checked', 'evictions')):
+                seen = {labels: 0 for sample, labels in previous
+                        if sample == 'gmemcload_%s_total' % name}
+                for server in servers:
+                    seen[(('server', server.address),)] = getattr(
+                        server, attribute)
+                if seen:
+                    counter(name, help_text, seen)
             prometheus_client.write_to_textfile(path, registry)
     except (OSError, ValueError) as exc:
         log.error('cannot write the metrics file %s: %s', path, exc)
@@ -2559,6 +2618,12 @@ def build_parser():
                              ' matches, was already processed (its values'
                              ' then overwrite newer ones); by default such'
                              ' a file is kept and the run exits 1')
+    parser.add_argument('--accept-evictions', action='store_true',
+                        help='rename a file even if a server it wrote to'
+                             ' evicted items (or was flushed) while it was'
+                             ' written and checked, so that some of its'
+                             ' records may be gone; by default such a file'
+                             ' is kept and the run exits 1')
     parser.add_argument('--lock', metavar='PATH',
                         help='lock file that keeps runs apart, instead of'
                              ' the default: %s in the directory of'

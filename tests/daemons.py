@@ -19,8 +19,9 @@ class MemcachedDaemon:
     """A real memcached on a free loopback port, started and stopped by a
     test."""
 
-    def __init__(self, memory_mb=64, threads=2):
-        self.options = ['-U', '0', '-t', str(threads), '-m', str(memory_mb)]
+    def __init__(self, memory_mb=64, threads=2, max_item='1m'):
+        self.options = ['-U', '0', '-t', str(threads), '-m', str(memory_mb),
+                        '-I', max_item]
         if os.geteuid() == 0:
             self.options += ['-u', 'root']
         for _ in range(3):  # another process may take the free port first

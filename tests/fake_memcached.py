@@ -11,6 +11,7 @@ It speaks the part of the text protocol the loader and the tests use:
   the next ``resets`` connections (None: every connection);
 * answer ``SERVER_ERROR object too large for cache`` to a ``set`` whose
   value is longer than ``max_value`` bytes, as real memcached does;
+* count ``evictions`` in ``stats`` (set by a test), and flushes;
 * ``restart()``: drop every connection and all data and take a new pid,
   as a restarted memcached does (or keep the pid, or the pid and start
   time: see restart);
@@ -56,6 +57,8 @@ class FakeMemcached:
         self.stall_part_seconds = 0.0
         self.garbage_replies = 0
         self.extra_replies = 0
+        self.evictions = 0  # what stats say it evicted
+        self.flushes = 0
         self.commands = 0  # commands seen, over all connections
         self.sets = 0
         self.connections = 0
@@ -93,6 +96,7 @@ class FakeMemcached:
                 pass
         self._open.clear()
         self.data.clear()
+        self.evictions = self.flushes = 0
         if same_pid:
             self.started += 1
             return
@@ -190,11 +194,14 @@ class FakeMemcached:
                 return b'STAT version 1.6.0-fake\r\nEND\r\n'
             now = int(time.time())
             return (b'STAT pid %d\r\nSTAT uptime %d\r\nSTAT time %d\r\n'
-                    b'STAT total_connections %d\r\nEND\r\n'
-                    % (self.pid, now - self.started, now, self.connections))
+                    b'STAT total_connections %d\r\nSTAT cmd_flush %d\r\n'
+                    b'STAT evictions %d\r\nEND\r\n'
+                    % (self.pid, now - self.started, now, self.connections,
+                       self.flushes, self.evictions))
         if name == b'version':
             return b'VERSION 1.6.0-fake\r\n'
         if name == b'flush_all':
+            self.flushes += 1
             self.data.clear()
             return b'OK\r\n'
         if name == b'quit':

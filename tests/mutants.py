@@ -283,14 +283,31 @@ MUTANTS = {
     'lowest-connection-count-compared': (
         'a restart that keeps pid and start time is missed when the check'
         ' counts more connections than the file\'s first one did',
-        "            self.instances[address] = (instance, max(connections,",
-        "            self.instances[address] = (instance, min(connections,",
+        "            connections = max(connections, seen_connections)",
+        "            connections = min(connections, seen_connections)",
         PROMISE),
     'no-check-after-the-rename': (
         'a restart between the check\'s answers and the rename is missed',
         "                or rename_loaded(load.path, load.identity)\n"
         "                or self._confirm(load))",
         "                or rename_loaded(load.path, load.identity))",
+        PROMISE),
+    'evictions-ignored': (
+        'a file whose server evicted items while it loaded is renamed',
+        "                return Verdict(Reason.EVICTED, address, evicted,"
+        " flushed)",
+        "                continue",
+        PROMISE),
+    'flushes-ignored': (
+        'a file whose server was flushed while it loaded is renamed',
+        "            if evicted <= 0 and flushed <= 0:",
+        "            if evicted <= 0:",
+        PROMISE),
+    'evictions-not-counted': (
+        'the metrics say a server evicted nothing',
+        "                self.evictions += max(0, dropped[0] -"
+        " self.dropped[0])",
+        "                self.evictions += 0",
         PROMISE),
     'start-time-not-compared': (
         'a restart that keeps the pid, with a new start time, is not'
@@ -447,12 +464,12 @@ MUTANTS = {
         OPERATORS),
     'check-restarts-not-counted': (
         'a restart seen only by the rename-time check is not counted',
-        "            self.servers[address].check_instance(now)\n",
+        "            self.servers[address].check_instance(now, dropped_now)\n",
         "",
         OPERATORS),
     'lane-restarts-not-counted': (
         'a restart seen only by a lane\'s new connection is not counted',
-        "            self.identified(self.instance)\n",
+        "            self.identified(self.instance, self.dropped)\n",
         "",
         OPERATORS),
     'restarts-counted-once': (

@@ -15,8 +15,8 @@ from isal import igzip
 import gmemcload
 from conftest import (expected_state, expected_value, files, lines_for,
                       listing, metrics, run, same_server, start_loader,
-                      stop_within, stored_values, summary_row, wait_for,
-                      wait_for_log, write_gz)
+                      stop_within, stored_values, summary_row, value,
+                      wait_for, wait_for_log, write_gz)
 from daemons import free_port
 
 FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
@@ -296,6 +296,62 @@ def test_the_count_compared_is_the_highest_the_files_connections_saw(
         ' written' % (FIRST, fake_memcached.address) in text
     assert '160 connections, wrote to' in text
     assert '250 connections)' in text
+    assert listing(tmp_path) == [FIRST]
+
+
+# -- items memcached dropped --
+
+@pytest.mark.parametrize('accept', [False, True])
+def test_evictions_while_a_file_loads_keep_it_unless_accepted(
+        tmp_path, memcached_set, memcached_factory, accept):
+    # 20,000 records of about 150 bytes into a memcached of 1 MB: it
+    # evicts, and some of the file's records are gone.
+    small = memcached_factory(memory_mb=1, max_item='512k')
+    daemons = dict(memcached_set, idfa=small)
+    lines = ['idfa\t%06d\t1\t2\t%s' % (i, ','.join(
+        str(app) for app in range(i % 7, 40))) for i in range(20000)]
+    write_gz(tmp_path / FIRST, lines)
+    metrics_file = str(tmp_path / 'metrics.prom')
+    extra = ['--accept-evictions'] if accept else []
+    status, text = run(tmp_path, daemons, '--metrics-file', metrics_file,
+                       *extra)
+    evicted = int(small.client().get_stats()[0][1]['evictions'])
+    assert evicted > 1000
+    words = 'memcached %s evicted %d items and was flushed 0 times' % (
+        small.address, evicted)
+    found = metrics(metrics_file)
+    assert value(found, 'last_run_server_evictions',
+                 server=small.address) == evicted
+    assert value(found, 'server_evictions_total',
+                 server=small.address) == evicted
+    if accept:
+        assert status == 0, text
+        assert listing(tmp_path) == ['.' + FIRST]
+        assert '%s: %s while it was written and checked; renamed on' \
+            ' --accept-evictions' % (FIRST, words) in text
+    else:
+        assert status == 1, text
+        assert listing(tmp_path) == [FIRST]
+        assert '%s: Failed load: %s while this file was written and' \
+            ' checked: the cache is full' % (FIRST, words) in text
+        assert files(found, 'kept', 'evicted') == 1
+
+
+def test_a_flush_between_a_files_writes_and_its_rename_keeps_it(
+        tmp_path, fake_memcached, memcached_set):
+    gaid = memcached_set['gaid']
+    daemons = dict(memcached_set, idfa=fake_memcached)
+    lines = lines_for('gaid', 100) + lines_for('idfa', 100)
+    write_gz(tmp_path / FIRST, lines)
+    with loading_while_paused(tmp_path, daemons, gaid, '--retries',
+                              '10') as loader:
+        wait_for(lambda: len(fake_memcached.data) == 100)
+        fake_memcached.data.clear()  # flush_all, from another client
+        fake_memcached.flushes += 1
+    status, text = loader.get(timeout=60)
+    assert status == 1, text
+    assert '%s: Failed load: memcached %s evicted 0 items and was flushed' \
+        ' 1 times' % (FIRST, fake_memcached.address) in text
     assert listing(tmp_path) == [FIRST]
 
 
