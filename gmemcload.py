@@ -148,6 +148,9 @@ ENCODER_TIMEOUT = 30.0  # seconds a busy encoder may give no result
 # An encoder's death is a retry of its chunks, not of memcached I/O: a
 # chunk that killed this many encoders fails its file, and a place whose
 # encoders died this many times in a row without a result gives up.
+# More encoders than this would take minutes to start and gigabytes of
+# memory, and one parent cannot feed more than about 9 (see the README).
+MAX_WORKERS = 64
 ENCODER_DEATHS_PER_CHUNK = 2
 ENCODER_DEATHS_IN_A_ROW = 4
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -2407,8 +2410,11 @@ def write_metrics(path, status, started, result):
                 log.warning('%s: the previous metrics cannot be read (%s);'
                             ' counters start again from 0', path, exc)
                 previous = {}
-            last_success = ended if status == EXIT_OK else previous.get(
-                ('gmemcload_last_success_timestamp_seconds', ()), 0)
+            # A dry run stores nothing: it is no success, and stores 0.
+            dry = result is not None and result.settings.dry
+            last_success = ended if status == EXIT_OK and not dry \
+                else previous.get(
+                    ('gmemcload_last_success_timestamp_seconds', ()), 0)
             gauge('last_run_end_timestamp_seconds',
                   'When the last run ended', ended)
             gauge('last_run_exit_status', 'Exit status of the last run',
@@ -2436,7 +2442,7 @@ def write_metrics(path, status, started, result):
             files.labels(result='waiting', reason='').set(
                 result.waiting if result else 0)
             lines = sum(load.lines for load in loads)
-            stored = sum(load.stored for load in loads)
+            stored = 0 if dry else sum(load.stored for load in loads)
             errors = sum(load.errors for load in loads)
             gauge('last_run_lines', 'Lines read in the last run', lines)
             gauge('last_run_records_stored', 'Records stored in the last'
@@ -2539,8 +2545,12 @@ def _non_negative_float(text):
 
 def _workers(text):
     if text == 'auto':
-        return len(os.sched_getaffinity(0))
-    return _positive_int(text)
+        return min(MAX_WORKERS, len(os.sched_getaffinity(0)))
+    value = _positive_int(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError('must be at most %d, got %s'
+                                         % (MAX_WORKERS, text))
+    return value
 
 
 def _rate(text):
@@ -2597,9 +2607,9 @@ def build_parser():
     parser.add_argument('--workers', type=_workers, default='auto',
                         metavar='N|auto',
                         help='encoder processes that parse and serialize'
-                             ' lines; 1 encodes in the loading process, auto'
-                             ' is the CPUs this process may use (default:'
-                             ' %(default)s)')
+                             ' lines, at most %d; 1 encodes in the loading'
+                             ' process, auto is the CPUs this process may'
+                             ' use (default: %%(default)s)' % MAX_WORKERS)
     parser.add_argument('--encoder', action='store_true',
                         help=argparse.SUPPRESS)  # internal: an encoder
     parser.add_argument('--min-age', type=_non_negative_float, default=0,
@@ -2715,8 +2725,12 @@ def main(argv=None):
             write_metrics(args.metrics_file, status, started, result)
         return status
     finally:
-        handler.close()
         log.removeHandler(handler)
+        try:
+            handler.close()  # flushes: a full disk says so here
+        except OSError as exc:
+            print('gmemcload: cannot write the log file: %s' % exc,
+                  file=sys.stderr)
 
 
 def outcome(args):

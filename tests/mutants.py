@@ -358,9 +358,9 @@ MUTANTS = {
     'no-rename-time-server-check': (
         'a server restarted after a file was written is not noticed',
         "                self.check.problem(load)\n"
-        "                or rename_loaded(",
-        "                None\n"
-        "                or rename_loaded(",
+        "                or rename_loaded(load.path, load.identity)\n"
+        "                or self._confirm(load))",
+        "                rename_loaded(load.path, load.identity))",
         PROMISE),
     'no-connection-count-check': (
         'a restart that keeps pid and start time is not noticed',
@@ -493,6 +493,27 @@ MUTANTS = {
         'restarts seen are not counted in the metrics',
         "            self.restarts += 1\n",
         "            pass\n",
+        OPERATORS),
+    'a-full-log-disk-fails-the-run': (
+        'a log file that cannot be written turns a good run into a crash',
+        "        try:\n"
+        "            handler.close()  # flushes: a full disk says so here\n"
+        "        except OSError as exc:\n",
+        "        handler.close()\n"
+        "        try:\n"
+        "            pass\n"
+        "        except OSError as exc:\n",
+        OPERATORS),
+    'a-dry-run-is-a-success': (
+        'a dry run, which stores nothing, refreshes the last success',
+        "            last_success = ended if status == EXIT_OK and not dry"
+        " \\\n",
+        "            last_success = ended if status == EXIT_OK \\\n",
+        OPERATORS),
+    'workers-unbounded': (
+        '--workers takes any number',
+        "    if value > MAX_WORKERS:\n",
+        "    if False:\n",
         OPERATORS),
     'one-lock-per-pattern': (
         'runs whose patterns overlap load the same files at once',

@@ -8,9 +8,10 @@ import gevent
 import pytest
 
 import gmemcload
-from conftest import (catches, expected_value, files, hold_lock, lines_for,
-                      listing, metrics, run, start_loader, stop_within, value,
-                      wait_for, wait_for_log, write_gz)
+from conftest import (address_args, catches, expected_value, files,
+                      hold_lock, lines_for, listing, metrics, run,
+                      start_loader, stop_within, value, wait_for,
+                      wait_for_log, write_gz)
 
 FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
                         '20170929000200.tsv.gz')
@@ -264,3 +265,42 @@ def test_a_stop_while_the_program_starts_is_a_stop_too(
     assert listing(tmp_path) == [FIRST]
     assert value(metrics(metrics_file), 'last_run_exit_status') == code
     assert 'Traceback' not in (tmp_path / 'run.log').read_text()
+
+
+def test_a_dry_run_stores_nothing_and_is_no_success(tmp_path, metrics_file):
+    write_gz(tmp_path / FIRST, lines_for('idfa', 5))
+    nowhere = {t: type('A', (), {'address': '127.0.0.1:1'})
+               for t in gmemcload.DEVICE_TYPES}
+    status, text = run(tmp_path, nowhere, '--dry', '--metrics-file',
+                       metrics_file)
+    assert status == 0, text
+    found = metrics(metrics_file)
+    assert value(found, 'last_run_lines') == 5
+    assert value(found, 'last_run_records_stored') == 0
+    assert value(found, 'records_stored_total') == 0
+    assert value(found, 'last_success_timestamp_seconds') == 0
+    assert files(found, 'parsed') == 1
+
+
+def test_a_full_disk_under_the_log_does_not_change_the_outcome(
+        tmp_path, memcached_set, metrics_file, capfd):
+    write_gz(tmp_path / FIRST, lines_for('idfa', 10))
+    status = gmemcload.main(['--pattern', str(tmp_path / '*.tsv.gz'),
+                             '--log', '/dev/full', '--workers', '1',
+                             '--metrics-file', metrics_file]
+                            + address_args(memcached_set))
+    assert status == 0
+    assert listing(tmp_path) == ['.' + FIRST]
+    assert value(metrics(metrics_file), 'last_run_exit_status') == 0
+    assert 'No space left on device' in capfd.readouterr().err
+
+
+@pytest.mark.parametrize('workers, ok', [('64', True), ('65', False)])
+def test_workers_are_bounded(workers, ok):
+    parser = gmemcload.build_parser()
+    if ok:
+        assert parser.parse_args(['--workers', workers]).workers == 64
+    else:
+        with pytest.raises(SystemExit) as caught:
+            parser.parse_args(['--workers', workers])
+        assert caught.value.code == 2
