@@ -145,6 +145,9 @@ OPEN_FILES = 3  # files read and not yet renamed or kept, at most
 ENCODER_CHUNKS = 2  # chunks in flight per encoder process
 F_SETPIPE_SZ = 1031  # fcntl: a pipe's capacity (Linux)
 ENCODER_TIMEOUT = 30.0  # seconds a busy encoder may give no result
+# An mtime further ahead of this clock is clock skew, not a file still
+# being written (--min-age).
+FUTURE_MTIME_TOLERANCE = 60.0
 # An encoder's death is a retry of its chunks, not of memcached I/O: a
 # chunk that killed this many encoders fails its file, and a place whose
 # encoders died this many times in a row without a result gives up.
@@ -233,6 +236,9 @@ class Reason(enum.Enum):
     CHANGED = 'changed', 'changed while loading (replaced or written to):' \
         ' the next run loads it again'
     NOT_RENAMED = 'not_renamed', '%s'
+    FUTURE_MTIME = 'future_mtime', 'modified %.0f s ahead of this clock' \
+        ' (clock skew, or a copy that kept a future mtime): --min-age would' \
+        ' wait for ever; set its mtime right (touch it) or fix the clock'
     LATE = 'late', 'late: %s, a newer file, was already processed and' \
         ' this older one would overwrite its values; move it aside, or' \
         ' load it anyway with --load-late'
@@ -2253,8 +2259,10 @@ class RunResult:
 
 
 def younger_than(paths, min_age):
-    """The index of the first path modified less than ``min_age`` seconds
-    ago (len(paths) if none is): it and every later path wait."""
+    """``(index, ahead)``: the index of the first path modified less than
+    ``min_age`` seconds ago (len(paths) if none is), which waits with every
+    later path, and how many seconds its mtime is ahead of this clock
+    (0 if it is not)."""
     if min_age:
         now = time.time()
         for index, path in enumerate(paths):
@@ -2263,8 +2271,8 @@ def younger_than(paths, min_age):
             except FileNotFoundError:
                 continue  # gone: loading it will say so
             if now - modified < min_age:
-                return index
-    return len(paths)
+                return index, max(0.0, modified - now)
+    return len(paths), 0.0
 
 
 @contextlib.contextmanager
@@ -2304,16 +2312,25 @@ def choose_files(settings, locks):
     if not paths:
         log.info('No files match %s', settings.pattern)
     names = display_names(paths)
-    young = younger_than(paths, settings.min_age)
-    if young < len(paths):
-        log.info('%s was modified less than %gs ago (--min-age): it and %d'
-                 ' later files wait for the next run', names[young],
-                 settings.min_age, len(paths) - young - 1)
+    young, ahead = younger_than(paths, settings.min_age)
     loads = [FileLoad(path, name)
              for path, name in zip(paths[:young], names[:young])]
     with listing(settings.pattern):
         to_load = set_aside_late(loads, settings.pattern,
                                  settings.load_late) if loads else []
+    if ahead > FUTURE_MTIME_TOLERANCE:
+        # It would wait for ever, and every later file with it: kept, so
+        # that the run says so, and the later files wait.
+        skewed = FileLoad(paths[young], names[young])
+        skewed.fail(Verdict(Reason.FUTURE_MTIME, ahead))
+        log.error('%s: kept: %s; the %d later files wait behind it',
+                  skewed.name, skewed.verdict, len(paths) - young - 1)
+        loads.append(skewed)
+        young += 1
+    elif young < len(paths):
+        log.info('%s was modified less than %gs ago (--min-age): it and %d'
+                 ' later files wait for the next run', names[young],
+                 settings.min_age, len(paths) - young - 1)
     return loads, to_load, len(paths) - young
 
 

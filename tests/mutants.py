@@ -452,6 +452,11 @@ MUTANTS = {
         "                modified = os.stat(path).st_mtime\n",
         "                modified = os.stat(path).st_atime\n",
         OPERATORS),
+    'future-mtimes-wait-for-ever': (
+        'a file stamped hours ahead waits run after run, every run ending 0',
+        "    if ahead > FUTURE_MTIME_TOLERANCE:\n",
+        "    if False:\n",
+        OPERATORS),
     'waiting-files-not-in-the-metrics': (
         'files left for the next run are not counted in the metrics',
         "                result.waiting if result else 0)",

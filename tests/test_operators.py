@@ -1,6 +1,7 @@
 """For operators: the metrics file of every run, and young files left for
 the next run."""
 import os
+import re
 import signal
 import time
 
@@ -133,6 +134,35 @@ def test_min_age_goes_by_modification_time_only(tmp_path, memcached_set,
         assert listing(tmp_path) == ['.' + FIRST, '.' + SECOND, '.' + THIRD]
         assert files(found, 'waiting') == 0
         assert files(found, 'renamed') == 3
+
+
+@pytest.mark.parametrize('ahead, kept', [(3600, True), (30, False)])
+def test_a_future_mtime_is_clock_skew_not_a_young_file(
+        tmp_path, memcached_set, metrics_file, ahead, kept):
+    # An hour ahead it would wait for ever, every run ending 0: it is kept
+    # and said, and the files after it wait.  Half a minute ahead it is
+    # young, and waits.
+    now = time.time()
+    for name in (FIRST, SECOND, THIRD):
+        write_gz(tmp_path / name, lines_for('idfa', 10, name[:14]))
+        os.utime(tmp_path / name, (now - 600, now - 600))
+    os.utime(tmp_path / SECOND, (now, now + ahead))
+    status, text = run(tmp_path, memcached_set, '--min-age', '60',
+                       '--metrics-file', metrics_file)
+    assert listing(tmp_path) == ['.' + FIRST, SECOND, THIRD]
+    found = metrics(metrics_file)
+    if kept:
+        assert status == 1, text
+        assert re.search(r'%s: kept: modified (3599|3600) s ahead of this'
+                         r' clock' % SECOND, text)
+        assert files(found, 'kept', 'future_mtime') == 1
+        assert files(found, 'waiting') == 1
+        assert 'the 1 later files wait behind it' in text
+        assert 'modified less than 60s ago' not in text
+    else:
+        assert status == 0, text
+        assert files(found, 'kept') == 0
+        assert files(found, 'waiting') == 2
 
 
 def test_restarts_seen_are_counted_per_server_and_carried_over(
