@@ -246,14 +246,20 @@ def test_a_restart_after_the_check_but_before_the_rename_keeps_the_file(
     assert stored_values(memcached_set, want) == want
 
 
+def idfa_on_the_fake(tmp_path, memcached_set, fake_memcached):
+    """The daemons with idfa on the fake, and FIRST written: 100 gaid
+    lines, then 100 idfa lines."""
+    write_gz(tmp_path / FIRST, lines_for('gaid', 100)
+             + lines_for('idfa', 100))
+    return dict(memcached_set, idfa=fake_memcached)
+
+
 def test_a_restart_that_keeps_pid_and_start_time_is_noticed(
         tmp_path, fake_memcached, memcached_set):
     # A memcached in a container is always pid 1; restarted within the
     # second it started in, only its connection count tells.
     gaid = memcached_set['gaid']
-    daemons = dict(memcached_set, idfa=fake_memcached)
-    lines = lines_for('gaid', 100) + lines_for('idfa', 100)
-    write_gz(tmp_path / FIRST, lines)
+    daemons = idfa_on_the_fake(tmp_path, memcached_set, fake_memcached)
     fake_memcached.connections = 50  # what the first instance has seen
     with loading_while_paused(tmp_path, daemons, gaid, '--retries',
                               '10') as loader:
@@ -340,9 +346,7 @@ def test_evictions_while_a_file_loads_keep_it_unless_accepted(
 def test_a_flush_between_a_files_writes_and_its_rename_keeps_it(
         tmp_path, fake_memcached, memcached_set):
     gaid = memcached_set['gaid']
-    daemons = dict(memcached_set, idfa=fake_memcached)
-    lines = lines_for('gaid', 100) + lines_for('idfa', 100)
-    write_gz(tmp_path / FIRST, lines)
+    daemons = idfa_on_the_fake(tmp_path, memcached_set, fake_memcached)
     with loading_while_paused(tmp_path, daemons, gaid, '--retries',
                               '10') as loader:
         wait_for(lambda: len(fake_memcached.data) == 100)

@@ -10,34 +10,17 @@ FIRST, SECOND = '20170929000000.tsv.gz', '20170929000100.tsv.gz'
 ONE_LANE = ('--workers', '1', '--uploaders', '1')
 
 
-def test_a_stale_batch_never_lands_after_a_newer_one(tmp_path,
-                                                     fake_memcached):
+@pytest.mark.parametrize('part_seconds', [0.0, 0.04])
+def test_a_stale_batch_never_lands_after_a_newer_one(
+        tmp_path, fake_memcached, part_seconds):
     # memcached stalls on the first connection's first set, then runs all
-    # it holds, after what a newer connection sent meanwhile.
-    fake_memcached.stall_sets = 1
-    fake_memcached.stall_seconds = 1.5
-    older = ['idfa\tk%03d\t1\t1\t1' % i for i in range(100)]
-    newer = ['idfa\tk%03d\t2\t2\t2' % i for i in range(100)]
-    write_gz(tmp_path / FIRST, older)
-    write_gz(tmp_path / SECOND, newer)
-    status, text = run(tmp_path, same_server(fake_memcached), *ONE_LANE,
-                       '--timeout', '0.3', '--retries', '10',
-                       '--batch-size', '50')
-    assert status == 0, text
-    assert 'retry 1/10' in text
-    wait_for(lambda: fake_memcached.serving() == 0, 10)
-    assert_all_in_fake(fake_memcached, newer)
-
-
-def test_a_stale_batch_answered_slowly_in_parts_is_read_to_its_end(
-        tmp_path, fake_memcached):
-    # After its stall, memcached runs the stale connection's sets one at a
-    # time, 40 ms apart: the first reply does not settle the connection;
-    # only its end does.  Anything newer sent before that end would be
-    # overwritten by the stale sets still to come.
+    # it holds, after what a newer connection sent meanwhile.  With
+    # ``part_seconds`` it runs the stale sets one at a time, that far
+    # apart: the first reply does not settle the connection, only its end
+    # does, and anything newer sent before that end would be overwritten.
     fake_memcached.stall_sets = 1
     fake_memcached.stall_seconds = 1.0
-    fake_memcached.stall_part_seconds = 0.04
+    fake_memcached.stall_part_seconds = part_seconds
     older = lines_for('idfa', 50)
     newer = lines_for('idfa', 50, version=9)
     write_gz(tmp_path / FIRST, older)
