@@ -487,6 +487,26 @@ MUTANTS = {
         "(settings.dry and load.loaded(",
         "(settings.dry or load.loaded(",
         LOAD),
+    'only-reasons-seen-in-the-metrics': (
+        'a reason with no kept file is missing from the metrics',
+        "            for reason in Reason:  # every one, so that none goes"
+        " missing\n",
+        "            for reason in kept:\n",
+        OPERATORS),
+    'renamed-files-counted-as-parsed': (
+        'renamed files are counted as parsed too',
+        "            verdicts = [load.kept(result.settings.max_error_rate)\n"
+        "                        for load in loads if not load.renamed]\n",
+        "            verdicts = [load.kept(result.settings.max_error_rate)\n"
+        "                        for load in loads]\n",
+        OPERATORS),
+    'reason-labels-from-the-names': (
+        'the reason labels are not the README\'s',
+        "                files.labels(result='kept', reason=reason.value)"
+        ".set(\n",
+        "                files.labels(result='kept',"
+        " reason=reason.name.lower()).set(\n",
+        OPERATORS),
     'kept-files-without-their-reason': (
         'the metrics count kept files, but not by their reason',
         "reason=reason.value).set(\n"

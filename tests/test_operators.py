@@ -16,6 +16,11 @@ from conftest import (address_args, catches, expected_value, files,
 
 FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
                         '20170929000200.tsv.gz')
+# The reason labels of kept files, as the README's table gives them.
+REASONS = ('not_read_to_its_end', 'unreadable', 'stopped', 'unacknowledged',
+           'error_rate', 'server_restarted', 'evicted',
+           'server_not_checkable', 'changed', 'not_renamed', 'future_mtime',
+           'late', 'redelivered', 'after_a_file_not_loaded')
 
 
 @pytest.fixture
@@ -41,6 +46,13 @@ def test_good_failed_and_locked_runs_each_leave_their_metrics(
     assert value(good, 'last_run_duration_seconds') > 0
     assert files(good, 'renamed') == 2
     assert files(good, 'kept') == 0
+    assert files(good, 'parsed') == 0
+    # Every reason the README lists is written, 0 included, so that no
+    # series goes missing; no other label is.
+    kept = {dict(labels)['reason']: count for (name, labels), count
+            in good.items() if name == 'gmemcload_last_run_files'
+            and dict(labels)['result'] == 'kept'}
+    assert kept == dict.fromkeys(REASONS, 0)
     assert value(good, 'last_run_lines') == 51
     assert value(good, 'last_run_records_stored') == 50
     assert value(good, 'last_run_errors') == 1
@@ -334,3 +346,22 @@ def test_workers_are_bounded(workers, ok):
         with pytest.raises(SystemExit) as caught:
             parser.parse_args(['--workers', workers])
         assert caught.value.code == 2
+
+
+def test_a_stop_ends_the_retries_of_a_batch(tmp_path, memcached_set):
+    # A server that refuses at once, 10 retries with their backoff: the
+    # stop comes during the backoff, and no retry follows it.
+    nowhere = type('Nowhere', (), {'address': '127.0.0.1:1'})
+    write_gz(tmp_path / FIRST, lines_for('dvid', 10))
+    loader = start_loader(tmp_path, dict(memcached_set, dvid=nowhere),
+                          '--retries', '10', '--uploaders', '1')
+    try:
+        wait_for_log(tmp_path, 'retry 3/10')
+        assert stop_within(loader, signal.SIGTERM, 2) == 143
+    finally:
+        loader.kill()
+    text = (tmp_path / 'run.log').read_text()
+    after_the_stop = text.split('SIGTERM received')[1]
+    assert 'retry' not in after_the_stop
+    assert 'giving up' not in text  # a stop is not a server down
+    assert listing(tmp_path) == [FIRST]
