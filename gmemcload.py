@@ -87,6 +87,7 @@ import os  # noqa: E402
 import re  # noqa: E402
 import resource  # noqa: E402
 import socket  # noqa: E402
+import stat  # noqa: E402
 import struct  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
@@ -360,14 +361,14 @@ def read_chunks(read):
     longer than a chunk spans pieces.  A line longer than MAX_LINE_BYTES is
     never held whole: ``oversized`` has its first OVERSIZED_PREFIX bytes,
     to count and log it as one malformed line.  Raises Unreadable for any
-    error of the decompressor.
+    error of the decompressor; passes on Interrupted (a stop).
     """
     held, held_bytes = [], 0  # the start of a line not ended yet
     skipped = None  # the prefix of an oversized line being skipped
     while True:
         try:
             data = read(READ_CHUNK)
-        except MemoryError:
+        except (MemoryError, Interrupted):
             raise
         except Exception as exc:  # whatever the decompressor rejects
             raise Unreadable('%s (%s)' % (exc, type(exc).__name__)) \
@@ -1989,25 +1990,28 @@ class Loader:
         started.put(None)
 
     def _read_file(self, load):
-        """Submit the chunks of one file to the encoder, in order."""
-        with open(load.path, 'rb') as raw:
-            status = os.fstat(raw.fileno())
-            load.identity = file_identity(status)
-            load.size = status.st_size
-            if not load.size:  # an empty gzip stream is 20 bytes, not 0
-                raise Unreadable('empty file, not gzip (still being'
-                                 ' written?)')
-            with igzip.IGzipFile(fileobj=raw, mode='rb') as stream, \
-                    ReadAhead(stream, READ_CHUNK, raw) as ahead:
-                for pieces, oversized in read_chunks(ahead.read):
-                    load.bytes_read = ahead.position
-                    if self.stopping.is_set():
-                        raise Interrupted()
-                    if pieces or oversized:
-                        self.ordered.put((load, self.encoder.submit(pieces),
-                                          oversized))
-                    gevent.sleep(0)  # signals, progress, lanes: a turn
-                load.bytes_read = load.size
+        """Submit the chunks of one file to the encoder, in order.  The
+        open and every read run in gevent's thread pool, so that a read
+        that never returns (a hung filesystem) cannot hold the event loop,
+        and a stop ends the wait for it (Interrupted)."""
+        raw, status = in_thread(open_regular, (load.path,), self.stopping,
+                                _close_opened)
+        load.identity = file_identity(status)
+        load.size = status.st_size
+        if not load.size:  # an empty gzip stream is 20 bytes, not 0
+            raw.close()
+            raise Unreadable('empty file, not gzip (still being written?)')
+        with ReadAhead(igzip.IGzipFile(fileobj=raw, mode='rb'), READ_CHUNK,
+                       raw, self.stopping) as ahead:
+            for pieces, oversized in read_chunks(ahead.read):
+                load.bytes_read = ahead.position
+                if self.stopping.is_set():
+                    raise Interrupted()
+                if pieces or oversized:
+                    self.ordered.put((load, self.encoder.submit(pieces),
+                                      oversized))
+                gevent.sleep(0)  # signals, progress, lanes: a turn
+            load.bytes_read = load.size
 
     # -- the writer --
 
@@ -2076,14 +2080,19 @@ class ReadAhead:
     """Reads ``stream`` in gevent's thread pool, one read ahead of its
     caller: the next piece inflates (isal lets go of the GIL) while this
     one is cut and encoded, and the event loop runs meanwhile.  A read's
-    exception is raised by ``read``, never printed by the pool.  Use it as
-    a context manager: the read in flight ends before the stream closes.
+    exception is raised by ``read``, never printed by the pool; a stop
+    (``stopping`` set) while a read is awaited raises Interrupted.
+
+    Use it as a context manager: it owns ``stream`` and ``raw`` (the
+    compressed file) and closes both once no read is in flight; a read
+    abandoned by a stop closes them when it returns, if ever.
     """
 
-    def __init__(self, stream, size, raw):
+    def __init__(self, stream, size, raw, stopping):
         self.stream = stream
         self.size = size
-        self.raw = raw  # the compressed file, for its position
+        self.raw = raw
+        self.stopping = stopping
         self.position = 0  # compressed bytes read for what read returned
         self.pending = self._spawn()
 
@@ -2098,19 +2107,80 @@ class ReadAhead:
     def read(self, size):
         """The next piece, of ``self.size`` bytes or fewer at the end."""
         assert size == self.size
-        data, position, error = self.pending.get()
+        data, position, error = await_or_stop(self.pending, self.stopping)
         if error is not None:
             raise error
         self.position = position
         self.pending = self._spawn() if data else None
         return data
 
+    def _close(self, _=None):
+        try:
+            self.stream.close()
+        finally:
+            self.raw.close()
+
     def __enter__(self):
         return self
 
     def __exit__(self, *exc_info):
-        if self.pending is not None:
-            self.pending.get()
+        if self.pending is None or self.pending.ready():
+            self._close()
+        else:  # abandoned: the thread still reads the stream
+            self.pending.rawlink(self._close)
+
+
+def open_regular(path):
+    """``(file, os.stat_result)``: ``path`` opened to be read, if it is a
+    regular file.  Opened without blocking (opening a FIFO waits for a
+    writer), then read as usual.  Raises Unreadable if it is not a regular
+    file, OSError if it cannot be opened."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise Unreadable('not a regular file (a FIFO or a device?)')
+        flags = fcntl.fcntl(descriptor, fcntl.F_GETFL)
+        fcntl.fcntl(descriptor, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        return os.fdopen(descriptor, 'rb'), status
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def _close_opened(opened):
+    opened[0].close()
+
+
+def await_or_stop(result, stopping):
+    """The value of ``result`` (an AsyncResult of the thread pool), or
+    Interrupted if ``stopping`` is set first."""
+    gevent.wait([result, stopping], count=1)
+    if not result.ready():
+        raise Interrupted()
+    return result.get()
+
+
+def in_thread(function, args, stopping, release):
+    """``function(*args)`` run in gevent's thread pool, awaited as
+    await_or_stop awaits it; its exception is raised here (the pool would
+    print it).  If a stop ends the wait, ``release`` is called on the
+    value when it comes."""
+    def call():
+        try:
+            return function(*args), None
+        except Exception as exc:
+            return None, exc
+    result = gevent.get_hub().threadpool.spawn(call)
+    try:
+        value, error = await_or_stop(result, stopping)
+    except Interrupted:
+        result.rawlink(lambda done: done.value[1] is None and release(
+            done.value[0]))
+        raise
+    if error is not None:
+        raise error
+    return value
 
 
 class Progress:

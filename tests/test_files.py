@@ -1,0 +1,109 @@
+"""What the loader reads and in what order: only regular files, never a
+wait that a stop cannot end; lateness in load order."""
+import signal
+
+import pytest
+
+from conftest import (expected_value, files, lines_for, listing, metrics,
+                      start_patched_loader, stop_within, stored_values,
+                      summary_row, value, wait_for, wait_for_log, write_gz)
+
+FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
+                        '20170929000200.tsv.gz')
+
+
+def write_three(tmp_path):
+    """Three files of 20 idfa lines each, distinct keys: their lines."""
+    written = []
+    for number, name in enumerate((FIRST, SECOND, THIRD)):
+        lines = lines_for('idfa', 20, tag='f%d-' % number)
+        write_gz(tmp_path / name, lines)
+        written.append(lines)
+    return written
+
+
+def keys_of(lines):
+    return [expected_value(line)[0] for line in lines]
+
+
+SWAP_FOR_A_FIFO = '''
+import os
+listed = gmemcload.find_files
+def find_then_swap(pattern):
+    paths = listed(pattern)
+    os.unlink(paths[1])
+    os.mkfifo(paths[1])
+    return paths
+gmemcload.find_files = find_then_swap
+'''
+
+
+def test_a_file_swapped_for_a_fifo_after_listing_is_kept(
+        tmp_path, memcached_set):
+    # Opening a FIFO waits for a writer: it must be refused at once, not
+    # waited on, and the files around it still load.  (In a process of
+    # its own, so that a wait fails the test instead of hanging it.)
+    first, second, third = write_three(tmp_path)
+    loader = start_patched_loader(tmp_path, memcached_set, SWAP_FOR_A_FIFO)
+    try:
+        assert loader.wait(timeout=20) == 1
+    finally:
+        loader.kill()
+    text = (tmp_path / 'run.log').read_text()
+    assert listing(tmp_path) == ['.' + FIRST, SECOND, THIRD]
+    assert '%s: Failed load: unreadable: not a regular file' % SECOND in text
+    assert summary_row(text, FIRST) == (20, 20, 0)
+    assert stored_values(memcached_set, keys_of(first)) == dict(
+        map(expected_value, first))
+    assert memcached_set['idfa'].get_many(keys_of(second)) == {}
+    # The third is loaded, and kept: a file before it was not loaded.
+    assert summary_row(text, THIRD) == (20, 20, 0)
+
+
+HANG_OPEN = '''
+opened = gmemcload.open_regular
+def open_regular(path):
+    if path.endswith(%r):
+        print('hanging', flush=True)
+        blocking_sleep(3600)
+    return opened(path)
+gmemcload.open_regular = open_regular
+''' % SECOND
+
+HANG_READ = '''
+import os
+read = gmemcload.igzip.IGzipFile.read
+def hanging_read(self, *args):
+    if os.path.basename(os.readlink('/proc/self/fd/%%d'
+                                    %% self.fileobj.fileno())) == %r:
+        blocking_sleep(3600)
+    return read(self, *args)
+gmemcload.igzip.IGzipFile.read = hanging_read
+''' % SECOND
+
+
+@pytest.mark.parametrize('where', ['open', 'read'])
+def test_a_stop_ends_a_run_whose_open_or_read_never_returns(
+        tmp_path, memcached_set, where):
+    # A hung filesystem: the open or a read of the second file never
+    # returns.  The first file is renamed, a stop ends the run at once
+    # with its metrics, and the process exits though a thread still waits.
+    first, second, third = write_three(tmp_path)
+    metrics_file = str(tmp_path / 'gmemcload.prom')
+    loader = start_patched_loader(
+        tmp_path, memcached_set, HANG_OPEN if where == 'open' else HANG_READ,
+        '--metrics-file', metrics_file)
+    try:
+        wait_for_log(tmp_path, 'Processing %s' % (tmp_path / SECOND))
+        wait_for(lambda: listing(tmp_path)[0] == '.' + FIRST, 10)
+        assert stop_within(loader, signal.SIGTERM, 3) == 143
+    finally:
+        loader.kill()
+    assert listing(tmp_path) == ['.' + FIRST, SECOND, THIRD]
+    assert stored_values(memcached_set, keys_of(first)) == dict(
+        map(expected_value, first))
+    assert memcached_set['idfa'].get_many(keys_of(second + third)) == {}
+    found = metrics(metrics_file)
+    assert value(found, 'last_run_exit_status') == 143
+    assert files(found, 'renamed') == 1
+    assert files(found, 'kept', 'stopped') == 2
