@@ -168,6 +168,9 @@ MALFORMED = 'malformed'
 UNKNOWN_TYPE = 'unknown device type'
 
 _DEVICE_TYPES = frozenset(t.encode() for t in DEVICE_TYPES)
+# A tracker's file name begins with its minute: YYYYmmddHHMMSS.
+MINUTE_NAME = re.compile(r'[0-9]{14}(?![0-9])')
+
 # Any byte that memcached's text protocol does not allow in a key.
 _BAD_KEY_BYTE = re.compile(rb'[\x00-\x20\x7f]')
 _UserApps = appsinstalled_pb2.UserApps
@@ -1503,7 +1506,19 @@ def find_files(pattern):
             log.warning('skipping %s: not a regular file', path)
             continue
         paths.append(path)
-    return sorted(paths, key=lambda path: (os.path.basename(path), path))
+    return sorted(paths, key=load_order)
+
+
+def load_order(path):
+    """The key files are loaded by: the base name (the timestamp), then
+    the whole path, for the same name in two directories."""
+    return os.path.basename(path), path
+
+
+def is_minute_name(name):
+    """Whether a base name begins with a timestamp, YYYYmmddHHMMSS, as the
+    tracker names its files; only such files are judged late."""
+    return MINUTE_NAME.match(name) is not None
 
 
 def display_names(paths):
@@ -1514,12 +1529,12 @@ def display_names(paths):
             else path for path in paths]
 
 
-def newest_processed(pattern):
-    """The newest name of a file already processed anywhere the pattern
-    looks (a ``.<name>`` whose name the pattern's last part matches), and
-    its path; (None, None) if there is none.  The lock file is not one."""
+def processed_files(pattern):
+    """The files already processed anywhere the pattern looks: each
+    ``.<name>`` whose name the pattern's last part matches (the lock file
+    is not one), as ``(path it had, path it has)``, in load order."""
     name_glob = os.path.basename(pattern)
-    newest = (None, None)
+    found = []
     for directory in glob.glob(os.path.dirname(pattern) or '.'):
         if not os.path.isdir(directory):
             continue
@@ -1527,36 +1542,50 @@ def newest_processed(pattern):
             name = entry[1:]
             if entry.startswith('.') and not name.startswith('.') \
                     and entry != LOCK_FILE_NAME \
-                    and fnmatch.fnmatchcase(name, name_glob) \
-                    and (newest[0] is None or name > newest[0]):
-                newest = (name, os.path.join(directory, entry))
-    return newest
+                    and fnmatch.fnmatchcase(name, name_glob):
+                found.append((os.path.join(directory, name),
+                              os.path.join(directory, entry)))
+    return sorted(found, key=lambda paths: load_order(paths[0]))
+
+
+def last_processed(pattern):
+    """Of the processed files with a minute name, the last in load order,
+    as processed_files gives it; None if there is none."""
+    minutes = [paths for paths in processed_files(pattern)
+               if is_minute_name(os.path.basename(paths[0]))]
+    return minutes[-1] if minutes else None
 
 
 def set_aside_late(loads, pattern, load_late):
     """Mark the late and re-delivered files of ``loads`` failed (a late
     one not with ``load_late``); return the loads that go on to be loaded.
 
-    Files are loaded in the order of their names, over every directory the
-    pattern matches, so a file is late when its name sorts at or before a
-    file already processed in any of them: loading it would overwrite newer
-    values.  A file whose ``.<name>`` exists is never loaded, so that its
-    rename cannot meet the processed copy.
+    Files are loaded in load order (load_order: name, then path) over
+    every directory the pattern matches, so a file is late when a file
+    already processed comes after it in that order: loading it would
+    overwrite newer values.  Only minute names are judged (is_minute_name):
+    a file named otherwise is never late, and never makes a file late.  A
+    file whose ``.<name>`` exists is never loaded, so that its rename
+    cannot meet the processed copy.
     """
-    newest, newest_path = newest_processed(pattern)
+    last = last_processed(pattern)
     to_load = []
     for load in loads:
         name = os.path.basename(load.path)
         if os.path.lexists(dot_path(load.path)):
             load.fail(Verdict(Reason.REDELIVERED, dot_path(load.path)))
-        elif newest is None or name > newest:
+        elif not is_minute_name(name):
+            log.warning('%s: not a minute name (YYYYmmddHHMMSS...): loaded'
+                        ' in name order, never judged late', load.name)
+            to_load.append(load)
+        elif last is None or load_order(load.path) > load_order(last[0]):
             to_load.append(load)
         elif not load_late:
-            load.fail(Verdict(Reason.LATE, newest_path))
+            load.fail(Verdict(Reason.LATE, last[1]))
         else:
             log.warning('%s: late (%s is newer and already processed),'
                         ' loaded on --load-late: its values overwrite newer'
-                        ' ones', load.name, newest_path)
+                        ' ones', load.name, last[1])
             to_load.append(load)
         if load.verdict is not None:
             log.error('%s: kept: %s', load.name, load.verdict)
@@ -2710,11 +2739,12 @@ def build_parser():
                              ' run (for node_exporter\'s textfile'
                              ' collector: PATH ends in .prom)')
     parser.add_argument('--load-late', action='store_true',
-                        help='load a file even if a file whose name sorts'
-                             ' after it, in any directory the pattern'
-                             ' matches, was already processed (its values'
-                             ' then overwrite newer ones); by default such'
-                             ' a file is kept and the run exits 1')
+                        help='load a late file too: one that comes'
+                             ' before a file already processed, in load'
+                             ' order (name, then path) over every directory'
+                             ' the pattern matches (its values then'
+                             ' overwrite newer ones); by default such a'
+                             ' file is kept and the run exits 1')
     parser.add_argument('--accept-evictions', action='store_true',
                         help='rename a file even if a server it wrote to'
                              ' evicted items (or was flushed) while it was'

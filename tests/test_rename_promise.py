@@ -609,23 +609,74 @@ def test_lateness_is_judged_against_the_newest_processed_file(
     assert memcached_set['idfa'].get_many(late) == {}
 
 
-@pytest.mark.parametrize('late', [FIRST, SECOND])
-def test_a_late_file_in_another_directory_is_late_too(tmp_path,
-                                                      memcached_set, late):
-    # Files are loaded in name order over every directory the pattern
-    # matches; so is lateness judged: a name at or before the processed
-    # one's is late.
-    for directory in ('east', 'west'):
-        (tmp_path / directory).mkdir()
+@pytest.mark.parametrize('directory, name', [('west', FIRST),
+                                             ('aaa', SECOND)])
+def test_a_late_file_in_another_directory_is_late_too(
+        tmp_path, memcached_set, directory, name):
+    # Files are loaded in load order (name, then path) over every
+    # directory the pattern matches; so is lateness judged: a file that
+    # comes before the processed one in that order is late.
+    for each in ('aaa', 'east', 'west'):
+        (tmp_path / each).mkdir()
     write_gz(tmp_path / 'east' / SECOND, ['idfa\tk\t2\t2\t2'])
     pattern = str(tmp_path / '*' / '*.tsv.gz')
     assert run(tmp_path, memcached_set, '--pattern', pattern)[0] == 0
-    write_gz(tmp_path / 'west' / late, ['idfa\tk\t1\t1\t1'])
+    write_gz(tmp_path / directory / name, ['idfa\tk\t1\t1\t1'])
     status, text = run(tmp_path, memcached_set, '--pattern', pattern)
     assert status == 1, text
     assert 'kept: late: %s' % (tmp_path / 'east' / ('.' + SECOND)) in text
+    assert listing(tmp_path / directory) == [name]
     newer = dict([expected_value('idfa\tk\t2\t2\t2')])
     assert stored_values(memcached_set, newer) == newer
+
+
+def test_the_same_name_in_a_later_directory_is_not_late(
+        tmp_path, memcached_set):
+    # a/F is renamed, b/F (the same minute, after it in load order) fails
+    # once: the next run loads b/F, never calling it late.
+    for each in ('a', 'b'):
+        (tmp_path / each).mkdir()
+    write_gz(tmp_path / 'a' / FIRST, ['idfa\tk\t1\t1\t1'])
+    (tmp_path / 'b' / FIRST).write_bytes(b'')  # still being created
+    pattern = str(tmp_path / '*' / '*.tsv.gz')
+    status, text = run(tmp_path, memcached_set, '--pattern', pattern)
+    assert status == 1, text
+    assert listing(tmp_path / 'a') == ['.' + FIRST]
+    write_gz(tmp_path / 'b' / FIRST, ['idfa\tk\t2\t2\t2'])
+    write_gz(tmp_path / 'a' / SECOND, ['idfa\tother\t3\t3\t3'])
+    status, text = run(tmp_path, memcached_set, '--pattern', pattern)
+    assert status == 0, text
+    assert 'kept: late' not in text
+    assert listing(tmp_path / 'b') == ['.' + FIRST]
+    assert listing(tmp_path / 'a') == ['.' + FIRST, '.' + SECOND]
+    want = dict([expected_value('idfa\tk\t2\t2\t2'),
+                 expected_value('idfa\tother\t3\t3\t3')])
+    assert stored_values(memcached_set, want) == want
+
+
+def test_names_that_are_not_minutes_are_never_judged_late(tmp_path,
+                                                          memcached_set):
+    # A processed backfill.tsv.gz sorts after every minute: it must not
+    # make every later minute file late.  A pending one loads, in name
+    # order, with a warning.
+    write_gz(tmp_path / '.backfill.tsv.gz', ['idfa\tk\t1\t1\t1'])
+    write_gz(tmp_path / FIRST, ['idfa\tk\t2\t2\t2'])
+    write_gz(tmp_path / 'extra.tsv.gz', ['idfa\tx\t3\t3\t3'])
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    assert 'kept: late' not in text
+    assert 'extra.tsv.gz: not a minute name' in text
+    assert listing(tmp_path) == ['.' + FIRST, '.backfill.tsv.gz',
+                                 '.extra.tsv.gz']
+    want = dict([expected_value('idfa\tk\t2\t2\t2'),
+                 expected_value('idfa\tx\t3\t3\t3')])
+    assert stored_values(memcached_set, want) == want
+    # A minute file before the processed minute is still late.
+    write_gz(tmp_path / '20170928235900.tsv.gz', ['idfa\tk\t0\t0\t0'])
+    status, text = run(tmp_path, memcached_set)
+    assert status == 1, text
+    assert '20170928235900.tsv.gz: kept: late: %s' % (
+        tmp_path / ('.' + FIRST)) in text
 
 
 def test_the_lock_file_is_not_a_processed_file(tmp_path, memcached_set):
