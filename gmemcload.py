@@ -1116,13 +1116,17 @@ class FileLoad:
 
     __slots__ = ('path', 'name', 'lines', 'stored', 'errors',
                  'unacknowledged', 'verdict', 'unacknowledged_because',
-                 'renamed', 'bytes_read', 'size', 'started', 'seconds',
-                 'identity', 'instances', 'acks', 'bad_lines',
-                 'dropped_apps', 'refusals')
+                 'renamed', 'reloading', 'reloaded', 'bytes_read', 'size',
+                 'started', 'seconds', 'identity', 'instances', 'acks',
+                 'bad_lines', 'dropped_apps', 'refusals')
 
-    def __init__(self, path, name=None):
+    def __init__(self, path, name=None, reloading=False):
         self.path = path
         self.name = name or os.path.basename(path)  # as logs show it
+        # A processed file loaded again (--reload-processed): never
+        # renamed; ``reloaded`` once it is loaded and checked.
+        self.reloading = reloading
+        self.reloaded = False
         self.lines = 0
         self.stored = 0
         self.errors = 0
@@ -1654,6 +1658,17 @@ def rename_loaded(path, identity):
     return changed
 
 
+def still_there(load):
+    """None if ``load``'s path still names the bytes that were read, else
+    the Verdict (CHANGED) that keeps the file."""
+    try:
+        if file_identity(os.stat(load.path)) == load.identity:
+            return None
+    except OSError:
+        pass
+    return Verdict(Reason.CHANGED)
+
+
 def put_back(path, why):
     """Rename ``.<name>`` back to ``path``, never over a file; log it if
     it cannot be (``why`` says why it was to go back)."""
@@ -1836,6 +1851,9 @@ class RenameInOrder:
       rename and just after it (rename_loaded: CHANGED), and the rename
       replaces nothing (NOT_RENAMED);
     * no stop has come (STOPPED).
+
+    A processed file loaded again (--reload-processed) passes the same
+    checks, and is never renamed: it is ``reloaded``.
     """
 
     def __init__(self, max_error_rate, check=None):
@@ -1863,14 +1881,20 @@ class RenameInOrder:
     def __call__(self, load):
         if self.renaming and self.check is not None \
                 and load.loaded(self.max_error_rate):
-            verdict = STOPPED if self.stopped else (
-                self.check.problem(load)
-                or rename_loaded(load.path, load.identity)
-                or self._confirm(load))
-            if verdict is None:
-                load.renamed = True
+            if load.reloading:  # the same checks, and no rename
+                verdict = STOPPED if self.stopped else (
+                    self.check.problem(load) or still_there(load))
             else:
+                verdict = STOPPED if self.stopped else (
+                    self.check.problem(load)
+                    or rename_loaded(load.path, load.identity)
+                    or self._confirm(load))
+            if verdict is not None:
                 load.fail(verdict)
+            elif load.reloading:
+                load.reloaded = True
+            else:
+                load.renamed = True
         log_outcome(load, self.max_error_rate)
         if not load.loaded(self.max_error_rate):
             self.renaming = False
@@ -1901,6 +1925,7 @@ class Settings:
         self.workers = args.workers  # encoders; 1: in this process
         self.min_age = args.min_age
         self.load_late = args.load_late
+        self.reload_processed = args.reload_processed
         self.accept_evictions = args.accept_evictions
         self.lock = args.lock  # None: the default locks (see load_files)
         self.show_bar = not args.log and sys.stderr.isatty()
@@ -2399,24 +2424,36 @@ def load_files(settings, locks):
 
 def choose_files(settings, locks):
     """List the files of the pattern, lock their directories, leave the
-    young ones (--min-age) and set aside the late and re-delivered ones.
-    Returns ``(loads, to_load, waiting)``: a FileLoad for each file taken,
-    those of them to load, and the number of files left waiting."""
+    young ones (--min-age) and set aside the late and re-delivered ones;
+    with --reload-processed, the processed files come first, in load
+    order.  Returns ``(loads, to_load, waiting)``: a FileLoad for each
+    file taken, those of them to load, and the number of files left
+    waiting."""
     with listing(settings.pattern):
         paths = find_files(settings.pattern)
+        processed = [dotted for _, dotted in processed_files(
+            settings.pattern)] if settings.reload_processed else []
     if not settings.dry and not settings.lock:
         # Two runs whose patterns overlap share a directory, and so a lock.
-        for directory in sorted({os.path.dirname(path) for path in paths}):
+        for directory in sorted({os.path.dirname(path)
+                                 for path in paths + processed}):
             take_lock(locks, os.path.join(directory, LOCK_FILE_NAME))
     if not paths:
         log.info('No files match %s', settings.pattern)
+    if settings.reload_processed:
+        log.info('%d processed files are loaded again first, in load order,'
+                 ' and stay as they are (--reload-processed)',
+                 len(processed))
+    reloads = [FileLoad(path, name, reloading=True)
+               for path, name in zip(processed, display_names(processed))]
     names = display_names(paths)
     young, ahead = younger_than(paths, settings.min_age)
     loads = [FileLoad(path, name)
              for path, name in zip(paths[:young], names[:young])]
     with listing(settings.pattern):
-        to_load = set_aside_late(loads, settings.pattern,
-                                 settings.load_late) if loads else []
+        to_load = reloads + (set_aside_late(
+            loads, settings.pattern, settings.load_late) if loads else [])
+    loads = reloads + loads
     if ahead > FUTURE_MTIME_TOLERANCE:
         # It would wait for ever, and every later file with it: kept, so
         # that the run says so, and the later files wait.
@@ -2545,8 +2582,11 @@ def write_metrics(path, status, started, result):
                           labels=['result', 'reason'])
             renamed = sum(load.renamed for load in loads)
             files.labels(result='renamed', reason='').set(renamed)
+            files.labels(result='reloaded', reason='').set(
+                sum(load.reloaded for load in loads))
             verdicts = [load.kept(result.settings.max_error_rate)
-                        for load in loads if not load.renamed]
+                        for load in loads
+                        if not (load.renamed or load.reloaded)]
             kept = collections.Counter(verdict.reason for verdict in verdicts
                                        if verdict is not None)
             for reason in Reason:  # every one, so that none goes missing
@@ -2738,6 +2778,12 @@ def build_parser():
                              ' Prometheus text format, at the end of every'
                              ' run (for node_exporter\'s textfile'
                              ' collector: PATH ends in .prom)')
+    parser.add_argument('--reload-processed', action='store_true',
+                        help='refill a memcached that restarted empty:'
+                             ' first load every processed file of the'
+                             ' pattern (.<name>) again, in load order,'
+                             ' renaming none of them, then the new files as'
+                             ' usual')
     parser.add_argument('--load-late', action='store_true',
                         help='load a late file too: one that comes'
                              ' before a file already processed, in load'
@@ -2790,11 +2836,14 @@ def log_summary(loads, max_error_rate, dry=False):
     log.info('%-28s %10s %10s %8s %8s %8s  %s', 'file', 'lines', records,
              'errors', 'err.rate', 'seconds', 'result')
     listed = loads if len(loads) <= SUMMARY_ROWS else \
-        [load for load in loads if not load.renamed][:SUMMARY_ROWS]
+        [load for load in loads
+         if not (load.renamed or load.reloaded)][:SUMMARY_ROWS]
     for load in listed:
         verdict = load.kept(max_error_rate)
         if load.renamed:
             result = 'renamed'
+        elif load.reloaded:
+            result = 'reloaded (already processed: not renamed)'
         elif verdict is None:  # loaded, under --dry
             result = 'parsed (dry run: nothing sent or renamed)'
         else:
@@ -2803,15 +2852,22 @@ def log_summary(loads, max_error_rate, dry=False):
                  load.stored, load.errors, load.error_rate, load.seconds,
                  result)
     renamed = sum(load.renamed for load in loads)
+    reloaded = sum(load.reloaded for load in loads)
     if len(listed) < len(loads):
         log.info('(%d more files not listed)', len(loads) - len(listed))
-    log.info('total: %d files, %d lines, %d %s, %d errors; %d renamed',
+    log.info('total: %d files, %d lines, %d %s, %d errors; %d renamed%s',
              len(loads), sum(load.lines for load in loads),
              sum(load.stored for load in loads), records,
-             sum(load.errors for load in loads), renamed)
-    if renamed < len(loads) and not dry:
+             sum(load.errors for load in loads), renamed,
+             ', %d reloaded' % reloaded if reloaded else '')
+    kept = len(loads) - renamed - reloaded
+    if kept and not dry:
         log.warning('%d of %d files kept; the next run retries them in'
-                    ' order', len(loads) - renamed, len(loads))
+                    ' order', kept, len(loads))
+        if any(load.reloading and not load.reloaded for load in loads):
+            log.warning('some processed files were not loaded again: run'
+                        ' with --reload-processed again once memcached is'
+                        ' up')
 
 
 def log_cpu(workers):
@@ -2873,8 +2929,9 @@ def outcome(args):
     if result.signum is not None:
         return EXIT_SIGNAL_BASE + result.signum, result
     settings = result.settings
-    if all(load.renamed or (settings.dry and load.loaded(
-            settings.max_error_rate)) for load in result.loads):
+    if all(load.renamed or load.reloaded or (
+            settings.dry and load.loaded(settings.max_error_rate))
+            for load in result.loads):
         return EXIT_OK, result
     return EXIT_FAILED, result
 

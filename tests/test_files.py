@@ -5,7 +5,7 @@ import signal
 import pytest
 
 from conftest import (expected_value, files, lines_for, listing, metrics,
-                      start_patched_loader, stop_within, stored_values,
+                      run, start_patched_loader, stop_within, stored_values,
                       summary_row, value, wait_for, wait_for_log, write_gz)
 
 FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
@@ -107,3 +107,63 @@ def test_a_stop_ends_a_run_whose_open_or_read_never_returns(
     assert value(found, 'last_run_exit_status') == 143
     assert files(found, 'renamed') == 1
     assert files(found, 'kept', 'stopped') == 2
+
+
+def test_reload_processed_refills_a_restarted_memcached_newest_wins(
+        tmp_path, memcached_set):
+    # Two files processed, then memcached restarts empty and a third file
+    # arrives.  --reload-processed loads the processed ones again, in
+    # order, renaming none, then the new one: every key holds the value of
+    # the newest file that has it.
+    versions = [lines_for('idfa', 30, version=number)[number * 10:]
+                for number in range(3)]  # keys 0-29, 10-29, 20-29
+    for name, lines in zip((FIRST, SECOND), versions):
+        write_gz(tmp_path / name, lines)
+    assert run(tmp_path, memcached_set)[0] == 0
+    memcached_set['idfa'].restart()
+    write_gz(tmp_path / THIRD, versions[2])
+    metrics_file = str(tmp_path / 'gmemcload.prom')
+    status, text = run(tmp_path, memcached_set, '--reload-processed',
+                       '--metrics-file', metrics_file)
+    assert status == 0, text
+    assert listing(tmp_path) == ['.' + FIRST, '.' + SECOND, '.' + THIRD]
+    assert summary_row(text, '.' + FIRST) == (30, 30, 0)
+    assert summary_row(text, '.' + SECOND) == (20, 20, 0)
+    assert summary_row(text, THIRD) == (10, 10, 0)
+    assert 'kept: late' not in text
+    want = {}
+    for lines in versions:
+        want.update(map(expected_value, lines))
+    assert stored_values(memcached_set, list(want)) == want
+    found = metrics(metrics_file)
+    assert files(found, 'reloaded') == 2
+    assert files(found, 'renamed') == 1
+    assert files(found, 'kept') == 0
+
+
+def test_a_processed_file_that_cannot_be_reloaded_fails_the_run(
+        tmp_path, memcached_set):
+    # A processed file is corrupt: it stays as it is, the run exits 1 and
+    # says to reload again, and the new file after it is loaded but kept.
+    write_gz(tmp_path / ('.' + FIRST), lines_for('idfa', 10))
+    (tmp_path / ('.' + SECOND)).write_bytes(b'not gzip')
+    third = lines_for('gaid', 10)
+    write_gz(tmp_path / THIRD, third)
+    status, text = run(tmp_path, memcached_set, '--reload-processed')
+    assert status == 1, text
+    assert listing(tmp_path) == ['.' + FIRST, '.' + SECOND, THIRD]
+    assert '.%s: Failed load: unreadable' % SECOND in text
+    assert 'run with --reload-processed again' in text
+    assert summary_row(text, THIRD) == (10, 10, 0)
+    assert stored_values(memcached_set, keys_of(third)) == dict(
+        map(expected_value, third))
+    assert (tmp_path / ('.' + SECOND)).read_bytes() == b'not gzip'
+
+
+def test_without_reload_processed_processed_files_are_not_loaded(
+        tmp_path, memcached_set):
+    lines = lines_for('idfa', 10)
+    write_gz(tmp_path / ('.' + FIRST), lines)
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    assert memcached_set['idfa'].get_many(keys_of(lines)) == {}
