@@ -2348,26 +2348,56 @@ def _pid_written(handle):
         text.strip().isdigit() else None
 
 
-def catch_stop_signals(on_stop):
-    """Call ``on_stop(signum)`` on SIGINT or SIGTERM; a second SIGINT exits
-    at once.  Returns the signals caught so far (a list) and the handlers
-    to cancel."""
-    caught = []
+class StopSignals:
+    """The SIGINT and SIGTERM handlers of this process, installed by the
+    first run and kept until the process ends: a signal in a run's last
+    milliseconds (its summary, its metrics, closing its log) is never the
+    default action, which would end the process with no metrics or with
+    metrics that say otherwise.
 
-    def on_signal(signum):
-        if caught and signum == signal.SIGINT:
+    While a run can stop (``arm`` to ``disarm``), a signal calls its
+    ``on_stop(signum)``, and a second SIGINT exits at once; after that, a
+    signal is logged and the run's outcome stands.
+    """
+
+    def __init__(self):
+        self.on_stop = None
+        self.caught = []
+        self.handlers = None
+
+    def arm(self, on_stop):
+        """Call ``on_stop(signum)`` on a stop signal until disarm(); a
+        signal noted while the program started counts too.  Returns the
+        list of the signals caught meanwhile."""
+        if self.handlers is None:
+            self.handlers = [gevent.signal_handler(signum, self._on_signal,
+                                                   signum)
+                             for signum in (signal.SIGINT, signal.SIGTERM)]
+        self.caught = []
+        self.on_stop = on_stop
+        for signum in EARLY_SIGNALS[:1]:  # came while the program started
+            self._on_signal(signum)
+        return self.caught
+
+    def disarm(self):
+        self.on_stop = None
+
+    def _on_signal(self, signum):
+        name = signal.Signals(signum).name
+        if self.on_stop is None:
+            log.warning('%s received as the run ends: its outcome stands',
+                        name)
+            return
+        if self.caught and signum == signal.SIGINT:
             log.error('second SIGINT: stopping at once')
             os._exit(EXIT_SIGNAL_BASE + signum)
-        caught.append(signum)
+        self.caught.append(signum)
         log.warning('%s received: stopping; files not fully loaded are kept',
-                    signal.Signals(signum).name)
-        on_stop(signum)
+                    name)
+        self.on_stop(signum)
 
-    handlers = [gevent.signal_handler(signum, on_signal, signum)
-                for signum in (signal.SIGINT, signal.SIGTERM)]
-    for signum in EARLY_SIGNALS[:1]:  # came while the program started
-        on_signal(signum)
-    return caught, handlers
+
+STOP_SIGNALS = StopSignals()
 
 
 class RunResult:
@@ -2482,7 +2512,7 @@ def load_in_order(settings, loads):
         renamer.stop()  # first: nothing is renamed after the signal
         engine.stop(signum)
 
-    caught, handlers = catch_stop_signals(stop)
+    caught = STOP_SIGNALS.arm(stop)
     progress = Progress(engine.current_load, bar=settings.show_bar)
     try:
         with (_log_around_the_bar() if settings.show_bar
@@ -2493,8 +2523,7 @@ def load_in_order(settings, loads):
         if check is not None:
             check.close()
         gevent.sleep(0)  # run a signal callback that is still pending
-        for handler in handlers:
-            handler.cancel()
+        STOP_SIGNALS.disarm()
     return list(engine.servers.values()), caught[0] if caught else None
 
 

@@ -423,9 +423,9 @@ MUTANTS = {
          'test_a_stop_abandons_io_at_once_whatever_the_timeout']),
     'early-stops-ignored': (
         'a stop while the program starts is lost',
-        "    for signum in EARLY_SIGNALS[:1]:  # came while the program"
+        "        for signum in EARLY_SIGNALS[:1]:  # came while the program"
         " started\n"
-        "        on_signal(signum)\n",
+        "            self._on_signal(signum)\n",
         "",
         ['tests/test_operators.py']),
     'lock-truncates': (

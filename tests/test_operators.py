@@ -11,8 +11,8 @@ import pytest
 import gmemcload
 from conftest import (address_args, catches, expected_value, files,
                       hold_lock, lines_for, listing, metrics, run,
-                      start_loader, stop_within, value, wait_for,
-                      wait_for_log, write_gz)
+                      start_loader, start_patched_loader, stop_within,
+                      value, wait_for, wait_for_log, write_gz)
 
 FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
                         '20170929000200.tsv.gz')
@@ -365,3 +365,34 @@ def test_a_stop_ends_the_retries_of_a_batch(tmp_path, memcached_set):
     assert 'retry' not in after_the_stop
     assert 'giving up' not in text  # a stop is not a server down
     assert listing(tmp_path) == [FIRST]
+
+
+SIGNAL_AS_THE_RUN_ENDS = '''
+import os, signal
+import gevent
+write_metrics = gmemcload.write_metrics
+def signalled_then_write(*args):
+    os.kill(os.getpid(), signal.SIGTERM)
+    gevent.sleep(0.2)  # the handler runs, if there is one
+    write_metrics(*args)
+gmemcload.write_metrics = signalled_then_write
+'''
+
+
+def test_a_signal_as_the_run_ends_leaves_its_outcome_and_metrics(
+        tmp_path, memcached_set, metrics_file):
+    # The files are renamed; a SIGTERM comes while the metrics are being
+    # written.  It must not kill the process by its default action: the
+    # run exits 0, and the metrics say so.
+    write_gz(tmp_path / FIRST, lines_for('idfa', 10))
+    loader = start_patched_loader(tmp_path, memcached_set,
+                                  SIGNAL_AS_THE_RUN_ENDS, '--metrics-file',
+                                  metrics_file)
+    try:
+        assert loader.wait(timeout=20) == 0
+    finally:
+        loader.kill()
+    assert 'SIGTERM received as the run ends: its outcome stands' in (
+        tmp_path / 'run.log').read_text()
+    assert listing(tmp_path) == ['.' + FIRST]
+    assert value(metrics(metrics_file), 'last_run_exit_status') == 0
