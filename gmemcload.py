@@ -202,6 +202,10 @@ class Unlistable(Exception):
     """The pattern's directory exists but cannot be listed."""
 
 
+class DiskFailure(Exception):
+    """The files' filesystem failed (full, read-only, an I/O error)."""
+
+
 class Unreadable(Exception):
     """The decompressor rejected a file: the input's fault, never the
     tool's; the message says why."""
@@ -2442,7 +2446,7 @@ def listing(pattern):
 def load_files(settings, locks):
     """The run: the files chosen (choose_files), loaded and renamed in
     order (load_in_order), and summed up.  Returns a RunResult.  Raises
-    Locked, or Unlistable."""
+    Locked, Unlistable or DiskFailure."""
     loads, to_load, waiting = choose_files(settings, locks)
     if not loads:
         return RunResult(settings, waiting=waiting)
@@ -2533,10 +2537,19 @@ def _log_around_the_bar():
     return logging_redirect_tqdm(loggers=[log])
 
 
+# A lock file that cannot be made for one of these is the disk's failure,
+# not a bad option: exit 1, not 2.
+DISK_FAILURES = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EIO,
+                           errno.EROFS))
+
+
 def take_lock(locks, path):
     try:
         locks.acquire(path)
     except OSError as exc:
+        if exc.errno in DISK_FAILURES:
+            raise DiskFailure('cannot create lock file %s: %s'
+                              % (path, exc)) from None
         raise ConfigError('cannot open lock file %s: %s (choose another'
                           ' with --lock)' % (path, exc)) from None
 
@@ -2834,10 +2847,27 @@ def build_parser():
     return parser
 
 
+_CONTROL = re.compile('[\x00-\x1f\x7f]')
+
+
+def escape_controls(record):
+    """A logging filter: control characters in a message (a newline in a
+    file name, say) are written escaped, so that no message can forge a
+    log line.  Tracebacks are formatted apart, and keep their lines."""
+    message = record.getMessage()
+    if _CONTROL.search(message):
+        record.msg = _CONTROL.sub(
+            lambda found: repr(found.group())[1:-1], message)
+        record.args = None
+    return True
+
+
 def setup_logging(log_path, debug):
-    """Log in the original format to stderr or to ``log_path``."""
+    """Log in the original format to stderr or to ``log_path``; control
+    characters in messages are escaped (escape_controls)."""
     handler = (logging.FileHandler(log_path, errors='backslashreplace')
                if log_path else logging.StreamHandler(sys.stderr))
+    handler.addFilter(escape_controls)
     handler.setFormatter(logging.Formatter(
         '[%(asctime)s] %(levelname).1s %(message)s', '%Y.%m.%d %H:%M:%S'))
     log.handlers[:] = [handler]
@@ -2884,10 +2914,15 @@ def log_summary(loads, max_error_rate, dry=False):
     reloaded = sum(load.reloaded for load in loads)
     if len(listed) < len(loads):
         log.info('(%d more files not listed)', len(loads) - len(listed))
-    log.info('total: %d files, %d lines, %d %s, %d errors; %d renamed%s',
-             len(loads), sum(load.lines for load in loads),
-             sum(load.stored for load in loads), records,
-             sum(load.errors for load in loads), renamed,
+    lines = sum(load.lines for load in loads)
+    stored = sum(load.stored for load in loads)
+    errors = sum(load.errors for load in loads)
+    # lines = stored + errors + records a stop left unsent (dropped from
+    # the batches not yet handed to a lane); under --dry, stored is parsed.
+    unsent = lines - stored - errors
+    log.info('total: %d files, %d lines, %d %s, %d errors%s; %d renamed%s',
+             len(loads), lines, stored, records, errors,
+             ', %d not sent (stopped)' % unsent if unsent else '', renamed,
              ', %d reloaded' % reloaded if reloaded else '')
     kept = len(loads) - renamed - reloaded
     if kept and not dry:
@@ -2950,7 +2985,7 @@ def outcome(args):
     except Locked as exc:
         log.error('%s; exiting', exc)
         return EXIT_LOCKED, None
-    except Unlistable as exc:
+    except (Unlistable, DiskFailure) as exc:
         log.error('%s', exc)
         return EXIT_FAILED, None
     if result.signum is None and EARLY_SIGNALS:  # before the run could stop
@@ -2967,7 +3002,7 @@ def outcome(args):
 
 def _run(args):
     """Check the options, take the lock, load: a RunResult.  Raises
-    ConfigError, Locked or Unlistable."""
+    ConfigError, Locked, Unlistable or DiskFailure."""
     settings = Settings(args)
     options = dict(vars(args))
     del options['encoder']

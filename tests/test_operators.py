@@ -1,5 +1,6 @@
 """For operators: the metrics file of every run, and young files left for
 the next run."""
+import errno
 import os
 import re
 import signal
@@ -396,3 +397,49 @@ def test_a_signal_as_the_run_ends_leaves_its_outcome_and_metrics(
         tmp_path / 'run.log').read_text()
     assert listing(tmp_path) == ['.' + FIRST]
     assert value(metrics(metrics_file), 'last_run_exit_status') == 0
+
+
+def test_a_file_name_cannot_forge_a_log_line(tmp_path, memcached_set):
+    forged = '20170929000000\n[2017.09.29 00:00:00] I forged.tsv.gz'
+    write_gz(tmp_path / forged, lines_for('idfa', 3))
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    assert not [line for line in text.splitlines()
+                if line.startswith('[2017.09.29')]
+    assert '20170929000000\\n[2017.09.29 00:00:00] I forged.tsv.gz:' \
+        ' Acceptable error rate' in text
+    assert os.listdir(tmp_path).count('.' + forged) == 1
+
+
+def test_after_a_stop_the_summary_adds_up(tmp_path, memcached_set):
+    # One batch per file (--batch-size above its lines): a stop while it
+    # is read leaves every line read unsent, and the total says how many.
+    write_gz(tmp_path / FIRST, lines_for('idfa', 300000))
+    loader = start_loader(tmp_path, memcached_set, '--batch-size',
+                          '1000000')
+    try:
+        wait_for_log(tmp_path, 'Processing')
+        time.sleep(0.3)
+        assert stop_within(loader, signal.SIGTERM, 3) == 143
+    finally:
+        loader.kill()
+    text = (tmp_path / 'run.log').read_text()
+    total = re.search(r'total: 1 files, (\d+) lines, (\d+) stored, (\d+)'
+                      r' errors, (\d+) not sent \(stopped\); 0 renamed',
+                      text)
+    assert total, text
+    lines, stored, errors, unsent = map(int, total.groups())
+    assert 0 < lines < 300000 and stored == errors == 0 and unsent == lines
+
+
+def test_a_full_disk_for_the_lock_is_a_failure_not_bad_usage(
+        tmp_path, memcached_set, monkeypatch):
+    def full(self, path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    monkeypatch.setattr(gmemcload.RunLocks, 'acquire', full)
+    write_gz(tmp_path / FIRST, lines_for('idfa', 3))
+    status, text = run(tmp_path, memcached_set)
+    assert status == 1, text
+    assert 'cannot create lock file' in text and 'No space left' in text
+    assert 'Processing' not in text
+    assert listing(tmp_path) == [FIRST]
