@@ -568,6 +568,8 @@ class EncoderProcesses(Encoder):
         self.slots = [_EncoderSlot(self, number)
                       for number in range(self.count)]
         for slot in self.slots:
+            if self.closed:  # a stop while they start: no more of them
+                break
             slot.spawn()
         self.watcher = gevent.spawn(self._watch)
 

@@ -25,6 +25,7 @@ WIRE = ['tests/test_wire.py']
 LOAD = ['tests/test_load.py']
 OPERATORS = ['tests/test_operators.py']
 ENCODERS = ['tests/test_encoders.py']
+FILES = ['tests/test_files.py']
 MUTANTS = {
     # -- the wire
     'no-in-doubt-settling': (
@@ -164,10 +165,8 @@ MUTANTS = {
         ['tests/test_load.py']),
     'files-in-reverse-order': (
         'newest-wins across files and the rename order',
-        "    return sorted(paths, key=lambda path: (os.path.basename(path),"
-        " path))",
-        "    return sorted(paths, key=lambda path: (os.path.basename(path),"
-        " path), reverse=True)",
+        "    return sorted(paths, key=load_order)",
+        "    return sorted(paths, key=load_order, reverse=True)",
         ['tests/test_load.py']),
     'encoder-results-out-of-order': (
         'chunk order in the encoder pipeline: a result goes to the newest'
@@ -198,14 +197,12 @@ MUTANTS = {
     'files-sorted-by-path': (
         'files load in the order of their paths, so an older minute in a'
         ' later directory overwrites a newer one',
-        "    return sorted(paths, key=lambda path: (os.path.basename(path),"
-        " path))",
+        "    return sorted(paths, key=load_order)",
         "    return sorted(paths)",
         LOAD),
     'files-sorted-by-mtime': (
         'files load in the order they were written, not by name',
-        "    return sorted(paths, key=lambda path: (os.path.basename(path),"
-        " path))",
+        "    return sorted(paths, key=load_order)",
         "    return sorted(paths, key=os.path.getmtime)",
         LOAD),
     'dead-encoder-blames-every-chunk': (
@@ -288,9 +285,9 @@ MUTANTS = {
         PROMISE),
     'no-check-after-the-rename': (
         'a restart between the check\'s answers and the rename is missed',
-        "                or rename_loaded(load.path, load.identity)\n"
-        "                or self._confirm(load))",
-        "                or rename_loaded(load.path, load.identity))",
+        "                    or rename_loaded(load.path, load.identity)\n"
+        "                    or self._confirm(load))",
+        "                    or rename_loaded(load.path, load.identity))",
         PROMISE),
     'evictions-ignored': (
         'a file whose server evicted items while it loaded is renamed',
@@ -325,42 +322,44 @@ MUTANTS = {
     'identity-taken-after-reading': (
         'a file replaced while it is read is renamed: its identity is the'
         ' path\'s after the read, not the opened file\'s',
-        ("            load.identity = file_identity(status)\n",
-         "                load.bytes_read = load.size\n"),
+        ("        load.identity = file_identity(status)\n",
+         "            load.bytes_read = load.size\n"),
         ("",
-         "                load.bytes_read = load.size\n"
-         "            load.identity = file_identity(os.stat(load.path))\n"),
+         "            load.bytes_read = load.size\n"
+         "        load.identity = file_identity(os.stat(load.path))\n"),
         PROMISE),
     'identity-of-the-path-not-the-opened-file': (
         'a file replaced just after it was opened is renamed: its identity'
         ' is the path\'s, not the opened file\'s',
-        "            status = os.fstat(raw.fileno())",
-        "            status = os.stat(load.path)",
+        "        status = os.fstat(descriptor)",
+        "        status = os.stat(path)",
         PROMISE),
     'late-same-name-in-another-directory-loaded': (
-        'a file with the name of one processed in another directory is'
+        'a file of the name of one processed in a later directory is'
         ' loaded, not late',
-        "        elif newest is None or name > newest:",
-        "        elif newest is None or name >= newest:",
+        "        elif last is None or load_order(load.path) >"
+        " load_order(last[0]):",
+        "        elif last is None or load_order(load.path) >="
+        " load_order(last[0])[:1]:",
         PROMISE),
     'late-judged-by-the-first-processed-file': (
         'lateness is judged against the first processed file listed, not'
         ' the newest',
-        "                    and (newest[0] is None or name > newest[0]):",
-        "                    and newest[0] is None:",
+        "    return minutes[-1] if minutes else None",
+        "    return minutes[0] if minutes else None",
         PROMISE),
     'late-judged-by-the-last-processed-file': (
         'lateness is judged against the last processed file listed, not'
         ' the newest',
-        "                    and (newest[0] is None or name > newest[0]):",
-        "                    and True:",
+        "    return sorted(found, key=lambda paths: load_order(paths[0]))",
+        "    return found",
         PROMISE),
     'no-rename-time-server-check': (
         'a server restarted after a file was written is not noticed',
-        "                self.check.problem(load)\n"
-        "                or rename_loaded(load.path, load.identity)\n"
-        "                or self._confirm(load))",
-        "                rename_loaded(load.path, load.identity))",
+        "                    self.check.problem(load)\n"
+        "                    or rename_loaded(load.path, load.identity)\n"
+        "                    or self._confirm(load))",
+        "                    rename_loaded(load.path, load.identity))",
         PROMISE),
     'no-connection-count-check': (
         'a restart that keeps pid and start time is not noticed',
@@ -399,7 +398,8 @@ MUTANTS = {
         PROMISE),
     'no-late-files': (
         'a late, older file is loaded silently',
-        "        elif newest is None or name > newest:",
+        "        elif last is None or load_order(load.path) >"
+        " load_order(last[0]):",
         "        elif True:",
         PROMISE),
     'late-files-per-directory': (
@@ -437,10 +437,10 @@ MUTANTS = {
     'lock-that-cannot-be-opened-ignored': (
         'a run whose lock cannot be opened loads without it',
         "    except OSError as exc:\n"
-        "        raise ConfigError('cannot open lock file",
+        "        if exc.errno in DISK_FAILURES:",
         "    except OSError as exc:\n"
         "        return\n"
-        "        raise ConfigError('cannot open lock file",
+        "        if exc.errno in DISK_FAILURES:",
         OPERATORS),
     'min-age-by-change-time': (
         '--min-age goes by the change time, so no file is ever old enough',
@@ -484,8 +484,8 @@ MUTANTS = {
         OPERATORS),
     'dry-exit-ignores-errors': (
         'a dry run exits 0 for a file that would not load',
-        "(settings.dry and load.loaded(",
-        "(settings.dry or load.loaded(",
+        "            settings.dry and load.loaded(settings.max_error_rate))",
+        "            settings.dry or load.loaded(settings.max_error_rate))",
         LOAD),
     'only-reasons-seen-in-the-metrics': (
         'a reason with no kept file is missing from the metrics',
@@ -495,9 +495,8 @@ MUTANTS = {
         OPERATORS),
     'renamed-files-counted-as-parsed': (
         'renamed files are counted as parsed too',
-        "            verdicts = [load.kept(result.settings.max_error_rate)\n"
-        "                        for load in loads if not load.renamed]\n",
-        "            verdicts = [load.kept(result.settings.max_error_rate)\n"
+        "                        for load in loads\n"
+        "                        if not (load.renamed or load.reloaded)]\n",
         "                        for load in loads]\n",
         OPERATORS),
     'reason-labels-from-the-names': (
@@ -547,6 +546,130 @@ MUTANTS = {
         "            pass\n",
         ['tests/test_faults.py::'
          'test_runs_whose_patterns_overlap_share_a_lock']),
+    # -- what is read, in what order (issue: the rename promise, round 3)
+    'fifo-opened-blocking': (
+        'a FIFO swapped in after listing is opened blocking, and waits',
+        "    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK |"
+        " os.O_CLOEXEC)",
+        "    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)",
+        FILES),
+    'any-file-type-read': (
+        'a FIFO or a device is read as if it were a log file',
+        "        if not stat.S_ISREG(status.st_mode):",
+        "        if False:",
+        FILES),
+    'open-in-the-event-loop': (
+        'a hung open holds the event loop: no stop can end it',
+        "        raw, status = in_thread(open_regular, (load.path,),"
+        " self.stopping,\n"
+        "                                _close_opened)",
+        "        raw, status = open_regular(load.path)",
+        FILES),
+    'read-wait-ignores-a-stop': (
+        'a stop waits for a read (or open) that never returns',
+        "    gevent.wait([result, stopping], count=1)\n"
+        "    if not result.ready():\n"
+        "        raise Interrupted()\n",
+        "",
+        FILES),
+    'a-stopped-read-is-unreadable': (
+        'a read ended by a stop is blamed on the file',
+        "        except (MemoryError, Interrupted):",
+        "        except MemoryError:",
+        FILES),
+    'late-by-name-only': (
+        'the same minute in a later directory is late',
+        "        elif last is None or load_order(load.path) >"
+        " load_order(last[0]):",
+        "        elif last is None or os.path.basename(load.path) >"
+        " os.path.basename(last[0]):",
+        PROMISE),
+    'processed-non-minutes-judge-lateness': (
+        'a processed backfill.tsv.gz makes every later minute late',
+        "    minutes = [paths for paths in processed_files(pattern)\n"
+        "               if is_minute_name(os.path.basename(paths[0]))]",
+        "    minutes = processed_files(pattern)",
+        PROMISE),
+    'pending-non-minutes-judged-late': (
+        'a file that is not a minute, sorting before a processed one, is'
+        ' late',
+        "        elif not is_minute_name(name):",
+        "        elif False:",
+        PROMISE),
+    'reload-out-of-order': (
+        '--reload-processed loads the processed files newest first',
+        "    return sorted(found, key=lambda paths: load_order(paths[0]))",
+        "    return sorted(found, key=lambda paths: load_order(paths[0]),"
+        " reverse=True)",
+        FILES),
+    'reload-after-the-new-files': (
+        'processed files are reloaded over the newer values of new files',
+        "        to_load = reloads + (set_aside_late(\n"
+        "            loads, settings.pattern, settings.load_late) if loads"
+        " else [])",
+        "        to_load = (set_aside_late(\n"
+        "            loads, settings.pattern, settings.load_late) if loads"
+        " else []) + reloads",
+        FILES),
+    'a-reload-is-a-failure': (
+        'a run that reloaded every processed file exits 1',
+        "    if all(load.renamed or load.reloaded or (",
+        "    if all(load.renamed or (",
+        FILES),
+    # -- the end of a run
+    'handlers-cancelled-at-the-end': (
+        'a signal as the run ends kills the process by its default action',
+        "        STOP_SIGNALS.disarm()",
+        "        for handler in STOP_SIGNALS.handlers:\n"
+        "            handler.cancel()\n"
+        "        STOP_SIGNALS.handlers = None",
+        ['tests/test_operators.py::'
+         'test_a_signal_as_the_run_ends_leaves_its_outcome_and_metrics']),
+    'control-characters-logged': (
+        'a newline in a file name forges a log line',
+        "    handler.addFilter(escape_controls)",
+        "    pass",
+        OPERATORS),
+    'unsent-not-said': (
+        'after a stop, the totals do not add up',
+        "    unsent = lines - stored - errors",
+        "    unsent = 0",
+        OPERATORS),
+    'a-full-disk-is-bad-usage': (
+        'a lock file on a full disk exits 2, as a bad option',
+        "        if exc.errno in DISK_FAILURES:",
+        "        if False:",
+        OPERATORS),
+    'encoders-start-after-a-stop': (
+        'a stop while 64 encoders start waits for all of them',
+        "            if self.closed:  # a stop while they start: no more of"
+        " them\n"
+        "                break\n",
+        "",
+        ENCODERS),
+    'a-stop-marks-a-server-down': (
+        'a stop during a retry marks the server down',
+        "        if not self.stopping.is_set():\n"
+        "            self.server.down = ",
+        "        if True:\n"
+        "            self.server.down = ",
+        OPERATORS),
+    'a-down-servers-batches-are-tried': (
+        'every batch for a down server is tried again',
+        "        if self.server.down:\n"
+        "            batch.load.batch_done(0, 0, count, self.server.down)\n"
+        "            return\n"
+        "        policy = self.settings.retry\n",
+        "        policy = self.settings.retry\n",
+        OPERATORS),
+    'a-dead-kept-check-connection-is-a-try': (
+        'a kept rename-time connection that died counts as a failed try',
+        "                    sock.close()  # it may have died with a"
+        " restart\n",
+        "                    sock.close()  # it may have died with a"
+        " restart\n"
+        "                    raise\n",
+        WIRE),
 }
 
 

@@ -175,6 +175,30 @@ def test_encoders_that_die_now_and_then_are_replaced_without_end(
     assert len(spawned) == 1 + 6
 
 
+def test_a_stop_while_the_encoders_start_starts_no_more(monkeypatch):
+    # --workers 64 takes seconds to start: a stop (close) after the third
+    # encoder is the last one started, and every one started is reaped.
+    spawned = count_spawns(monkeypatch)
+    counting_popen = gmemcload.subprocess.Popen
+    routes, _ = gmemcload.build_routes(
+        {t: ['127.0.0.1:1'] for t in gmemcload.DEVICE_TYPES}, 1)
+    encoders = gmemcload.EncoderProcesses(64, routes)
+    started = []
+
+    def popen(*args, **kwargs):
+        process = counting_popen(*args, **kwargs)
+        started.append(process)
+        if len(spawned) == 3:
+            encoders.close()
+        return process
+
+    monkeypatch.setattr(gmemcload.subprocess, 'Popen', popen)
+    encoders.start()
+    encoders.close()
+    assert len(spawned) == 3
+    assert all(process.poll() is not None for process in started)
+
+
 @pytest.mark.parametrize('signum, code', [(signal.SIGTERM, 143),
                                           (signal.SIGINT, 130)])
 def test_a_signal_stops_the_run_and_every_encoder(

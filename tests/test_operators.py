@@ -13,6 +13,7 @@ import gmemcload
 from conftest import (address_args, catches, expected_value, files,
                       hold_lock, lines_for, listing, metrics, run,
                       start_loader, start_patched_loader, stop_within,
+                      summary_row,
                       value, wait_for, wait_for_log, write_gz)
 
 FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
@@ -354,8 +355,10 @@ def test_a_stop_ends_the_retries_of_a_batch(tmp_path, memcached_set):
     # stop comes during the backoff, and no retry follows it.
     nowhere = type('Nowhere', (), {'address': '127.0.0.1:1'})
     write_gz(tmp_path / FIRST, lines_for('dvid', 10))
+    metrics_file = str(tmp_path / 'gmemcload.prom')
     loader = start_loader(tmp_path, dict(memcached_set, dvid=nowhere),
-                          '--retries', '10', '--uploaders', '1')
+                          '--retries', '10', '--uploaders', '1',
+                          '--metrics-file', metrics_file)
     try:
         wait_for_log(tmp_path, 'retry 3/10')
         assert stop_within(loader, signal.SIGTERM, 2) == 143
@@ -366,6 +369,28 @@ def test_a_stop_ends_the_retries_of_a_batch(tmp_path, memcached_set):
     assert 'retry' not in after_the_stop
     assert 'giving up' not in text  # a stop is not a server down
     assert listing(tmp_path) == [FIRST]
+    found = metrics(metrics_file)
+    assert value(found, 'last_run_server_down', server='127.0.0.1:1') == 0
+
+
+def test_a_down_servers_remaining_batches_fail_at_once(
+        tmp_path, memcached_set, fake_memcached):
+    # Five files, a batch each, for a server that resets every
+    # connection: the first batch is tried 1 + --retries times, then the
+    # server is down and the four others fail with no try of their own.
+    fake_memcached.refuse = True
+    names = ['2017092900%02d00.tsv.gz' % minute for minute in range(5)]
+    for number, name in enumerate(names):
+        write_gz(tmp_path / name, lines_for('dvid', 10, tag=str(number))
+                 + lines_for('idfa', 2, tag=str(number)))
+    status, text = run(tmp_path, dict(memcached_set, dvid=fake_memcached),
+                       '--retries', '2', '--uploaders', '1')
+    assert status == 1, text
+    assert fake_memcached.connections == 1 + 2
+    assert text.count('retry 1/2') == 1 and text.count('retry 2/2') == 1
+    assert text.count('giving up after 2 retries') == 1
+    for name in names:
+        assert summary_row(text, name) == (12, 2, 10)
 
 
 SIGNAL_AS_THE_RUN_ENDS = '''

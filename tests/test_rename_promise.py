@@ -657,17 +657,21 @@ def test_the_same_name_in_a_later_directory_is_not_late(
 def test_names_that_are_not_minutes_are_never_judged_late(tmp_path,
                                                           memcached_set):
     # A processed backfill.tsv.gz sorts after every minute: it must not
-    # make every later minute file late.  A pending one loads, in name
-    # order, with a warning.
+    # make every later minute file late.  A pending file named otherwise
+    # loads in name order with a warning, even one that sorts before a
+    # processed minute.
+    extra = '2017-09-29-extra.tsv.gz'  # '-' sorts before every digit
     write_gz(tmp_path / '.backfill.tsv.gz', ['idfa\tk\t1\t1\t1'])
     write_gz(tmp_path / FIRST, ['idfa\tk\t2\t2\t2'])
-    write_gz(tmp_path / 'extra.tsv.gz', ['idfa\tx\t3\t3\t3'])
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    write_gz(tmp_path / extra, ['idfa\tx\t3\t3\t3'])
     status, text = run(tmp_path, memcached_set)
     assert status == 0, text
     assert 'kept: late' not in text
-    assert 'extra.tsv.gz: not a minute name' in text
-    assert listing(tmp_path) == ['.' + FIRST, '.backfill.tsv.gz',
-                                 '.extra.tsv.gz']
+    assert '%s: not a minute name' % extra in text
+    assert listing(tmp_path) == ['.' + extra, '.' + FIRST,
+                                 '.backfill.tsv.gz']
     want = dict([expected_value('idfa\tk\t2\t2\t2'),
                  expected_value('idfa\tx\t3\t3\t3')])
     assert stored_values(memcached_set, want) == want

@@ -1,7 +1,10 @@
 """The wire: replies counted and classified, connections in doubt settled
 before anything newer is sent, and before the run exits."""
+import socket
+
 import pytest
 
+import gmemcload
 from conftest import (assert_all_in_fake, lines_for, listing, run,
                       same_server, wait_for, write_gz)
 from gmemcload import ProtocolError, read_replies
@@ -113,3 +116,27 @@ def test_a_reply_a_set_cannot_get_is_a_protocol_error():
 def test_a_stream_that_ends_early_is_a_connection_error():
     with pytest.raises(ConnectionError, match='after 1 of 3 replies'):
         read_replies(canned(b'STORED\r\nSTO'), 3)
+
+
+def test_a_kept_check_connection_that_died_is_not_a_failed_try(
+        memcached_set):
+    # The rename-time check keeps its connection for the next file; one
+    # that died meanwhile (memcached closed it) is replaced at once, even
+    # with --retries 0: only the fresh connection's answer counts.
+    server = memcached_set['idfa']
+    settings = type('Settings', (), {'timeout': 2.0, 'accept_evictions':
+                                     False,
+                                     'retry': gmemcload.RetryPolicy(0)})
+    check = gmemcload.InstanceCheck(settings, {})
+    kept, peer = socket.socketpair()
+    peer.close()  # the server's end is gone
+    check.connections[server.address] = kept
+    try:
+        answer, error = check._ask(server.address)
+        assert error is None
+        instance, connections, dropped = answer
+        assert instance is not None and connections >= 1
+        assert dropped == (0, 0)
+        assert check.connections[server.address] is not kept
+    finally:
+        check.close()
