@@ -4,25 +4,44 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The compiled encoder, built beside gmemcload.py (see setup.py).
+NATIVE := native_encoder$(shell $(PYTHON) -c \
+	'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 PORTS := 33013 33014 33015 33016
 DATA := data
 RUN_DIR := .run
 BENCH_FILES ?= 3
 BENCH_LINES ?= 500000
 
-.PHONY: help install memcached run stop test lint fuzz bench mutants proto clean
+.PHONY: help install build-tools memcached run stop test lint fuzz bench mutants proto clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP)  ## create .venv with the pinned requirements
+install: $(STAMP) $(NATIVE)  ## create .venv with the pinned requirements, build the compiled encoder
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $(STAMP)
+
+build-tools:  ## install a C compiler, Python's headers and zlib's if missing
+	@command -v gcc >/dev/null && [ -f /usr/include/zlib.h ] && \
+	$(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(\
+		os.path.join(sysconfig.get_paths()["include"], "Python.h")))' || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		$$SUDO apt-get install -y -qq gcc python3-dev zlib1g-dev \
+			>/dev/null; }
+
+$(NATIVE): native_encoder.pyx setup.py $(STAMP)
+	@$(MAKE) --no-print-directory build-tools
+	$(PY) setup.py --quiet build_ext --inplace || { \
+		echo 'make install: the compiled encoder (native_encoder.pyx)' \
+			'did not build; see the compiler output above' >&2; \
+		exit 1; }
 
 memcached:  ## install Debian's memcached if it is missing
 	@command -v memcached >/dev/null || { \
@@ -77,5 +96,6 @@ proto:  ## regenerate proto/appsinstalled_pb2.py with protoc
 	protoc --python_out=proto -Iproto proto/appsinstalled.proto
 
 clean:  ## remove .venv, caches and generated data
-	rm -rf $(VENV) .pytest_cache $(DATA) .bench $(RUN_DIR)
+	rm -rf $(VENV) .pytest_cache $(DATA) .bench $(RUN_DIR) build \
+		native_encoder.c native_encoder.*.so
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

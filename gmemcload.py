@@ -163,6 +163,7 @@ BACKOFF_FIRST = 0.25  # seconds before the first retry; doubles per retry
 BACKOFF_MAX = 4.0
 PROGRESS_INTERVAL = 5.0  # seconds between progress lines
 LOGGED_LINES_PER_FILE = 5  # bad lines logged in full; the rest are counted
+LINE_PREFIX = 1000  # bytes of a bad line kept to log it
 
 MALFORMED = 'malformed'
 UNKNOWN_TYPE = 'unknown device type'
@@ -451,42 +452,74 @@ def lane_for(lanes_by_server, key):
                                                   % len(lanes)]
 
 
+def encode_line(line, routes):
+    """One line of encode_chunk, by the line contract: None for a blank
+    line, else ``(lane, set command, dropped app ids)``.  Raises BadLine.
+    The compiled encoder hands every line it is not sure of to this."""
+    record = parse_line(line)
+    if record is None:
+        return None
+    dev_type, key, lat, lon, apps, dropped_apps = record
+    return (lane_for(routes[dev_type], key),
+            set_command(key, pack_user_apps(apps, lat, lon)), dropped_apps)
+
+
 def encode_chunk(data, routes):
     """Parse and serialize every line of ``data`` (whole lines).
 
     A pure function of its arguments: no I/O, no state.  Returns the
     EncodedChunk tuple ``(lines, errors, batches, bad, dropped,
     dropped_samples)``: ``batches`` is ``[(lane, count, commands)]``, the
-    ``set`` commands of each lane in line order, joined; ``bad`` holds up
-    to LOGGED_LINES_PER_FILE ``(kind, reason, line prefix)`` of the bad
-    lines, which ``errors`` counts; ``dropped`` counts the lines with app
-    ids left out, ``dropped_samples`` shows a few.
+    ``set`` commands of each lane in line order, joined, the lanes in the
+    order of their first line; ``bad`` holds up to LOGGED_LINES_PER_FILE
+    ``(kind, reason, line prefix)`` of the bad lines, which ``errors``
+    counts; ``dropped`` counts the lines with app ids left out,
+    ``dropped_samples`` shows a few.  This is the reference; the compiled
+    encoder (native_encoder) gives the same result for every input.
     """
     lines = errors = dropped = 0
     bad, dropped_samples = [], []
-    commands_of = collections.defaultdict(list)  # lane -> set commands
+    commands_of = {}  # lane -> set commands, lanes in order of first use
     for line in data.split(b'\n'):
         try:
-            record = parse_line(line)
+            encoded = encode_line(line, routes)
         except BadLine as exc:
             lines += 1
             errors += 1
             if len(bad) < LOGGED_LINES_PER_FILE:
-                bad.append((exc.kind, str(exc), line[:1000]))
+                bad.append((exc.kind, str(exc), line[:LINE_PREFIX]))
             continue
-        if record is None:
+        if encoded is None:
             continue
         lines += 1
-        dev_type, key, lat, lon, apps, dropped_apps = record
+        lane, command, dropped_apps = encoded
         if dropped_apps:
             dropped += 1
             if len(dropped_samples) < LOGGED_LINES_PER_FILE:
-                dropped_samples.append((dropped_apps, line[:1000]))
-        commands_of[lane_for(routes[dev_type], key)].append(
-            set_command(key, pack_user_apps(apps, lat, lon)))
+                dropped_samples.append((dropped_apps, line[:LINE_PREFIX]))
+        commands_of.setdefault(lane, []).append(command)
     batches = [(lane, len(commands), b''.join(commands))
                for lane, commands in commands_of.items()]
     return lines, errors, batches, bad, dropped, dropped_samples
+
+
+def load_native_encoder():
+    """``(encode, words)``: the compiled encode_chunk (native_encoder,
+    built beside this file by ``make install``), configured with this
+    file's line contract, or the pure-Python reference if it is not built;
+    and words that say which, for the start line."""
+    try:
+        import native_encoder
+    except ImportError as exc:
+        return encode_chunk, 'pure Python (native_encoder is not built: %s;' \
+            ' make install builds it)' % exc
+    native_encoder.configure(encode_line, BadLine, LOGGED_LINES_PER_FILE,
+                             LINE_PREFIX, MAX_KEY_LENGTH)
+    return native_encoder.encode_chunk, 'compiled (native_encoder)'
+
+
+# What the encoders run: the compiled encoder, or the reference.
+ENCODE, ENCODER_KIND = load_native_encoder()
 
 
 def iter_commands(payload):
@@ -529,14 +562,15 @@ class Encoder:
 
 
 class InProcessEncoder(Encoder):
-    """``--workers 1``: encode_chunk runs in this process, at submit."""
+    """``--workers 1``: the encoder (ENCODE) runs in this process, at
+    submit."""
 
     def __init__(self, routes):
         self.routes = routes
 
     def submit(self, pieces):
         result = gevent.event.AsyncResult()
-        result.set(encode_chunk(b''.join(pieces), self.routes))
+        result.set(ENCODE(b''.join(pieces), self.routes))
         return result
 
 
@@ -836,7 +870,7 @@ def run_encoder():
                 return EXIT_OK
             data = bytes(data)
             _crash_for_tests(data)
-            _write_frame(1, [marshal.dumps(encode_chunk(data, routes))])
+            _write_frame(1, [marshal.dumps(ENCODE(data, routes))])
     except (EOFError, BrokenPipeError):
         return EXIT_FAILED  # the parent is gone
 
@@ -3008,8 +3042,11 @@ def _run(args):
     settings = Settings(args)
     options = dict(vars(args))
     del options['encoder']
-    log.info('Memc loader %s started with options: %s', __version__,
-             options)
+    log.info('Memc loader %s started with options: %s; encoder: %s',
+             __version__, options, ENCODER_KIND)
+    if ENCODE is encode_chunk:
+        log.warning('encoding in pure Python, about 7 times slower per line:'
+                    ' the compiled encoder is not built (make install)')
     directory = pattern_directory(args.pattern)
     if not os.path.isdir(directory):
         log.warning('No files match %s (no such directory)', args.pattern)

@@ -13,8 +13,11 @@ daemons that the bench starts on free loopback ports and stops afterwards:
 * the previous loader (the commit before the encoder pipeline, taken from
   git) with --workers 1, so that today's --workers 1 is compared with it in
   the same run;
+* main before the compiled encoder (taken from git too, so it runs the
+  pure-Python encoder) with --workers 1 and with its defaults;
 * gmemcload with --workers 1, 2 and 4 and with its defaults, then a sweep of
-  --batch-size and --uploaders on the first file.
+  --batch-size and --uploaders on the first file;
+* the encoders alone, compiled and pure Python, in the bench's process.
 
 From the --workers rows come the figures the encoder pipeline is judged
 by: the speed-up of 2 workers over 1, the CPU efficiency CPU-s(1) /
@@ -63,6 +66,10 @@ SWEEP_UPLOADERS = (1, 2, 4, 8)
 # The last commit before the encoder pipeline: --workers 1 is compared
 # with it.
 PREVIOUS = 'e22443b'
+# Main before the compiled encoder: its --workers 1 and its defaults are
+# the rows the compiled encoder is judged against.
+BEFORE_NATIVE = '4692634'
+ENCODER_LINES = 200000  # lines the encoders alone are timed on
 WORKERS = ('1', '2', '4')
 ROUNDS = 3  # the compared rows are each the fastest of this many runs
 
@@ -327,6 +334,28 @@ def machine():
         model, os.cpu_count(), platform.python_version(), version)
 
 
+def encoder_figures(paths):
+    """Microseconds per line of the reference encode_chunk and of the
+    compiled encoder, alone, on the first ENCODER_LINES lines of the first
+    file (best of ROUNDS each, interleaved), with the loader's routes."""
+    import gmemcload
+    with gzip.open(paths[0], 'rb') as source:
+        data = b''.join(line for _, line in zip(range(ENCODER_LINES),
+                                                source))
+    routes, _ = gmemcload.build_routes(
+        {t: ['127.0.0.1:%d' % (33013 + n)]
+         for n, t in enumerate(gmemcload.DEVICE_TYPES)}, 2)
+    lines = data.count(b'\n')
+    best = {'python': float('inf'), 'compiled': float('inf')}
+    for _ in range(ROUNDS):
+        for name, encode in (('python', gmemcload.encode_chunk),
+                             ('compiled', gmemcload.ENCODE)):
+            started = time.process_time()
+            encode(data, routes)
+            best[name] = min(best[name], time.process_time() - started)
+    return {name: 1e6 * seconds / lines for name, seconds in best.items()}
+
+
 def fixed_cost(bench, workers):
     """The parent's CPU seconds for a one-line file with ``workers``: the
     interpreter, the imports, the encoders started; fastest of ROUNDS."""
@@ -366,6 +395,35 @@ def pipeline_figures(rows, lines, fixed):
                         '%.2fx' % (one['lines_per_s']
                                    / previous[0]['lines_per_s']),
                         '>= 1.00x'))
+    return figures
+
+
+def native_figures(rows, lines, encoders):
+    """The compiled encoder's figures (issue: a native encoder), each
+    (name, value, target)."""
+    defaults = next(row for name, row in rows.items()
+                    if name.startswith('gmemcload (defaults'))
+    one = rows['gmemcload --workers 1']
+    figures = [
+        ('the encoder alone, compiled (pure Python: %.2f us)'
+         % encoders['python'], '%.2f us/line' % encoders['compiled'],
+         '<= 1.0 us/line'),
+        ('CPU per line, all processes, the defaults',
+         '%.2f us' % (1e6 * defaults['cpu_s'] / lines), '<= 3 us'),
+        ('lines/s, the defaults', '%d' % defaults['lines_per_s'],
+         '>= 300000'),
+    ]
+    before = {name.rsplit(' ', 1)[-1]: row for name, row in rows.items()
+              if name.startswith('main before the compiled encoder')}
+    if before:
+        figures += [
+            ('--workers 1 against main before the compiled encoder',
+             '%.2fx' % (one['lines_per_s'] / before['1']['lines_per_s']),
+             '>= 3.5x'),
+            ('the defaults against main before the compiled encoder',
+             '%.2fx' % (defaults['lines_per_s']
+                        / before['defaults']['lines_per_s']), '>= 2x'),
+        ]
     return figures
 
 
@@ -438,6 +496,16 @@ def main(argv=None):
                              total, bench.loader(every_file, '--workers',
                                                  '1', script=previous),
                              sample))
+        before = previous_loader(BEFORE_NATIVE)
+        if before:
+            variants += [
+                ('main before the compiled encoder (%s) --workers 1'
+                 % BEFORE_NATIVE, total,
+                 bench.loader(every_file, '--workers', '1', script=before),
+                 sample),
+                ('main before the compiled encoder (%s) defaults'
+                 % BEFORE_NATIVE, total,
+                 bench.loader(every_file, script=before), sample)]
         variants += [('gmemcload --workers %s' % workers, total,
                       bench.loader(every_file, '--workers', workers), sample)
                      for workers in WORKERS]
@@ -448,6 +516,8 @@ def main(argv=None):
         reference, ceiling = rows[:2]
         figures = pipeline_figures({row['name']: row for row in rows},
                                    total, fixed_cost(bench, WORKERS[-1]))
+        figures += native_figures({row['name']: row for row in rows},
+                                  total, encoder_figures(paths))
         if not args.no_sweep:
             first, lines = paths[0], total // len(paths)
             bench.compare(

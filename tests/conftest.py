@@ -26,6 +26,14 @@ blocking_sleep = monkey.get_original('time', 'sleep')
 DEVICE_TYPES = ('idfa', 'gaid', 'adid', 'dvid')
 
 
+def pytest_configure(config):
+    """Under CI the tests run on the compiled encoder, never on the
+    pure-Python fallback: a build that failed must not pass unseen."""
+    if os.environ.get('CI') and gmemcload.ENCODE is gmemcload.encode_chunk:
+        raise pytest.UsageError('CI: the compiled encoder is not built: %s'
+                                % gmemcload.ENCODER_KIND)
+
+
 @pytest.fixture
 def memcached_factory():
     """Start real memcached daemons on demand; all stop at teardown."""

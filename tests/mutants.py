@@ -2,8 +2,9 @@
 """Break each guarantee on purpose and show that a test fails.
 
 Every mutant is a textual change to a copy of gmemcload.py (one
-replacement, or a tuple of them); the tests named with it must then
-fail.  A mutant that survives (its tests still
+replacement, or a tuple of them), or, for a mutant named ``native-...``,
+of native_encoder.pyx, which the copy then builds; the tests named with it
+must then fail.  A mutant that survives (its tests still
 pass) is a guarantee no test defends.  Exits 1 if any survives.
 
     python tests/mutants.py            # every mutant
@@ -26,6 +27,7 @@ LOAD = ['tests/test_load.py']
 OPERATORS = ['tests/test_operators.py']
 ENCODERS = ['tests/test_encoders.py']
 FILES = ['tests/test_files.py']
+NATIVE = ['tests/test_native.py']
 MUTANTS = {
     # -- the wire
     'no-in-doubt-settling': (
@@ -158,11 +160,11 @@ MUTANTS = {
         ['tests/test_parse.py']),
     # -- newest wins, order
     'lines-of-a-chunk-reversed': (
-        'newest-wins within a file: a lane gets a chunk\'s records in'
-        ' reverse',
-        "        commands_of[lane_for(routes[dev_type], key)].append(",
-        "        commands_of[lane_for(routes[dev_type], key)].insert(0,",
-        ['tests/test_load.py']),
+        'newest-wins within a file: the reference encoder gives a lane a'
+        ' chunk\'s records in reverse',
+        "        commands_of.setdefault(lane, []).append(command)",
+        "        commands_of.setdefault(lane, []).insert(0, command)",
+        ['tests/test_properties.py']),
     'files-in-reverse-order': (
         'newest-wins across files and the rename order',
         "    return sorted(paths, key=load_order)",
@@ -670,6 +672,44 @@ MUTANTS = {
         " restart\n"
         "                    raise\n",
         WIRE),
+    # -- the compiled encoder (native_encoder.pyx)
+    'native-wrong-varint': (
+        'the compiled encoder writes varints of 6 bits a byte',
+        "        value >>= 7\n"
+        "        written += 1\n",
+        "        value >>= 6\n"
+        "        written += 1\n",
+        NATIVE),
+    'native-a-line-lost': (
+        'the compiled encoder takes a chunk\'s second line for blank',
+        "                if end == start:\n",
+        "                if end == start or index == 1:\n",
+        NATIVE),
+    'native-slow-lines-out-of-order': (
+        'lines handed to the Python contract come back in reverse order',
+        "                commands.append(command)\n",
+        "                commands.insert(0, command)\n",
+        NATIVE),
+    'native-lat-for-lon': (
+        'the compiled encoder writes lon where lat goes',
+        "    memcpy(&lat_bits, &lat, 8)",
+        "    memcpy(&lat_bits, &lon, 8)",
+        NATIVE),
+    'native-app-over-uint32': (
+        'an app id of 2**32 is kept (as 0), not dropped',
+        "            if digits == 0 or value > MAX_APP_ID:",
+        "            if digits == 0 or value > MAX_APP_ID + 1:",
+        NATIVE),
+    'native-key-too-long': (
+        'a key of 251 bytes is encoded, not refused',
+        "    if key_length > max_key:",
+        "    if key_length > max_key + 1:",
+        NATIVE),
+    'native-space-in-an-id': (
+        'a space in a dev_id is encoded, not refused',
+        "        if dev_id[at] <= 0x20 or dev_id[at] >= 0x7f:",
+        "        if dev_id[at] < 0x20 or dev_id[at] >= 0x7f:",
+        NATIVE),
 }
 
 
@@ -677,26 +717,37 @@ def run_mutant(name, old, new, tests):
     """Run ``tests`` against a copy with ``old`` replaced by ``new``;
     return (caught, seconds)."""
     with tempfile.TemporaryDirectory(prefix='mutant-') as copy:
-        for entry in ('gmemcload.py', 'proto', 'tests', 'setup.cfg'):
+        for entry in ['gmemcload.py', 'proto', 'tests', 'setup.cfg',
+                      'setup.py', 'native_encoder.pyx'] + [
+                          name for name in os.listdir(ROOT)
+                          if name.startswith('native_encoder.')
+                          and name.endswith('.so')]:
             source = os.path.join(ROOT, entry)
             if os.path.isdir(source):
                 shutil.copytree(source, os.path.join(copy, entry),
                                 ignore=shutil.ignore_patterns('__pycache__'))
             else:
                 shutil.copy(source, copy)
-        path = os.path.join(copy, 'gmemcload.py')
+        native = name.startswith('native-')
+        path = os.path.join(copy, 'native_encoder.pyx' if native
+                            else 'gmemcload.py')
         with open(path) as source:
             code = source.read()
         if isinstance(old, str):
             old, new = (old,), (new,)
         for one_old, one_new in zip(old, new):
             if code.count(one_old) != 1:
-                raise SystemExit('mutant %s: its code is found %d times,'
-                                 ' not once; update tests/mutants.py'
-                                 % (name, code.count(one_old)))
+                raise SystemExit('mutant %s: its code is found %d times in'
+                                 ' %s, not once; update tests/mutants.py'
+                                 % (name, code.count(one_old),
+                                    os.path.basename(path)))
             code = code.replace(one_old, one_new)
         with open(path, 'w') as out:
             out.write(code)
+        if native:
+            subprocess.run([sys.executable, 'setup.py', '--quiet',
+                            'build_ext', '--inplace'], cwd=copy, check=True,
+                           stdout=subprocess.DEVNULL)
         started = time.monotonic()
         result = subprocess.run(
             [sys.executable, '-m', 'pytest', '-x', '-q', '-p',

@@ -436,15 +436,25 @@ def test_a_file_name_cannot_forge_a_log_line(tmp_path, memcached_set):
     assert os.listdir(tmp_path).count('.' + forged) == 1
 
 
+SLOW_READS = '''
+read = gmemcload.igzip.IGzipFile.read
+def slow_read(self, *args):
+    blocking_sleep(0.2)  # in the thread pool: the run goes on meanwhile
+    return read(self, *args)
+gmemcload.igzip.IGzipFile.read = slow_read
+'''
+
+
 def test_after_a_stop_the_summary_adds_up(tmp_path, memcached_set):
-    # One batch per file (--batch-size above its lines): a stop while it
-    # is read leaves every line read unsent, and the total says how many.
+    # One batch per file (--batch-size above its lines), read slowly: a
+    # stop while it is read leaves every line read unsent, and the total
+    # says how many.
     write_gz(tmp_path / FIRST, lines_for('idfa', 300000))
-    loader = start_loader(tmp_path, memcached_set, '--batch-size',
-                          '1000000')
+    loader = start_patched_loader(tmp_path, memcached_set, SLOW_READS,
+                                  '--batch-size', '1000000')
     try:
         wait_for_log(tmp_path, 'Processing')
-        time.sleep(0.3)
+        time.sleep(0.7)
         assert stop_within(loader, signal.SIGTERM, 3) == 143
     finally:
         loader.kill()

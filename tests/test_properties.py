@@ -219,10 +219,11 @@ def assert_samples(bad, expected):
         assert isinstance(reason, str) and reason.startswith(start)
 
 
-def assert_encodes_as_oracle(data, routes):
-    """encode_chunk(data, routes) gives exactly what the oracle says."""
+def assert_encodes_as_oracle(data, routes, encode):
+    """encode(data, routes), an encoder, gives exactly what the oracle
+    says."""
     lines, errors, batches, bad, dropped, dropped_samples = \
-        gmemcload.encode_chunk(data, routes)
+        encode(data, routes)
     want = expected_encoding(data, routes)
     assert (lines, errors, dropped) == \
         (want['lines'], want['errors'], want['dropped'])
@@ -520,26 +521,34 @@ def test_parse_line_agrees_with_the_oracle_on_any_line(line):
     assert_parses_as_oracle(line)
 
 
+# Both encoders: the reference, and the compiled one the loader runs.
+ENCODERS = [pytest.param(gmemcload.encode_chunk, id='python'),
+            pytest.param(gmemcload.ENCODE, id='compiled')]
+
+
+@pytest.mark.parametrize('encode', ENCODERS)
 @settings(deadline=None)
 @given(chunk_lines, routes())
-def test_encode_chunk_agrees_with_the_oracle_lane_by_lane(lines, routes):
-    assert_encodes_as_oracle(b'\n'.join(lines), routes)
+def test_encode_chunk_agrees_with_the_oracle_lane_by_lane(encode, lines,
+                                                          routes):
+    assert_encodes_as_oracle(b'\n'.join(lines), routes, encode)
 
 
+@pytest.mark.parametrize('encode', ENCODERS)
 @settings(deadline=None)
 @given(chunk_lines, st.booleans(), piece_sizes, routes())
 def test_chunks_cut_anywhere_encode_as_the_whole_stream(
-        lines, final_newline, sizes, routes):
+        encode, lines, final_newline, sizes, routes):
     data = b'\n'.join(lines) + (b'\n' if final_newline else b'')
     chunks, oversized = chunks_of(data, sizes)
     assert b''.join(chunks) == data and oversized == []
-    whole = gmemcload.encode_chunk(data, routes)
+    whole = encode(data, routes)
     lines = errors = dropped = 0
     payloads = collections.defaultdict(bytes)
     counts = collections.Counter()
     bad, dropped_samples = [], []
     for chunk in filter(None, chunks):
-        encoded = gmemcload.encode_chunk(chunk, routes)
+        encoded = encode(chunk, routes)
         lines += encoded[0]
         errors += encoded[1]
         for lane, (count, payload) in lanes_of(encoded[2]).items():
@@ -553,7 +562,7 @@ def test_chunks_cut_anywhere_encode_as_the_whole_stream(
         lanes_of(whole[2])
     assert bad[:SAMPLES] == whole[3]
     assert dropped_samples[:SAMPLES] == whole[5]
-    assert_encodes_as_oracle(data, routes)
+    assert_encodes_as_oracle(data, routes, encode)
 
 
 def test_the_shipped_limits_keep_the_chunking_precondition():
@@ -599,10 +608,11 @@ def oversized_case(draw):
     return limit, prefix, limit - prefix, lines
 
 
+@pytest.mark.parametrize('encode', ENCODERS)
 @settings(deadline=None)
 @given(oversized_case(), st.booleans(), piece_sizes, routes())
 def test_a_line_over_the_limit_comes_back_only_as_its_prefix(
-        case, final_newline, sizes, routes):
+        encode, case, final_newline, sizes, routes):
     limit, prefix, read_size, lines = case
     data = b'\n'.join(lines) + (b'\n' if final_newline else b'')
     kept, prefixes = [], []
@@ -620,17 +630,18 @@ def test_a_line_over_the_limit_comes_back_only_as_its_prefix(
     assert oversized == prefixes
     assert b''.join(chunks) == b''.join(kept)
     for chunk in filter(None, chunks):  # only the kept lines are records
-        assert_encodes_as_oracle(chunk, routes)
+        assert_encodes_as_oracle(chunk, routes, encode)
 
 
+@pytest.mark.parametrize('encode', ENCODERS)
 @settings(deadline=None)
 @given(st.lists(well_formed, min_size=1, max_size=8), routes())
-def test_well_formed_lines_round_trip_to_one_record_each(cases, routes):
+def test_well_formed_lines_round_trip_to_one_record_each(encode, cases,
+                                                         routes):
     for line, truth in cases:
         assert exact(Record(*gmemcload.parse_line(line))) == exact(truth)
     lines, errors, batches, bad, dropped, dropped_samples = \
-        gmemcload.encode_chunk(b'\n'.join(line for line, _ in cases),
-                               routes)
+        encode(b'\n'.join(line for line, _ in cases), routes)
     assert (lines, errors, bad) == (len(cases), 0, [])
     assert dropped == sum(1 for _, truth in cases if truth.dropped)
     want = collections.defaultdict(list)
