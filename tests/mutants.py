@@ -106,13 +106,33 @@ MUTANTS = {
         "        self.errors = errors\n",
         LOAD),
     'dropped-apps-are-errors': (
-        'a line with dropped app ids counts as an error',
+        'the reference encoder counts a line with dropped app ids as an'
+        ' error',
         "        if dropped_apps:\n"
         "            dropped += 1\n",
         "        if dropped_apps:\n"
         "            dropped += 1\n"
         "            errors += 1\n",
-        LOAD),
+        ['tests/test_properties.py']),
+    'native-every-key-to-the-first-server': (
+        'the compiled encoder sends every key of a type to its first server',
+        "        server = ((hash_value >> 16) & 0x7fff) % route.servers",
+        "        server = 0",
+        NATIVE),
+    'native-every-key-to-the-first-uploader': (
+        'the compiled encoder sends every key of a server to its first lane',
+        "    if route.lanes_of[server] > 1:",
+        "    if False:",
+        NATIVE),
+    'native-dropped-apps-are-errors': (
+        'the compiled encoder counts a line with dropped app ids as an'
+        ' error',
+        "                if dropped_apps:\n"
+        "                    dropped += 1\n",
+        "                if dropped_apps:\n"
+        "                    dropped += 1\n"
+        "                    errors += 1\n",
+        NATIVE + LOAD),
     'error-rate-limit-exclusive': (
         'a file exactly at --max-error-rate is not loaded',
         "        if self.error_rate > max_error_rate:",
