@@ -484,16 +484,16 @@ def test_a_file_replaced_while_it_is_being_read_is_kept(
             if number == 0:
                 os.replace(incoming, path)
 
-    real_open_regular = gmemcload.open_regular
+    real_os_open = os.open
 
-    def replaced_once_open(name):
-        opened = real_open_regular(name)
-        if name == path:
+    def replaced_once_open(name, *args, **kwargs):
+        opened = real_os_open(name, *args, **kwargs)
+        if name == path:  # between the open and anything after it
             os.replace(incoming, path)
         return opened
 
     if when == 'just after it was opened':
-        monkeypatch.setattr(gmemcload, 'open_regular', replaced_once_open)
+        monkeypatch.setattr(os, 'open', replaced_once_open)
     else:
         monkeypatch.setattr(gmemcload, 'read_chunks',
                             replaced_after_the_first_chunk)
