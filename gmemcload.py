@@ -19,7 +19,8 @@ The sections of this file, from the pure parts to the I/O:
 1. the line contract: parse_line states it (the README has it in words);
 2. chunks and encoding: read_chunks cuts a stream at line ends,
    encode_chunk turns a chunk into each lane's ``set`` commands;
-3. the encoders that run encode_chunk, in this process or in processes;
+3. the encoders that run the encoder (ENCODE: the compiled one, else
+   encode_chunk), in the event loop or in threads;
 4. the wire: one memcached Connection, and connections in doubt;
 5. lanes: RetryPolicy, the one retry policy (batches and rename-time
    checks alike), the Lane over a Connection, FileLoad's accounting;
@@ -32,12 +33,12 @@ The sections of this file, from the pure parts to the I/O:
 * ``gevent.monkey.patch_all()`` runs first, so the loader's own memcached
   sockets are cooperative.
 * The reader (a greenlet) takes the files in name order, decompresses each
-  once and cuts it into chunks at line ends.  encode_chunk, a pure
-  function, parses and serializes a chunk's lines into each lane's ``set``
-  commands: in this process with ``--workers 1``, else in N encoder
-  processes.  The writer (a greenlet) takes the results strictly in chunk
-  order and hands batches to the lanes, so each key's writes follow the
-  file order by construction.
+  once and cuts it into chunks at line ends.  The encoder, a pure
+  function (encode_chunk, or its compiled twin), parses and serializes a
+  chunk's lines into each lane's ``set`` commands: in the event loop's
+  thread with ``--workers 1``, else in N threads.  The writer (a
+  greenlet) takes the results strictly in chunk order and hands batches to
+  the lanes, so each key's writes follow the file order by construction.
 * Each memcached server has ``--uploaders`` lanes: a greenlet with a
   bounded queue of batches and one Connection, which sends a batch as one
   pipelined buffer and counts every reply.  A key always travels through
@@ -57,17 +58,10 @@ import sys
 
 EARLY_SIGNALS = []
 if __name__ == '__main__':
-    if '--encoder' in sys.argv[1:]:
-        # An encoder dies when its parent does, even a stopped one: asked
-        # of the kernel before anything else (prctl PR_SET_PDEATHSIG).
-        import ctypes
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
-    else:
-        # A stop while the program is still starting (the imports take a
-        # fifth of a second) is noted, and acted on once the run can stop.
-        for _signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(_signum,
-                          lambda signum, _: EARLY_SIGNALS.append(signum))
+    # A stop while the program is still starting (the imports take a
+    # fifth of a second) is noted, and acted on once the run can stop.
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, lambda signum, _: EARLY_SIGNALS.append(signum))
 
 from gevent import monkey  # noqa: E402
 monkey.patch_all()
@@ -82,14 +76,11 @@ import fcntl  # noqa: E402
 import fnmatch  # noqa: E402
 import glob  # noqa: E402
 import logging  # noqa: E402
-import marshal  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import resource  # noqa: E402
 import socket  # noqa: E402
 import stat  # noqa: E402
-import struct  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
 import zlib  # noqa: E402
 
@@ -100,6 +91,7 @@ import gevent.os  # noqa: E402
 import gevent.pool  # noqa: E402
 import gevent.queue  # noqa: E402
 import gevent.socket  # noqa: E402
+import gevent.threadpool  # noqa: E402
 import memcache  # noqa: E402
 from isal import igzip  # noqa: E402
 
@@ -143,20 +135,13 @@ MAX_LINE_BYTES = 8 << 20  # at least READ_CHUNK: a line within a chunk fits
 OVERSIZED_PREFIX = 4096  # what is kept of such a line, to log it
 QUEUED_BATCHES_PER_LANE = 4  # back-pressure: bounds memory per lane
 OPEN_FILES = 3  # files read and not yet renamed or kept, at most
-ENCODER_CHUNKS = 2  # chunks in flight per encoder process
-F_SETPIPE_SZ = 1031  # fcntl: a pipe's capacity (Linux)
-ENCODER_TIMEOUT = 30.0  # seconds a busy encoder may give no result
+ENCODER_CHUNKS = 2  # chunks in flight per encoder thread
 # An mtime further ahead of this clock is clock skew, not a file still
 # being written (--min-age).
 FUTURE_MTIME_TOLERANCE = 60.0
-# An encoder's death is a retry of its chunks, not of memcached I/O: a
-# chunk that killed this many encoders fails its file, and a place whose
-# encoders died this many times in a row without a result gives up.
-# More encoders than this would take minutes to start and gigabytes of
-# memory, and one parent cannot feed more than about 9 (see the README).
+# More encoder threads than this only hold memory: one process cannot
+# feed them (see the README).
 MAX_WORKERS = 64
-ENCODER_DEATHS_PER_CHUNK = 2
-ENCODER_DEATHS_IN_A_ROW = 4
 _libc = ctypes.CDLL(None, use_errno=True)
 SUMMARY_ROWS = 100  # past this many files the summary lists only kept ones
 BACKOFF_FIRST = 0.25  # seconds before the first retry; doubles per retry
@@ -533,26 +518,18 @@ def iter_commands(payload):
         position = start + int(length) + 2
 
 
-# -- 3. the encoders: in this process, or in encoder processes ---------------
-
-class EncodingFailed(Exception):
-    """A chunk could not be encoded: the file it belongs to fails."""
-
+# -- 3. the encoders: in the event loop, or in threads ----------------------
 
 class Encoder:
-    """What the two executors of encode_chunk have in common: one code
-    path, two executors.
+    """What the two executors of the encoder (ENCODE) have in common: one
+    code path, two executors.
 
-    ``start()`` comes before the first chunk.  ``submit(pieces)`` takes a
-    chunk as read_chunks gives it and returns a result whose ``get()``
-    gives encode_chunk's tuple for it, or raises EncodingFailed; it may
-    wait while the executor is full.  The
-    caller takes results in the order it submitted them.  ``close()`` ends
-    the executor; chunks still in flight fail.
+    ``submit(pieces)`` takes a chunk as read_chunks gives it and returns a
+    result whose ``get()`` gives encode_chunk's tuple for it (or raises
+    what the encoder raised).  The caller takes results in the order it
+    submitted them, and bounds how many are in flight.  ``close()`` ends
+    the executor once the chunks in flight are done.
     """
-
-    def start(self):
-        pass
 
     def submit(self, pieces):
         raise NotImplementedError
@@ -562,7 +539,7 @@ class Encoder:
 
 
 class InProcessEncoder(Encoder):
-    """``--workers 1``: the encoder (ENCODE) runs in this process, at
+    """``--workers 1``: the encoder runs in the event loop's thread, at
     submit."""
 
     def __init__(self, routes):
@@ -574,323 +551,41 @@ class InProcessEncoder(Encoder):
         return result
 
 
-class EncoderProcesses(Encoder):
-    """N encoder processes, each running encode_chunk on the chunks sent
-    to it, ENCODER_CHUNKS at most in flight, answered in order.
-
-    An encoder is this file run with ``--encoder``: a clean interpreter
-    that reads framed chunks on stdin and writes framed results on stdout.
-    It has no sockets, no files and no lock, and exits when its stdin
-    ends, so it never outlives the run.  Chunks go to the encoders in
-    turn; the caller takes the results in the order it submitted them.
-
-    An encoder that dies has its chunks sent again to a fresh one; the
-    chunk it was encoding is blamed, and a chunk that kills two encoders
-    fails with EncodingFailed.
-    """
+class EncoderThreads(Encoder):
+    """``--workers N`` (N > 1): the encoder runs in N threads of a thread
+    pool of its own (reads have gevent's own pool), so that chunks are
+    encoded while the event loop sends, reads and checks.  The compiled
+    encoder lets go of the GIL for its heavy loop, so the threads use
+    several cores; the pure-Python fallback holds the GIL, and gains
+    nothing from them.  An exception of the encoder is the result's, never
+    printed by the pool."""
 
     def __init__(self, count, routes):
-        self.count = count
         self.routes = routes
-        self.slots = []
-        self.turn = 0
-        self.closed = False
-        self.receivers = gevent.pool.Group()  # one per live encoder
-        self.watcher = None
-
-    def start(self):
-        self.slots = [_EncoderSlot(self, number)
-                      for number in range(self.count)]
-        for slot in self.slots:
-            if self.closed:  # a stop while they start: no more of them
-                break
-            slot.spawn()
-        self.watcher = gevent.spawn(self._watch)
-
-    def _watch(self):
-        """Kill an encoder that is alive but gives no result: it then dies
-        like any other, and its chunks go to a fresh one."""
-        while True:
-            for slot in self.slots:
-                if slot.hung():
-                    log.warning('encoder %d gave no result for %gs: it is'
-                                ' killed and replaced', slot.number + 1,
-                                ENCODER_TIMEOUT)
-                    slot.progress = time.monotonic()
-                    slot.kill()
-            gevent.sleep(min(1.0, ENCODER_TIMEOUT / 4))
+        self.pool = gevent.threadpool.ThreadPool(count)
 
     def submit(self, pieces):
-        """Send a chunk to the next encoder in turn (waits while it has
-        ENCODER_CHUNKS in flight); return its result, with ``get()``."""
-        slot = self.slots[self.turn]
-        self.turn = (self.turn + 1) % self.count
+        data = b''.join(pieces)
         result = gevent.event.AsyncResult()
-        if self.closed:
-            result.set_exception(EncodingFailed('stopped'))
-        else:
-            slot.send(_Chunk(pieces, result))
+
+        def encode():
+            try:
+                return ENCODE(data, self.routes), None
+            except Exception as exc:
+                return None, exc
+
+        def done(job):
+            value, error = job.value
+            if error is None:
+                result.set(value)
+            else:
+                result.set_exception(error)
+        self.pool.spawn(encode).rawlink(done)
         return result
 
     def close(self):
-        """Kill every encoder and reap it; chunks in flight fail."""
-        self.closed = True
-        if self.watcher is not None:
-            self.watcher.kill(block=False)
-        for slot in self.slots:
-            slot.kill()
-        self.receivers.join()
-
-
-class _Chunk:
-    __slots__ = ('pieces', 'result', 'blamed')
-
-    def __init__(self, pieces, result):
-        self.pieces = pieces
-        self.result = result
-        self.blamed = 0  # encoders that died encoding it
-
-
-class _EncoderSlot:
-    """One encoder process and its chunks in flight (oldest first),
-    replaced when it dies.
-
-    ``writing`` is held while a frame is written and while a dead
-    encoder's pipes are closed and replaced, so ``in_flight`` is always in
-    the order of the frames and no frame goes to a closed descriptor.  A
-    slot whose encoders keep dying without a result, or that cannot start
-    one, is ``broken``: its chunks fail at once, and so their files.
-    """
-
-    def __init__(self, pool, number):
-        self.pool = pool
-        self.number = number
-        self.process = None
-        self.to_encoder = self.from_encoder = None
-        self.in_flight = collections.deque()
-        self.room = gevent.lock.BoundedSemaphore(ENCODER_CHUNKS)
-        self.writing = gevent.lock.Semaphore()  # one frame at a time
-        self.progress = time.monotonic()  # last result, or first chunk
-        self.broken = None  # why no encoder can run here, once so
-        self.fruitless_deaths = 0  # encoders dead since the last result
-
-    def spawn(self):
-        """Start a fresh encoder process and send it the routes; the
-        caller holds ``writing`` or is alone.  Raises OSError if it cannot
-        start one."""
-        child_in, to_encoder = os.pipe()
-        from_encoder, child_out = os.pipe()
-        try:
-            for fd in (to_encoder, from_encoder):
-                _grow_pipe(fd)
-            process = subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), '--encoder'],
-                stdin=child_in, stdout=child_out, start_new_session=True,
-                env=dict(os.environ, GMEMCLOAD_PARENT=str(os.getpid())))
-        except BaseException:
-            os.close(to_encoder)
-            os.close(from_encoder)
-            raise
-        finally:
-            os.close(child_in)
-            os.close(child_out)
-        if self.pool.closed:  # closed while it started: it ends at once
-            process.kill()
-        gevent.os.make_nonblocking(to_encoder)
-        gevent.os.make_nonblocking(from_encoder)
-        self.process = process
-        self.to_encoder, self.from_encoder = to_encoder, from_encoder
-        self._write([marshal.dumps(self.pool.routes)])
-        self.pool.receivers.spawn(self._receive, process, from_encoder)
-
-    def send(self, chunk):
-        self.room.acquire()
-        with self.writing:  # in_flight stays in the order of the writes
-            if self.pool.closed or self.broken:
-                self._fail(chunk, self.broken or 'stopped')
-                return
-            if not self.in_flight:
-                self.progress = time.monotonic()
-            self.in_flight.append(chunk)
-            self._write(chunk.pieces)
-
-    def kill(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-
-    def hung(self):
-        """Whether it has had chunks to encode and no result for
-        ENCODER_TIMEOUT seconds (stopped, frozen, or looping)."""
-        return bool(self.in_flight) and \
-            time.monotonic() - self.progress > ENCODER_TIMEOUT
-
-    def _write(self, pieces):
-        try:
-            _write_frame(self.to_encoder, pieces, gevent.socket.wait_write)
-        except OSError:
-            # Dead (EPIPE) or unusable: either way it must end, so that
-            # _receive sees its end and sends its chunks again.
-            self.process.kill()
-
-    def _receive(self, process, fd):
-        """Hand out results in order until the encoder's output ends."""
-        try:
-            while True:
-                frame = _read_frame(fd, gevent.socket.wait_read)
-                if frame is None:
-                    break
-                result = marshal.loads(frame)  # before the chunk is taken
-                chunk = self.in_flight.popleft()
-                self.room.release()
-                self.progress = time.monotonic()
-                self.fruitless_deaths = 0
-                chunk.result.set(result)
-        except EOFError:
-            pass  # it died while writing a result
-        except Exception:
-            log.exception('encoder %d: unreadable result', self.number + 1)
-        process.kill()
-        process.wait()
-        with self.writing:  # no frame is half written to the old pipe
-            os.close(self.to_encoder)
-            os.close(self.from_encoder)
-            self._died(process.returncode)
-
-    def _died(self, status):
-        """Send the chunks in flight to a fresh encoder, blaming the one
-        the dead encoder was encoding."""
-        chunks = list(self.in_flight)
-        self.in_flight.clear()
-        self.fruitless_deaths += 1
-        if not self.pool.closed and \
-                self.fruitless_deaths >= ENCODER_DEATHS_IN_A_ROW:
-            self.broken = 'encoders keep dying (exit status %s)' % status
-            log.error('encoder %d: %s; no other is started, and the'
-                      ' chunks sent to it fail', self.number + 1,
-                      self.broken)
-        if self.pool.closed or self.broken:
-            for chunk in chunks:
-                self._fail(chunk, self.broken or 'stopped')
-            return
-        log.warning('encoder %d exited with status %s; its %d chunks in'
-                    ' flight go to a fresh encoder', self.number + 1,
-                    status, len(chunks))
-        if chunks:
-            chunks[0].blamed += 1
-        try:
-            self.spawn()
-        except OSError as exc:
-            self.broken = 'no encoder could be started: %s' % exc
-            log.error('encoder %d: %s', self.number + 1, self.broken)
-        for chunk in chunks:
-            if self.broken or chunk.blamed >= ENCODER_DEATHS_PER_CHUNK:
-                self._fail(chunk, self.broken or 'a chunk of it killed two'
-                           ' encoders (exit status %s)' % status)
-            else:
-                self.in_flight.append(chunk)
-                self._write(chunk.pieces)
-
-    def _fail(self, chunk, reason):
-        chunk.result.set_exception(EncodingFailed(reason))
-        self.room.release()
-
-
-def _grow_pipe(fd):
-    """Room for a whole chunk in the pipe, where the system allows it."""
-    try:
-        fcntl.fcntl(fd, F_SETPIPE_SZ, READ_CHUNK)
-    except OSError:
-        pass
-
-
-def _write_frame(fd, pieces, wait=None):
-    """Write the bytes-like ``pieces`` as one frame, its length in front,
-    with as few copies and calls as the system allows.  ``wait(fd)``, if
-    given, waits until a non-blocking ``fd`` takes more."""
-    views = [memoryview(struct.pack('!I', sum(map(len, pieces))))]
-    views += [memoryview(piece).cast('B') for piece in pieces if len(piece)]
-    while views:
-        try:
-            written = os.writev(fd, views)
-        except BlockingIOError:
-            wait(fd)
-            continue
-        while views and written >= len(views[0]):
-            written -= len(views[0])
-            views.pop(0)
-        if written:
-            views[0] = views[0][written:]
-
-
-def _read_frame(fd, wait=None):
-    """The next frame's data (a bytearray), or None at the end of the
-    stream; raises EOFError for a stream that ends inside a frame."""
-    header = _read_exactly(fd, 4, wait)
-    if header is None:
-        return None
-    data = _read_exactly(fd, struct.unpack('!I', header)[0], wait)
-    if data is None:
-        raise EOFError('stream ended inside a frame')
-    return data
-
-
-def _read_exactly(fd, size, wait):
-    """``size`` bytes read straight into one buffer; None if the stream
-    ends first (EOFError if it ends after some)."""
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    done = 0
-    while done < size:
-        try:
-            count = os.readv(fd, [view[done:]])
-        except BlockingIOError:
-            wait(fd)
-            continue
-        if not count:
-            if done:
-                raise EOFError('stream ended inside a frame')
-            return None
-        done += count
-    return buffer
-
-
-def run_encoder():
-    """The ``--encoder`` process: encode each chunk read on stdin and
-    write its result on stdout, in order, until stdin ends (the parent is
-    done, or gone).  The kernel kills it when its parent dies, even if it
-    is stopped then (see the top of this file); a parent gone mid-frame
-    ends it quietly."""
-    if os.getppid() != int(os.environ.get('GMEMCLOAD_PARENT', '0')):
-        return EXIT_FAILED  # the parent died before the kernel was asked
-    try:
-        routes = marshal.loads(_read_frame(0))
-        while True:
-            data = _read_frame(0)
-            if data is None:
-                return EXIT_OK
-            data = bytes(data)
-            _crash_for_tests(data)
-            _write_frame(1, [marshal.dumps(ENCODE(data, routes))])
-    except (EOFError, BrokenPipeError):
-        return EXIT_FAILED  # the parent is gone
-
-
-def _crash_for_tests(data):
-    """Tests only: die by SIGKILL on a chunk that holds the bytes of
-    $GMEMCLOAD_TEST_CRASH_ON; with $GMEMCLOAD_TEST_CRASH_ONCE, only if the
-    file named by it and the chunk's crc32 can still be created (so once
-    for each such chunk)."""
-    marker = os.environ.get('GMEMCLOAD_TEST_CRASH_ON')
-    if not marker or marker.encode() not in data:
-        return
-    once = os.environ.get('GMEMCLOAD_TEST_CRASH_ONCE')
-    if once:
-        try:
-            os.close(os.open('%s.%08x' % (once, zlib.crc32(data)),
-                             os.O_CREAT | os.O_EXCL))
-        except FileExistsError:
-            return
-    os.kill(os.getpid(), signal.SIGKILL)
+        self.pool.join()
+        self.pool.kill()
 
 
 # -- 4. the wire: one memcached connection -----------------------------------
@@ -1990,7 +1685,7 @@ class Loader:
         if settings.workers == 1:
             self.encoder = InProcessEncoder(self.routes)
         else:
-            self.encoder = EncoderProcesses(settings.workers, self.routes)
+            self.encoder = EncoderThreads(settings.workers, self.routes)
         self.servers = {}  # address -> Server
         self.lanes = []  # by lane number
         for address in lane_addresses:
@@ -2036,7 +1731,6 @@ class Loader:
         # Files read and not yet handed to on_done: few enough that memory
         # does not grow with the number of files.
         started = gevent.queue.Queue(OPEN_FILES)
-        self.encoder.start()
         reader = gevent.spawn(self._read_files, loads, started)
         writer = gevent.spawn(self._write)
         try:
@@ -2130,9 +1824,9 @@ class Loader:
     def _append_chunk(self, load, result, oversized):
         try:
             chunk = result.get()
-        except EncodingFailed as exc:
-            load.fail(STOPPED if self.stopping.is_set() else Verdict(
-                Reason.NOT_READ_TO_END, 'could not be encoded: %s' % exc))
+        except MemoryError:
+            load.fail(Verdict(Reason.NOT_READ_TO_END,
+                              'could not be encoded: out of memory'))
             return
         lines, errors, batches, bad, dropped, dropped_samples = chunk
         load.add_lines(lines, errors, bad, dropped, dropped_samples)
@@ -2840,12 +2534,10 @@ def build_parser():
                              ' as loaded (default: %(default)s)')
     parser.add_argument('--workers', type=_workers, default='auto',
                         metavar='N|auto',
-                        help='encoder processes that parse and serialize'
-                             ' lines, at most %d; 1 encodes in the loading'
-                             ' process, auto is the CPUs this process may'
-                             ' use (default: %%(default)s)' % MAX_WORKERS)
-    parser.add_argument('--encoder', action='store_true',
-                        help=argparse.SUPPRESS)  # internal: an encoder
+                        help='encoder threads that parse and serialize'
+                             ' lines, at most %d; 1 encodes in the event'
+                             ' loop\'s thread, auto is the CPUs this process'
+                             ' may use (default: %%(default)s)' % MAX_WORKERS)
     parser.add_argument('--min-age', type=_non_negative_float, default=0,
                         metavar='SECONDS',
                         help='leave a file modified less than SECONDS ago,'
@@ -2971,21 +2663,17 @@ def log_summary(loads, max_error_rate, dry=False):
 
 
 def log_cpu(workers):
-    """CPU seconds of this process and of its encoders, all reaped."""
+    """CPU seconds of this process, its threads included."""
     own = resource.getrusage(resource.RUSAGE_SELF)
-    encoders = resource.getrusage(resource.RUSAGE_CHILDREN)
-    log.info('CPU: %.2f s in this process, %.2f s in %s', own.ru_utime
-             + own.ru_stime, encoders.ru_utime + encoders.ru_stime,
-             '%d encoder processes' % workers if workers > 1
-             else 'no encoder process (--workers 1)')
+    log.info('CPU: %.2f s in this process (%s)', own.ru_utime + own.ru_stime,
+             '%d encoder threads' % workers if workers > 1
+             else 'encoding in the event loop\'s thread: --workers 1')
 
 
 def main(argv=None):
     """Run the loader; return the exit status (see README), and write the
     metrics file, if asked, whatever the outcome."""
     args = build_parser().parse_args(argv)
-    if args.encoder:
-        return run_encoder()
     try:
         handler = setup_logging(args.log, args.dry)
     except OSError as exc:
@@ -3041,7 +2729,6 @@ def _run(args):
     ConfigError, Locked, Unlistable or DiskFailure."""
     settings = Settings(args)
     options = dict(vars(args))
-    del options['encoder']
     log.info('Memc loader %s started with options: %s; encoder: %s',
              __version__, options, ENCODER_KIND)
     if ENCODE is encode_chunk:

@@ -19,10 +19,9 @@ daemons that the bench starts on free loopback ports and stops afterwards:
   --batch-size and --uploaders on the first file;
 * the encoders alone, compiled and pure Python, in the bench's process.
 
-From the --workers rows come the figures the encoder pipeline is judged
-by: the speed-up of 2 workers over 1, the CPU efficiency CPU-s(1) /
-CPU-s(4), and the parent's own CPU per line with 4 workers (the loader logs
-its own and its encoders' CPU seconds at the end of each run).
+From the rows come the figures the compiled encoder is judged by: the
+encoder alone per line, the CPU per line and the lines/s of the defaults,
+and --workers 1 and the defaults against main before the compiled encoder.
 
 The rows the targets compare run in turn, round after round, and each
 keeps its fastest of ROUNDS runs: on a shared machine a slow spell then
@@ -356,46 +355,16 @@ def encoder_figures(paths):
     return {name: 1e6 * seconds / lines for name, seconds in best.items()}
 
 
-def fixed_cost(bench, workers):
-    """The parent's CPU seconds for a one-line file with ``workers``: the
-    interpreter, the imports, the encoders started; fastest of ROUNDS."""
-    directory = os.path.join(BENCH_DIR, 'one-line')
-    os.makedirs(directory, exist_ok=True)
-    with gzip.open(os.path.join(directory, generate.file_names(1)[0]),
-                   'wb') as out:
-        out.write(b'idfa\tfixed\t1\t2\t3\n')
-    costs = []
-    for _ in range(ROUNDS):
-        restore_names(directory)
-        costs.append(measure(bench.loader(
-            os.path.join(directory, '*.tsv.gz'), '--workers', workers))[4])
-    return min(costs)
-
-
-def pipeline_figures(rows, lines, fixed):
-    """The encoder pipeline's figures, each (name, value, target)."""
-    one, two, four = (rows['gmemcload --workers %s' % workers]
-                      for workers in WORKERS)
-    own = four['parent_cpu_s']
-    figures = [
-        ('speed-up of --workers 2 over 1',
-         '%.2fx' % (two['lines_per_s'] / one['lines_per_s']), '>= 1.55x'),
-        ('CPU efficiency, CPU-s(--workers 1) / CPU-s(--workers 4)',
-         '%.2f' % (one['cpu_s'] / four['cpu_s']), '>= 0.85'),
-        ("parent's own CPU per line, --workers 4",
-         '%.2f us' % (1e6 * own / lines), '<= 1.5 us'),
-        ("the same, less the parent's fixed cost of a run (%.2f s: a"
-         " one-line file)" % fixed,
-         '%.2f us' % (1e6 * (own - fixed) / lines), '<= 1.5 us'),
-    ]
+def previous_figures(rows):
+    """--workers 1 against the previous loader, as (name, value, target)."""
+    one = rows['gmemcload --workers 1']
     previous = [row for name, row in rows.items()
                 if name.startswith('previous loader')]
-    if previous:
-        figures.append(('--workers 1 against the previous loader',
-                        '%.2fx' % (one['lines_per_s']
-                                   / previous[0]['lines_per_s']),
-                        '>= 1.00x'))
-    return figures
+    if not previous:
+        return []
+    return [('--workers 1 against the previous loader',
+             '%.2fx' % (one['lines_per_s'] / previous[0]['lines_per_s']),
+             '>= 1.00x')]
 
 
 def native_figures(rows, lines, encoders):
@@ -514,10 +483,9 @@ def main(argv=None):
                          bench.loader(every_file), sample))
         rows = bench.compare(variants, rounds=ROUNDS)
         reference, ceiling = rows[:2]
-        figures = pipeline_figures({row['name']: row for row in rows},
-                                   total, fixed_cost(bench, WORKERS[-1]))
-        figures += native_figures({row['name']: row for row in rows},
-                                  total, encoder_figures(paths))
+        named = {row['name']: row for row in rows}
+        figures = previous_figures(named) + native_figures(
+            named, total, encoder_figures(paths))
         if not args.no_sweep:
             first, lines = paths[0], total // len(paths)
             bench.compare(

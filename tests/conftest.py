@@ -271,19 +271,6 @@ def children_of(pid):
     return found
 
 
-def encoders_of(pid):
-    """The encoder processes among ``pid``'s children."""
-    found = []
-    for child in children_of(pid):
-        try:
-            with open('/proc/%d/cmdline' % child, 'rb') as cmdline:
-                if b'--encoder' in cmdline.read().split(b'\0'):
-                    found.append(child)
-        except OSError:
-            continue
-    return found
-
-
 def catches(pid, signum):
     """Whether process ``pid`` has a handler for ``signum`` (SigCgt)."""
     with open('/proc/%d/status' % pid) as status:
@@ -291,15 +278,6 @@ def catches(pid, signum):
             if line.startswith('SigCgt:'):
                 return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
     return False
-
-
-def alive(pid):
-    """Whether ``pid`` runs (a zombie does not)."""
-    try:
-        with open('/proc/%d/stat' % pid) as stat:
-            return stat.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except OSError:
-        return False
 
 
 HOLD_LOCK = '''

@@ -190,32 +190,6 @@ MUTANTS = {
         "    return sorted(paths, key=load_order)",
         "    return sorted(paths, key=load_order, reverse=True)",
         ['tests/test_load.py']),
-    'encoder-results-out-of-order': (
-        'chunk order in the encoder pipeline: a result goes to the newest'
-        ' chunk in flight',
-        "                chunk = self.in_flight.popleft()",
-        "                chunk = self.in_flight.pop()",
-        ['tests/test_encoders.py']),
-    'dead-encoder-loses-its-chunks': (
-        'a dead encoder\'s chunks in flight are dropped, not encoded again',
-        "            else:\n"
-        "                self.in_flight.append(chunk)\n"
-        "                self._write(chunk.pieces)\n",
-        "            else:\n"
-        "                self._fail(chunk, 'dropped')\n",
-        ['tests/test_encoders.py']),
-    'no-encoder-watchdog': (
-        'an encoder that stops answering hangs the run',
-        "        return bool(self.in_flight) and \\\n",
-        "        return False and \\\n",
-        ['tests/test_encoders.py::'
-         'test_an_encoder_that_stops_answering_is_replaced']),
-    'encoder-outlives-its-parent': (
-        'a stopped encoder outlives a killed parent',
-        "        ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n",
-        "        pass\n",
-        ['tests/test_encoders.py::'
-         'test_encoders_die_with_a_killed_parent']),
     'files-sorted-by-path': (
         'files load in the order of their paths, so an older minute in a'
         ' later directory overwrites a newer one',
@@ -227,44 +201,6 @@ MUTANTS = {
         "    return sorted(paths, key=load_order)",
         "    return sorted(paths, key=os.path.getmtime)",
         LOAD),
-    'dead-encoder-blames-every-chunk': (
-        'every chunk in flight is blamed for an encoder\'s death, so a'
-        ' chunk that never killed two encoders fails',
-        "        if chunks:\n"
-        "            chunks[0].blamed += 1\n",
-        "        for chunk in chunks:\n"
-        "            chunk.blamed += 1\n",
-        ENCODERS),
-    'dead-encoder-resends-out-of-step': (
-        'a dead encoder\'s chunks in flight are sent again in one order and'
-        ' awaited in another, so results reach the wrong chunks',
-        "            else:\n"
-        "                self.in_flight.append(chunk)\n"
-        "                self._write(chunk.pieces)\n",
-        "            else:\n"
-        "                self.in_flight.appendleft(chunk)\n"
-        "                self._write(chunk.pieces)\n",
-        ENCODERS),
-    'a-chunk-may-kill-three-encoders': (
-        'a chunk that kills two encoders is sent to a third',
-        "            if self.broken or chunk.blamed >="
-        " ENCODER_DEATHS_PER_CHUNK:",
-        "            if self.broken or chunk.blamed >"
-        " ENCODER_DEATHS_PER_CHUNK:",
-        ENCODERS),
-    'deaths-counted-over-results': (
-        'an encoder place gives up after four deaths in all, not four in'
-        ' a row',
-        "                self.fruitless_deaths = 0\n",
-        "",
-        ENCODERS),
-    'endless-encoder-restarts': (
-        'encoders that keep dying are started again without end',
-        "                self.fruitless_deaths >= ENCODER_DEATHS_IN_A_ROW:",
-        "                self.fruitless_deaths >= 99:",
-        ['tests/test_encoders.py::'
-         'test_encoders_that_keep_dying_fail_their_files_and_the_run_ends']),
-    # -- renames
     'no-stop-at-first-failure': (
         'files after a failed one are still renamed',
         "        if not load.loaded(self.max_error_rate):\n"
@@ -662,13 +598,6 @@ MUTANTS = {
         "        if exc.errno in DISK_FAILURES:",
         "        if False:",
         OPERATORS),
-    'encoders-start-after-a-stop': (
-        'a stop while 64 encoders start waits for all of them',
-        "            if self.closed:  # a stop while they start: no more of"
-        " them\n"
-        "                break\n",
-        "",
-        ENCODERS),
     'a-stop-marks-a-server-down': (
         'a stop during a retry marks the server down',
         "        if not self.stopping.is_set():\n"
@@ -730,6 +659,27 @@ MUTANTS = {
         "        if dev_id[at] <= 0x20 or dev_id[at] >= 0x7f:",
         "        if dev_id[at] < 0x20 or dev_id[at] >= 0x7f:",
         NATIVE),
+    # -- the encoder threads
+    'chunks-taken-as-they-finish': (
+        'the writer takes chunks in the order they are encoded, not read',
+        "                    self.ordered.put((load,"
+        " self.encoder.submit(pieces),\n"
+        "                                      oversized))",
+        "                    gevent.spawn(lambda result=self.encoder.submit("
+        "pieces),\n"
+        "                                 load=load, oversized=oversized:"
+        " (result.wait(),\n"
+        "                                 self.ordered.put((load, result,"
+        " oversized))))",
+        ENCODERS),
+    'an-encoder-out-of-memory-is-a-bug': (
+        'an encoder out of memory is an internal error, not the file\'s'
+        ' failure',
+        "        except MemoryError:\n"
+        "            load.fail(Verdict(Reason.NOT_READ_TO_END,",
+        "        except ZeroDivisionError:\n"
+        "            load.fail(Verdict(Reason.NOT_READ_TO_END,",
+        ENCODERS),
 }
 
 
