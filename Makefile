@@ -12,6 +12,8 @@ DATA := data
 RUN_DIR := .run
 BENCH_FILES ?= 3
 BENCH_LINES ?= 500000
+# Lines of a real-size file row (a minute file has 3420000); 0: no row.
+BENCH_REAL ?= 0
 
 .PHONY: help install build-tools memcached run stop test lint fuzz bench mutants proto clean
 
@@ -82,8 +84,9 @@ test: install memcached lint  ## lint, then run every test
 fuzz: install  ## run the property tests with many more examples (slow)
 	HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/pytest -q tests/test_properties.py
 
-bench: install memcached  ## measure speed and correctness (BENCH_FILES, BENCH_LINES)
-	$(PY) tests/bench.py --files $(BENCH_FILES) --lines $(BENCH_LINES)
+bench: install memcached  ## measure speed and correctness (BENCH_FILES, BENCH_LINES, BENCH_REAL)
+	$(PY) tests/bench.py --files $(BENCH_FILES) --lines $(BENCH_LINES) \
+		--real-size $(BENCH_REAL)
 
 mutants: install memcached  ## break each guarantee on purpose; fail if a test misses it
 	$(PY) tests/mutants.py

@@ -421,6 +421,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--files', type=int, default=3)
     parser.add_argument('--lines', type=int, default=500000)
+    parser.add_argument('--real-size', type=int, default=0, metavar='LINES',
+                        help='add a row: one file of LINES lines (3420000'
+                             ' is a real minute file), with the defaults')
     parser.add_argument('--no-sweep', action='store_true',
                         help='skip the --batch-size and --uploaders sweep')
     parser.add_argument('--mode', choices=('reference', 'ceiling',
@@ -486,6 +489,15 @@ def main(argv=None):
         named = {row['name']: row for row in rows}
         figures = previous_figures(named) + native_figures(
             named, total, encoder_figures(paths))
+        if args.real_size:
+            big_directory, big = prepare_data(1, args.real_size)
+            big_sample = expected_sample(big)
+            bench.compare([('real-size file (%d lines, %.0f MB), the defaults'
+                            % (args.real_size,
+                               os.path.getsize(big[0]) / 1e6),
+                            args.real_size,
+                            bench.loader(big[0]), big_sample)])
+            restore_names(big_directory)
         if not args.no_sweep:
             first, lines = paths[0], total // len(paths)
             bench.compare(
