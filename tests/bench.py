@@ -487,6 +487,7 @@ def main(argv=None):
         rows = bench.compare(variants, rounds=ROUNDS)
         reference, ceiling = rows[:2]
         named = {row['name']: row for row in rows}
+        restore_names(directory)
         figures = previous_figures(named) + native_figures(
             named, total, encoder_figures(paths))
         if args.real_size:
