@@ -2116,6 +2116,16 @@ class StopSignals:
     def disarm(self):
         self.on_stop = None
 
+    def ignore(self):
+        """Once the outcome is written: the handlers go (gevent's last one
+        to go restores the default action), then stop signals are
+        ignored until the process ends."""
+        for handler in self.handlers or ():
+            handler.cancel()
+        self.handlers = None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+
     def _on_signal(self, signum):
         name = signal.Signals(signum).name
         if self.on_stop is None:
@@ -2748,5 +2758,15 @@ def _run(args):
         locks.release()
 
 
+def command_line(argv=None):
+    """main(), then stop signals ignored: the outcome is decided and
+    written (exit status, metrics), and a SIGINT or SIGTERM while the
+    interpreter shuts down, once gevent's handlers are gone, must not end
+    the process by its default action instead."""
+    status = main(argv)
+    STOP_SIGNALS.ignore()
+    return status
+
+
 if __name__ == '__main__':
-    raise SystemExit(main())
+    raise SystemExit(command_line())

@@ -206,15 +206,16 @@ def start_loader(tmp_path, daemons, *extra):
 
 def start_patched_loader(tmp_path, daemons, patch, *extra):
     """start_loader, with ``patch`` (Python source) run once gmemcload is
-    imported and before main(): for faults no real file can show, such as
-    a read that never returns.  The patch sees ``gmemcload`` and
-    ``blocking_sleep`` (time.sleep, not gevent's)."""
+    imported and before command_line() (what gmemcload.py runs): for
+    faults no real file can show, such as a read that never returns.  The
+    patch sees ``gmemcload`` and ``blocking_sleep`` (time.sleep, not
+    gevent's)."""
     args = ['--pattern', str(tmp_path / '*.tsv.gz'), '--log',
             str(tmp_path / 'run.log')] + address_args(daemons) \
         + with_workers(extra)
     code = ('import sys\nimport gmemcload\nfrom gevent import monkey\n'
             'blocking_sleep = monkey.get_original("time", "sleep")\n'
-            '%s\nsys.exit(gmemcload.main(%r))\n' % (patch, args))
+            '%s\nsys.exit(gmemcload.command_line(%r))\n' % (patch, args))
     return subprocess.Popen([sys.executable, '-c', code], cwd=ROOT)
 
 

@@ -583,6 +583,14 @@ MUTANTS = {
         "        STOP_SIGNALS.handlers = None",
         ['tests/test_operators.py::'
          'test_a_signal_as_the_run_ends_leaves_its_outcome_and_metrics']),
+    'signals-not-ignored-at-exit': (
+        'a SIGTERM while the interpreter shuts down kills a run that'
+        ' succeeded',
+        "    STOP_SIGNALS.ignore()\n"
+        "    return status",
+        "    return status",
+        ['tests/test_operators.py::'
+         'test_a_signal_while_the_interpreter_ends_leaves_the_outcome']),
     'control-characters-logged': (
         'a newline in a file name forges a log line',
         "    handler.addFilter(escape_controls)",

@@ -424,6 +424,34 @@ def test_a_signal_as_the_run_ends_leaves_its_outcome_and_metrics(
     assert value(metrics(metrics_file), 'last_run_exit_status') == 0
 
 
+SIGNAL_AT_EXIT = '''
+import atexit, os, signal
+def as_the_interpreter_ends():
+    # What shutting down does to gevent's handlers, then a SIGTERM.
+    for handler in gmemcload.STOP_SIGNALS.handlers or ():
+        handler.cancel()
+    os.kill(os.getpid(), signal.SIGTERM)
+    blocking_sleep(0.2)
+atexit.register(as_the_interpreter_ends)
+'''
+
+
+def test_a_signal_while_the_interpreter_ends_leaves_the_outcome(
+        tmp_path, memcached_set, metrics_file):
+    # After the metrics are written, nothing may turn exit 0 into a death
+    # by SIGTERM: gevent's handlers are gone by then, so the signals are
+    # ignored.
+    write_gz(tmp_path / FIRST, lines_for('idfa', 10))
+    loader = start_patched_loader(tmp_path, memcached_set, SIGNAL_AT_EXIT,
+                                  '--metrics-file', metrics_file)
+    try:
+        assert loader.wait(timeout=20) == 0
+    finally:
+        loader.kill()
+    assert listing(tmp_path) == ['.' + FIRST]
+    assert value(metrics(metrics_file), 'last_run_exit_status') == 0
+
+
 def test_a_file_name_cannot_forge_a_log_line(tmp_path, memcached_set):
     forged = '20170929000000\n[2017.09.29 00:00:00] I forged.tsv.gz'
     write_gz(tmp_path / forged, lines_for('idfa', 3))
