@@ -1230,9 +1230,10 @@ def find_files(pattern):
     """Files matching ``pattern`` in the order they must be loaded.
 
     Sorted by name (the timestamp), never by mtime; names that begin with a
-    dot (already processed) are never matched.  Raises OSError when the
-    pattern's directory exists but cannot be listed (glob would say
-    nothing).
+    dot (already processed) are never matched.  Entries that are not
+    regular files are listed too: open_regular refuses them, loudly.
+    Raises OSError when the pattern's directory exists but cannot be
+    listed (glob would say nothing).
     """
     directory = pattern_directory(pattern)
     if os.path.isdir(directory):
@@ -1241,9 +1242,8 @@ def find_files(pattern):
     for path in glob.glob(pattern):
         if os.path.basename(path).startswith('.'):
             continue
-        if not os.path.isfile(path):
-            log.warning('skipping %s: not a regular file', path)
-            continue
+        # Anything else that matches is taken: one that is not a regular
+        # file (a FIFO, a directory) is refused when opened, and kept.
         paths.append(path)
     return sorted(paths, key=load_order)
 
@@ -1285,6 +1285,21 @@ def processed_files(pattern):
                 found.append((os.path.join(directory, name),
                               os.path.join(directory, entry)))
     return sorted(found, key=lambda paths: load_order(paths[0]))
+
+
+def in_processing_order(processed):
+    """The current paths of ``processed`` (processed_files' pairs, in load
+    order) in the order the files were processed: by the change time their
+    rename gave them, ties in load order.  Not load order: a file named
+    otherwise than a minute (backfill.tsv.gz) is processed in its run,
+    before the minutes of later runs, but sorts after them by name.  A
+    file whose status cannot be read comes last, to fail when opened."""
+    def renamed_at(paths):
+        try:
+            return os.stat(paths[1]).st_ctime_ns
+        except OSError:
+            return float('inf')
+    return [dotted for _, dotted in sorted(processed, key=renamed_at)]
 
 
 def last_processed(pattern):
@@ -2205,8 +2220,8 @@ def choose_files(settings, locks):
     waiting."""
     with listing(settings.pattern):
         paths = find_files(settings.pattern)
-        processed = [dotted for _, dotted in processed_files(
-            settings.pattern)] if settings.reload_processed else []
+        processed = in_processing_order(processed_files(
+            settings.pattern)) if settings.reload_processed else []
     if not settings.dry and not settings.lock:
         # Two runs whose patterns overlap share a directory, and so a lock.
         for directory in sorted({os.path.dirname(path)
@@ -2238,9 +2253,10 @@ def choose_files(settings, locks):
         loads.append(skewed)
         young += 1
     elif young < len(paths):
-        log.info('%s was modified less than %gs ago (--min-age): it and %d'
+        log.info('%s was modified less than %gs ago (--min-age)%s: it and %d'
                  ' later files wait for the next run', names[young],
-                 settings.min_age, len(paths) - young - 1)
+                 settings.min_age, ', or %.0f s ahead of this clock' % ahead
+                 if ahead else '', len(paths) - young - 1)
     return loads, to_load, len(paths) - young
 
 
@@ -2585,7 +2601,9 @@ def build_parser():
     return parser
 
 
-_CONTROL = re.compile('[\x00-\x1f\x7f]')
+# C0 and C1 controls and the Unicode line separators: whatever a reader
+# of the log may take for the end of a line or a terminal command.
+_CONTROL = re.compile('[\x00-\x1f\x7f-\x9f\u2028\u2029]')
 
 
 def escape_controls(record):
@@ -2600,10 +2618,24 @@ def escape_controls(record):
     return True
 
 
+class LogFile(logging.FileHandler):
+    """The --log file: a record it cannot write (a full disk) is said once
+    on stderr, not with a traceback per record; the run goes on."""
+
+    failed = False
+
+    def handleError(self, record):
+        if not self.failed:
+            self.failed = True
+            print('gmemcload: cannot write the log file: %s; the run goes'
+                  ' on, its outcome in the exit status and the metrics'
+                  % sys.exc_info()[1], file=sys.stderr)
+
+
 def setup_logging(log_path, debug):
     """Log in the original format to stderr or to ``log_path``; control
     characters in messages are escaped (escape_controls)."""
-    handler = (logging.FileHandler(log_path, errors='backslashreplace')
+    handler = (LogFile(log_path, errors='backslashreplace')
                if log_path else logging.StreamHandler(sys.stderr))
     handler.addFilter(escape_controls)
     handler.setFormatter(logging.Formatter(
@@ -2684,12 +2716,16 @@ def main(argv=None):
     """Run the loader; return the exit status (see README), and write the
     metrics file, if asked, whatever the outcome."""
     args = build_parser().parse_args(argv)
+    started = time.time()
     try:
         handler = setup_logging(args.log, args.dry)
     except OSError as exc:
         print('gmemcload: cannot open log file: %s' % exc, file=sys.stderr)
-        return EXIT_USAGE
-    started = time.time()
+        # A full or failing disk is no bad usage; the metrics say either.
+        status = EXIT_FAILED if exc.errno in DISK_FAILURES else EXIT_USAGE
+        if args.metrics_file:
+            write_metrics(args.metrics_file, status, started, None)
+        return status
     try:
         status, result = outcome(args)
         if args.metrics_file:

@@ -560,6 +560,39 @@ MUTANTS = {
         "    return sorted(found, key=lambda paths: load_order(paths[0]),"
         " reverse=True)",
         FILES),
+    'reload-in-load-order': (
+        '--reload-processed reloads by name, so a backfill processed first'
+        ' goes last, over newer values',
+        "    return [dotted for _, dotted in sorted(processed,"
+        " key=renamed_at)]",
+        "    return [dotted for _, dotted in processed]",
+        FILES),
+    'non-files-skipped': (
+        'a matched FIFO or directory is skipped, and the run exits 0',
+        "        paths.append(path)\n"
+        "    return sorted(paths, key=load_order)",
+        "        if os.path.isfile(path):\n"
+        "            paths.append(path)\n"
+        "    return sorted(paths, key=load_order)",
+        LOAD),
+    'c1-controls-logged': (
+        'a C1 control or a line separator in a file name is logged raw',
+        "_CONTROL = re.compile('[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]')",
+        "_CONTROL = re.compile('[\\x00-\\x1f\\x7f]')",
+        OPERATORS),
+    'an-unopened-log-leaves-no-metrics': (
+        'a run whose log cannot be opened writes no metrics',
+        "        if args.metrics_file:\n"
+        "            write_metrics(args.metrics_file, status, started, None)\n"
+        "        return status",
+        "        return status",
+        OPERATORS),
+    'a-full-log-traceback-per-record': (
+        'a log on a full disk prints a traceback for every record',
+        "class LogFile(logging.FileHandler):",
+        "class LogFile(logging.FileHandler):\n"
+        "    pass\n\n\nclass Unused(logging.FileHandler):",
+        OPERATORS),
     'reload-after-the-new-files': (
         'processed files are reloaded over the newer values of new files',
         "        to_load = reloads + (set_aside_late(\n"

@@ -1,6 +1,7 @@
 """What the loader reads and in what order: only regular files, never a
 wait that a stop cannot end; lateness in load order."""
 import signal
+import time
 
 import pytest
 
@@ -167,3 +168,24 @@ def test_without_reload_processed_processed_files_are_not_loaded(
     status, text = run(tmp_path, memcached_set)
     assert status == 0, text
     assert memcached_set['idfa'].get_many(keys_of(lines)) == {}
+
+
+def test_reload_processed_follows_the_order_files_were_processed(
+        tmp_path, memcached_set):
+    # backfill.tsv.gz is processed first, a minute file with newer values
+    # for the same keys in a later run.  By name the backfill sorts last;
+    # reloaded so, its older values would win.
+    older = lines_for('idfa', 20)
+    newer = lines_for('idfa', 20, version=3)
+    write_gz(tmp_path / 'backfill.tsv.gz', older)
+    assert run(tmp_path, memcached_set)[0] == 0
+    time.sleep(0.05)  # a later rename, a later change time
+    write_gz(tmp_path / FIRST, newer)
+    assert run(tmp_path, memcached_set)[0] == 0
+    memcached_set['idfa'].restart()
+    status, text = run(tmp_path, memcached_set, '--reload-processed')
+    assert status == 0, text
+    assert stored_values(memcached_set, keys_of(newer)) == dict(
+        map(expected_value, newer))
+    assert text.index('Processing %s' % (tmp_path / '.backfill.tsv.gz')) < \
+        text.rindex('Processing %s' % (tmp_path / ('.' + FIRST)))

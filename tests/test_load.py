@@ -283,15 +283,25 @@ def test_a_zero_byte_file_is_not_loaded(tmp_path, memcached_set):
     assert listing(tmp_path) == ['20170929000000.tsv.gz']
 
 
-def test_odd_names_and_non_files_are_handled(tmp_path, memcached_set):
+@pytest.mark.parametrize('odd_entry', ['directory', 'fifo'])
+def test_odd_names_and_non_files_are_handled(tmp_path, memcached_set,
+                                             odd_entry):
+    # A name with a byte that is not UTF-8 loads; a matched entry that is
+    # not a regular file is kept, loudly (exit 1), and so is the file after
+    # it: were it skipped, a real file of its minute would come late.
     odd = os.fsencode(str(tmp_path)) + b'/20170929000000 \xff.tsv.gz'
     write_gz(os.fsdecode(odd), ['idfa\todd\t1\t1\t1'])
-    os.mkdir(tmp_path / '20170929000100.tsv.gz')
+    if odd_entry == 'directory':
+        os.mkdir(tmp_path / '20170929000100.tsv.gz')
+    else:
+        os.mkfifo(tmp_path / '20170929000100.tsv.gz')
+    write_gz(tmp_path / '20170929000200.tsv.gz', ['idfa\tafter\t1\t1\t1'])
     status, text = run(tmp_path, memcached_set)
-    assert status == 0, text
+    assert status == 1, text
     assert '20170929000000 \\udcff.tsv.gz' in text  # the byte, shown
     assert 'Successful load' in text
-    assert 'not a regular file' in text
+    assert '20170929000100.tsv.gz: Failed load: unreadable: ' in text
+    assert '20170929000200.tsv.gz: kept: ' in text
     assert os.path.exists(os.fsencode(str(tmp_path))
                           + b'/.20170929000000 \xff.tsv.gz')
 

@@ -336,7 +336,30 @@ def test_a_full_disk_under_the_log_does_not_change_the_outcome(
     assert status == 0
     assert listing(tmp_path) == ['.' + FIRST]
     assert value(metrics(metrics_file), 'last_run_exit_status') == 0
-    assert 'No space left on device' in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert 'No space left on device' in err
+    assert 'Traceback' not in err  # said once, not per record
+    assert err.count('cannot write the log file') <= 2
+
+
+@pytest.mark.parametrize('log, code', [('no-such-directory/run.log', 2),
+                                       ('full', 1)])
+def test_a_log_that_cannot_be_opened_still_leaves_metrics(
+        tmp_path, memcached_set, metrics_file, monkeypatch, log, code):
+    # A log file on a full disk (its open fails with ENOSPC) is exit 1, not
+    # bad usage; either way the run leaves its metrics.
+    if log == 'full':
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(gmemcload, 'LogFile', full)
+    write_gz(tmp_path / FIRST, lines_for('idfa', 10))
+    status = gmemcload.main(['--pattern', str(tmp_path / '*.tsv.gz'),
+                             '--log', str(tmp_path / log),
+                             '--metrics-file', metrics_file]
+                            + address_args(memcached_set))
+    assert status == code
+    assert listing(tmp_path) == [FIRST]
+    assert value(metrics(metrics_file), 'last_run_exit_status') == code
 
 
 @pytest.mark.parametrize('workers, ok', [('64', True), ('65', False)])
@@ -452,15 +475,22 @@ def test_a_signal_while_the_interpreter_ends_leaves_the_outcome(
     assert value(metrics(metrics_file), 'last_run_exit_status') == 0
 
 
-def test_a_file_name_cannot_forge_a_log_line(tmp_path, memcached_set):
-    forged = '20170929000000\n[2017.09.29 00:00:00] I forged.tsv.gz'
+@pytest.mark.parametrize('separator', ['\n', '\x85', '\u2028', '\x9b'])
+def test_a_file_name_cannot_forge_a_log_line(tmp_path, memcached_set,
+                                             separator):
+    # A newline, a C1 control (NEL, CSI) or a Unicode line separator: each
+    # is logged escaped, so that no reader of the log sees a line begin.
+    forged = '20170929000000%s[2017.09.29 00:00:00] I forged.tsv.gz' \
+        % separator
     write_gz(tmp_path / forged, lines_for('idfa', 3))
     status, text = run(tmp_path, memcached_set)
     assert status == 0, text
     assert not [line for line in text.splitlines()
                 if line.startswith('[2017.09.29')]
-    assert '20170929000000\\n[2017.09.29 00:00:00] I forged.tsv.gz:' \
-        ' Acceptable error rate' in text
+    assert separator == '\n' or separator not in text
+    escaped = repr(separator)[1:-1]
+    assert '20170929000000%s[2017.09.29 00:00:00] I forged.tsv.gz:' \
+        ' Acceptable error rate' % escaped in text
     assert os.listdir(tmp_path).count('.' + forged) == 1
 
 
