@@ -231,6 +231,14 @@ def wait_for_log(tmp_path, text):
     wait_for(lambda: log_path.exists() and text in log_path.read_text())
 
 
+def wait_for_renamed(tmp_path, name):
+    """Wait until ``name`` is renamed for good: its outcome is logged once
+    the check after its rename is done (a stop before then may rename it
+    back, as the rename is not yet proven)."""
+    wait_for_log(tmp_path, '%s: Acceptable error rate' % name)
+    assert (tmp_path / ('.' + name)).exists()
+
+
 def stop_within(loader, signum, seconds):
     """Send ``signum``; return the exit status, due within ``seconds``."""
     loader.send_signal(signum)

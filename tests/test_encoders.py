@@ -9,7 +9,7 @@ import gmemcload
 from conftest import (children_of, expected_state, expected_value,
                       lines_for, listing, run, start_loader,
                       start_patched_loader, stop_within, stored_values,
-                      summary_row, wait_for, write_gz)
+                      summary_row, wait_for_renamed, write_gz)
 
 
 @pytest.mark.parametrize('workers', ['2', '3'])
@@ -77,7 +77,7 @@ def test_a_signal_stops_a_run_with_encoder_threads(
     memcached_set['gaid'].pause()
     loader = start_loader(tmp_path, memcached_set, '--workers', '3')
     try:
-        wait_for(lambda: (tmp_path / '.20170929000000.tsv.gz').exists())
+        wait_for_renamed(tmp_path, '20170929000000.tsv.gz')
         assert stop_within(loader, signum, 2.5) == code
     finally:
         loader.kill()

@@ -13,7 +13,8 @@ import gmemcload
 from conftest import (assert_all_in_fake, expected_state, expected_value,
                       hold_lock, lines_for, listing, run, same_server,
                       start_loader, stop_within, stored_values, summary_row,
-                      wait_for, wait_for_log, wait_with_usage, write_gz)
+                      wait_for, wait_for_log, wait_for_renamed,
+                      wait_with_usage, write_gz)
 from daemons import free_port
 
 TYPES = gmemcload.DEVICE_TYPES
@@ -250,7 +251,7 @@ def test_a_signal_mid_file_keeps_it_and_earlier_renames(
     memcached_set['gaid'].pause()  # the second file cannot finish
     loader = start_loader(tmp_path, memcached_set)
     try:
-        wait_for(lambda: (tmp_path / '.20170929000000.tsv.gz').exists())
+        wait_for_renamed(tmp_path, '20170929000000.tsv.gz')
         assert stop_within(loader, signum, 5) == code
     finally:
         loader.kill()

@@ -7,7 +7,8 @@ import pytest
 
 from conftest import (expected_value, files, lines_for, listing, metrics,
                       run, start_patched_loader, stop_within, stored_values,
-                      summary_row, value, wait_for, wait_for_log, write_gz)
+                      summary_row, value, wait_for_log, wait_for_renamed,
+                      write_gz)
 
 FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
                         '20170929000200.tsv.gz')
@@ -96,7 +97,7 @@ def test_a_stop_ends_a_run_whose_open_or_read_never_returns(
         '--metrics-file', metrics_file)
     try:
         wait_for_log(tmp_path, 'Processing %s' % (tmp_path / SECOND))
-        wait_for(lambda: listing(tmp_path)[0] == '.' + FIRST, 10)
+        wait_for_renamed(tmp_path, FIRST)
         assert stop_within(loader, signal.SIGTERM, 3) == 143
     finally:
         loader.kill()
