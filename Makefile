@@ -82,7 +82,8 @@ test: install memcached lint  ## lint, then run every test
 	$(VENV)/bin/pytest -q tests
 
 fuzz: install  ## run the property tests with many more examples (slow)
-	HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/pytest -q tests/test_properties.py
+	HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/pytest -q tests/test_properties.py \
+		tests/test_native.py
 
 bench: install memcached  ## measure speed and correctness (BENCH_FILES, BENCH_LINES, BENCH_REAL)
 	$(PY) tests/bench.py --files $(BENCH_FILES) --lines $(BENCH_LINES) \

@@ -86,8 +86,6 @@ import zlib  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
-import gevent.lock  # noqa: E402
-import gevent.os  # noqa: E402
 import gevent.pool  # noqa: E402
 import gevent.queue  # noqa: E402
 import gevent.socket  # noqa: E402

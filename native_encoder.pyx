@@ -452,7 +452,7 @@ def encode_chunk(data, routes):
             raise AssertionError('a command of the wrong size')
         if status < 0:
             raise MemoryError()
-        return _gather(data, text, entries, line_count, &out, routes,
+        return _gather(text, entries, line_count, &out, routes,
                        lane_count)
     finally:
         free(entries)
@@ -461,7 +461,7 @@ def encode_chunk(data, routes):
         free_routes(table)
 
 
-cdef object _gather(object data, const uint8_t *text, Entry *entries,
+cdef object _gather(const uint8_t *text, Entry *entries,
                     size_t line_count, Output *out, object routes,
                     int lane_count):
     """With the GIL: the slow lines through encode_line, then every
