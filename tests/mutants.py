@@ -554,12 +554,13 @@ MUTANTS = {
         "        elif not is_minute_name(name):",
         "        elif False:",
         PROMISE),
-    'reload-out-of-order': (
-        '--reload-processed loads the processed files newest first',
+    'processed-files-out-of-order': (
+        'the processed files are listed newest first, so lateness is judged'
+        ' against the oldest',
         "    return sorted(found, key=lambda paths: load_order(paths[0]))",
         "    return sorted(found, key=lambda paths: load_order(paths[0]),"
         " reverse=True)",
-        FILES),
+        PROMISE),
     'reload-in-load-order': (
         '--reload-processed reloads by name, so a backfill processed first'
         ' goes last, over newer values',
