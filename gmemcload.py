@@ -58,22 +58,24 @@ import sys
 
 EARLY_SIGNALS = []
 if __name__ == '__main__':
-    # A stop while the program is still starting (the imports take a
-    # fifth of a second) is noted, and acted on once the run can stop.
+    # Run as a program, and only then: a stop while it is still starting
+    # (the imports take a fifth of a second) is noted, and acted on once
+    # the run can stop; gevent patches the standard library before the
+    # rest is imported, as gevent asks of a program (see cooperative()).
     for _signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(_signum, lambda signum, _: EARLY_SIGNALS.append(signum))
-
-from gevent import monkey  # noqa: E402
-monkey.patch_all()
+    from gevent import monkey
+    monkey.patch_all()
 
 import argparse  # noqa: E402
 import collections  # noqa: E402
 import contextlib  # noqa: E402
-import enum  # noqa: E402
 import ctypes  # noqa: E402
+import enum  # noqa: E402
 import errno  # noqa: E402
 import fcntl  # noqa: E402
 import fnmatch  # noqa: E402
+import functools  # noqa: E402
 import glob  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
@@ -82,10 +84,14 @@ import resource  # noqa: E402
 import socket  # noqa: E402
 import stat  # noqa: E402
 import time  # noqa: E402
+import types  # noqa: E402
 import zlib  # noqa: E402
+from typing import (Callable, Dict, List, NamedTuple, Optional,  # noqa: E402
+                    Tuple)
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
+import gevent.monkey  # noqa: E402
 import gevent.pool  # noqa: E402
 import gevent.queue  # noqa: E402
 import gevent.socket  # noqa: E402
@@ -140,7 +146,6 @@ FUTURE_MTIME_TOLERANCE = 60.0
 # More encoder threads than this only hold memory: one process cannot
 # feed them (see the README).
 MAX_WORKERS = 64
-_libc = ctypes.CDLL(None, use_errno=True)
 SUMMARY_ROWS = 100  # past this many files the summary lists only kept ones
 BACKOFF_FIRST = 0.25  # seconds before the first retry; doubles per retry
 BACKOFF_MAX = 4.0
@@ -151,7 +156,8 @@ LINE_PREFIX = 1000  # bytes of a bad line kept to log it
 MALFORMED = 'malformed'
 UNKNOWN_TYPE = 'unknown device type'
 
-_DEVICE_TYPES = frozenset(t.encode() for t in DEVICE_TYPES)
+# The device types as lines and routes spell them.
+DEVICE_TYPE_NAMES = frozenset(t.encode() for t in DEVICE_TYPES)
 # A tracker's file name begins with its minute: YYYYmmddHHMMSS.
 MINUTE_NAME = re.compile(r'[0-9]{14}(?![0-9])')
 
@@ -279,14 +285,23 @@ def _parse_apps_slowly(raw_apps):
     return apps, dropped
 
 
-def parse_line(line):
-    """Parse one log line (bytes).
+class Record(NamedTuple):
+    """One valid line: ``key`` is ``dev_type:dev_id``; ``dropped_apps``
+    counts the app items that were not decimal uint32 and were left out."""
+    dev_type: bytes
+    key: bytes
+    lat: float
+    lon: float
+    apps: List[int]
+    dropped_apps: int
 
-    Returns None for a blank line, otherwise a tuple
-    ``(dev_type, key, lat, lon, apps, dropped_apps)`` where ``dev_type`` and
-    ``key`` are bytes and ``dropped_apps`` counts app items that were not
-    decimal uint32 and were left out.  Raises BadLine for a line that breaks
-    the contract; ``BadLine.kind`` is MALFORMED or UNKNOWN_TYPE.
+
+def parse_line(line, device_types=DEVICE_TYPE_NAMES):
+    """Parse one log line (bytes): None for a blank line, else a Record.
+
+    ``device_types`` holds the known types, as bytes (a run's routes, whose
+    keys they are, will do).  Raises BadLine for a line that breaks the
+    contract; ``BadLine.kind`` is MALFORMED or UNKNOWN_TYPE.
     """
     line = line.strip()
     if not line:
@@ -296,7 +311,7 @@ def parse_line(line):
         raise BadLine(MALFORMED, 'expected 5 tab-separated fields, got %d'
                       % len(fields))
     dev_type, dev_id, lat, lon, raw_apps = fields
-    if dev_type not in _DEVICE_TYPES:
+    if dev_type not in device_types:
         raise BadLine(UNKNOWN_TYPE, 'unknown device type %r'
                       % dev_type.decode('ascii', 'replace'))
     if not dev_id:
@@ -319,9 +334,9 @@ def parse_line(line):
             pass
         else:
             if max(apps) <= MAX_APP_ID:
-                return dev_type, key, lat, lon, apps, 0
+                return Record(dev_type, key, lat, lon, apps, 0)
     apps, dropped = _parse_apps_slowly(raw_apps)
-    return dev_type, key, lat, lon, apps, dropped
+    return Record(dev_type, key, lat, lon, apps, dropped)
 
 
 def pack_user_apps(apps, lat, lon):
@@ -397,28 +412,33 @@ def read_chunks(read):
         yield held, []
 
 
+class Routes(NamedTuple):
+    """The lanes of a run, numbered: ``by_type`` is what the encoders take,
+    ``{dev_type (bytes): ((lane, ...) per server, ...)}``, its keys the
+    run's device types in order; ``lane_addresses[lane]`` is the server of
+    that lane."""
+    by_type: Dict[bytes, Tuple[Tuple[int, ...], ...]]
+    lane_addresses: List[str]
+
+
 def build_routes(addresses, uploaders):
     """Number the lanes: ``uploaders`` for each server of ``addresses``
-    (device type -> list of addresses).
-
-    Returns ``(routes, lane_addresses)``.  ``routes`` is what encode_chunk
-    takes, ``{dev_type (bytes): ((lane, ...) per server, ...)}``, a server
-    listed for several types having the same lanes in each;
-    ``lane_addresses[lane]`` is the server of that lane.
-    """
+    (device type -> list of addresses, the types in order), a server
+    listed for several types having the same lanes in each.  Returns
+    Routes."""
     lanes_of = {}
     lane_addresses = []
-    routes = {}
-    for dev_type in DEVICE_TYPES:
+    by_type = {}
+    for dev_type, type_addresses in addresses.items():
         servers = []
-        for address in addresses[dev_type]:
+        for address in type_addresses:
             if address not in lanes_of:
                 first = len(lane_addresses)
                 lane_addresses += [address] * uploaders
                 lanes_of[address] = tuple(range(first, first + uploaders))
             servers.append(lanes_of[address])
-        routes[dev_type.encode()] = tuple(servers)
-    return routes, lane_addresses
+        by_type[dev_type.encode()] = tuple(servers)
+    return Routes(by_type, lane_addresses)
 
 
 def lane_for(lanes_by_server, key):
@@ -435,30 +455,73 @@ def lane_for(lanes_by_server, key):
                                                   % len(lanes)]
 
 
+class EncodedLine(NamedTuple):
+    """One valid line, encoded: its lane, its ``set`` command, and the
+    app ids left out of it."""
+    lane: int
+    command: bytes
+    dropped_apps: int
+
+
+class BadSample(NamedTuple):
+    """A bad line, to log it: BadLine's kind and reason, and the first
+    LINE_PREFIX bytes of the line."""
+    kind: str
+    reason: str
+    line: bytes
+
+
+class DroppedSample(NamedTuple):
+    """A line with app ids left out, to log it: how many, and its first
+    LINE_PREFIX bytes."""
+    count: int
+    line: bytes
+
+
+class LaneBatch(NamedTuple):
+    """``count`` set commands of one chunk for one lane, joined in line
+    order."""
+    lane: int
+    count: int
+    commands: bytes
+
+
+class EncodedChunk(NamedTuple):
+    """What an encoder makes of a chunk: ``lines`` counts every line but
+    the blank ones, ``errors`` the bad ones; ``batches`` are LaneBatches,
+    the lanes in the order of their first line; ``bad`` holds up to
+    LOGGED_LINES_PER_FILE BadSamples; ``dropped`` counts the lines with
+    app ids left out, ``dropped_samples`` shows a few (DroppedSamples)."""
+    lines: int
+    errors: int
+    batches: List[LaneBatch]
+    bad: List[BadSample]
+    dropped: int
+    dropped_samples: List[DroppedSample]
+
+
 def encode_line(line, routes):
     """One line of encode_chunk, by the line contract: None for a blank
-    line, else ``(lane, set command, dropped app ids)``.  Raises BadLine.
-    The compiled encoder hands every line it is not sure of to this."""
-    record = parse_line(line)
+    line, else an EncodedLine; ``routes`` is Routes.by_type.  Raises
+    BadLine.  The compiled encoder hands every line it is not sure of to
+    this."""
+    record = parse_line(line, routes)
     if record is None:
         return None
-    dev_type, key, lat, lon, apps, dropped_apps = record
-    return (lane_for(routes[dev_type], key),
-            set_command(key, pack_user_apps(apps, lat, lon)), dropped_apps)
+    return EncodedLine(
+        lane_for(routes[record.dev_type], record.key),
+        set_command(record.key, pack_user_apps(record.apps, record.lat,
+                                               record.lon)),
+        record.dropped_apps)
 
 
 def encode_chunk(data, routes):
-    """Parse and serialize every line of ``data`` (whole lines).
+    """Parse and serialize every line of ``data`` (whole lines) for
+    ``routes`` (Routes.by_type): an EncodedChunk.
 
-    A pure function of its arguments: no I/O, no state.  Returns the
-    EncodedChunk tuple ``(lines, errors, batches, bad, dropped,
-    dropped_samples)``: ``batches`` is ``[(lane, count, commands)]``, the
-    ``set`` commands of each lane in line order, joined, the lanes in the
-    order of their first line; ``bad`` holds up to LOGGED_LINES_PER_FILE
-    ``(kind, reason, line prefix)`` of the bad lines, which ``errors``
-    counts; ``dropped`` counts the lines with app ids left out,
-    ``dropped_samples`` shows a few.  This is the reference; the compiled
-    encoder (native_encoder) gives the same result for every input.
+    A pure function of its arguments: no I/O, no state.  This is the
+    reference; the compiled encoder (native_encoder) gives the same result
+    for every input.
     """
     lines = errors = dropped = 0
     bad, dropped_samples = [], []
@@ -470,39 +533,58 @@ def encode_chunk(data, routes):
             lines += 1
             errors += 1
             if len(bad) < LOGGED_LINES_PER_FILE:
-                bad.append((exc.kind, str(exc), line[:LINE_PREFIX]))
+                bad.append(BadSample(exc.kind, str(exc), line[:LINE_PREFIX]))
             continue
         if encoded is None:
             continue
         lines += 1
-        lane, command, dropped_apps = encoded
-        if dropped_apps:
+        if encoded.dropped_apps:
             dropped += 1
             if len(dropped_samples) < LOGGED_LINES_PER_FILE:
-                dropped_samples.append((dropped_apps, line[:LINE_PREFIX]))
-        commands_of.setdefault(lane, []).append(command)
-    batches = [(lane, len(commands), b''.join(commands))
+                dropped_samples.append(DroppedSample(encoded.dropped_apps,
+                                                     line[:LINE_PREFIX]))
+        commands_of.setdefault(encoded.lane, []).append(encoded.command)
+    batches = [LaneBatch(lane, len(commands), b''.join(commands))
                for lane, commands in commands_of.items()]
-    return lines, errors, batches, bad, dropped, dropped_samples
+    return EncodedChunk(lines, errors, batches, bad, dropped,
+                        dropped_samples)
 
 
-def load_native_encoder():
-    """``(encode, words)``: the compiled encode_chunk (native_encoder,
-    built beside this file by ``make install``), configured with this
-    file's line contract, or the pure-Python reference if it is not built;
-    and words that say which, for the start line."""
+# The line contract as the compiled encoder is given it when a run starts:
+# the lines it is not sure of go to encode_line, and it builds its results
+# of these types.  Its device types are the keys of the routes it is given.
+LINE_CONTRACT = types.SimpleNamespace(
+    encode_line=encode_line, bad_line=BadLine,
+    max_key_length=MAX_KEY_LENGTH, max_app_id=MAX_APP_ID,
+    logged_lines=LOGGED_LINES_PER_FILE, line_prefix=LINE_PREFIX,
+    encoded_chunk=EncodedChunk, lane_batch=LaneBatch, bad_sample=BadSample,
+    dropped_sample=DroppedSample)
+
+
+class EncoderChoice(NamedTuple):
+    """Which encoder a run uses: ``new(routes)`` (Routes.by_type) gives
+    its ``encode(data) -> EncodedChunk``; ``compiled`` says whether it is
+    native_encoder's; ``words`` say which, for the start line."""
+    new: Callable[[dict], Callable[[bytes], EncodedChunk]]
+    compiled: bool
+    words: str
+
+
+def choose_encoder():
+    """The compiled encoder (native_encoder, built beside this file by
+    ``make install``), given this file's line contract, or the reference
+    encode_chunk if it is not built."""
     try:
         import native_encoder
     except ImportError as exc:
-        return encode_chunk, 'pure Python (native_encoder is not built: %s;' \
-            ' make install builds it)' % exc
-    native_encoder.configure(encode_line, BadLine, LOGGED_LINES_PER_FILE,
-                             LINE_PREFIX, MAX_KEY_LENGTH)
-    return native_encoder.encode_chunk, 'compiled (native_encoder)'
-
-
-# What the encoders run: the compiled encoder, or the reference.
-ENCODE, ENCODER_KIND = load_native_encoder()
+        return EncoderChoice(
+            lambda routes: functools.partial(encode_chunk, routes=routes),
+            False, 'pure Python (native_encoder is not built: %s; make'
+            ' install builds it)' % exc)
+    return EncoderChoice(
+        lambda routes: native_encoder.ChunkEncoder(
+            routes, LINE_CONTRACT).encode_chunk,
+        True, 'compiled (native_encoder)')
 
 
 def iter_commands(payload):
@@ -518,15 +600,38 @@ def iter_commands(payload):
 
 # -- 3. the encoders: in the event loop, or in threads ----------------------
 
-class Encoder:
-    """What the two executors of the encoder (ENCODE) have in common: one
-    code path, two executors.
+def in_thread(pool, function, *args):
+    """Run ``function(*args)`` in a thread of ``pool`` (a gevent
+    ThreadPool).  Returns an AsyncResult, set in the hub's thread, that
+    gets the value or the exception (which the pool would print).  The
+    one way work crosses to a thread."""
+    result = gevent.event.AsyncResult()
 
-    ``submit(pieces)`` takes a chunk as read_chunks gives it and returns a
-    result whose ``get()`` gives encode_chunk's tuple for it (or raises
-    what the encoder raised).  The caller takes results in the order it
-    submitted them, and bounds how many are in flight.  ``close()`` ends
-    the executor once the chunks in flight are done.
+    def call():
+        try:
+            return function(*args), None
+        except Exception as exc:
+            return None, exc
+
+    def done(job):
+        value, error = job.value
+        if error is None:
+            result.set(value)
+        else:
+            result.set_exception(error)
+    pool.spawn(call).rawlink(done)
+    return result
+
+
+class Encoder:
+    """What the two executors of a run's encoder (see choose_encoder) have
+    in common: one code path, two executors.
+
+    ``submit(pieces)`` takes a chunk as read_chunks gives it and returns an
+    AsyncResult whose ``get()`` gives its EncodedChunk (or raises what the
+    encoder raised).  The caller takes results in the order it submitted
+    them, and bounds how many are in flight.  ``close()`` ends the
+    executor once the chunks in flight are done.
     """
 
     def submit(self, pieces):
@@ -540,12 +645,12 @@ class InProcessEncoder(Encoder):
     """``--workers 1``: the encoder runs in the event loop's thread, at
     submit."""
 
-    def __init__(self, routes):
-        self.routes = routes
+    def __init__(self, encode):
+        self.encode = encode
 
     def submit(self, pieces):
         result = gevent.event.AsyncResult()
-        result.set(ENCODE(b''.join(pieces), self.routes))
+        result.set(self.encode(b''.join(pieces)))
         return result
 
 
@@ -555,31 +660,14 @@ class EncoderThreads(Encoder):
     encoded while the event loop sends, reads and checks.  The compiled
     encoder lets go of the GIL for its heavy loop, so the threads use
     several cores; the pure-Python fallback holds the GIL, and gains
-    nothing from them.  An exception of the encoder is the result's, never
-    printed by the pool."""
+    nothing from them."""
 
-    def __init__(self, count, routes):
-        self.routes = routes
+    def __init__(self, count, encode):
+        self.encode = encode
         self.pool = gevent.threadpool.ThreadPool(count)
 
     def submit(self, pieces):
-        data = b''.join(pieces)
-        result = gevent.event.AsyncResult()
-
-        def encode():
-            try:
-                return ENCODE(data, self.routes), None
-            except Exception as exc:
-                return None, exc
-
-        def done(job):
-            value, error = job.value
-            if error is None:
-                result.set(value)
-            else:
-                result.set_exception(error)
-        self.pool.spawn(encode).rawlink(done)
-        return result
+        return in_thread(self.pool, self.encode, b''.join(pieces))
 
     def close(self):
         self.pool.join()
@@ -949,13 +1037,14 @@ class FileLoad:
         self.lines += lines
         self.errors += errors
         self.bad_lines.count(errors)
-        for kind, reason, line in bad:
-            self.bad_lines.show('%s: %s line: %s: %r', self.name, kind,
-                                reason, line)
+        for sample in bad:
+            self.bad_lines.show('%s: %s line: %s: %r', self.name,
+                                sample.kind, sample.reason, sample.line)
         self.dropped_apps.count(dropped)
-        for count, line in dropped_samples:
+        for sample in dropped_samples:
             self.dropped_apps.show('%s: dropped %d app ids that are not'
-                                   ' uint32: %r', self.name, count, line)
+                                   ' uint32: %r', self.name, sample.count,
+                                   sample.line)
 
     def add_refusals(self, address, refused, payload):
         """Show the records memcached refused, by key, as room is left,
@@ -1361,11 +1450,17 @@ _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 
 
+@functools.lru_cache(maxsize=None)
+def _libc():
+    """The C library, opened at the first rename (not at import)."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def rename_noreplace(source, target):
     """Rename ``source`` to ``target``; raise FileExistsError rather than
     replace an existing ``target``.  Atomic with Linux's renameat2; on a
     filesystem without RENAME_NOREPLACE, a check just before the rename."""
-    renameat2 = getattr(_libc, 'renameat2', None)
+    renameat2 = getattr(_libc(), 'renameat2', None)
     if renameat2 is not None:
         if renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD,
                      os.fsencode(target), _RENAME_NOREPLACE) == 0:
@@ -1677,6 +1772,7 @@ class Settings:
         self.accept_evictions = args.accept_evictions
         self.lock = args.lock  # None: the default locks (see load_files)
         self.show_bar = not args.log and sys.stderr.isatty()
+        self.encoder = choose_encoder()
 
 
 class Loader:
@@ -1692,16 +1788,16 @@ class Loader:
     def __init__(self, settings):
         self.settings = settings
         self.stopping = gevent.event.Event()
-        self.routes, lane_addresses = build_routes(settings.addresses,
-                                                   settings.uploaders)
-        # One code path, two executors of encode_chunk.
+        routes = build_routes(settings.addresses, settings.uploaders)
+        # One code path, two executors of the run's encoder.
+        encode = settings.encoder.new(routes.by_type)
         if settings.workers == 1:
-            self.encoder = InProcessEncoder(self.routes)
+            self.encoder = InProcessEncoder(encode)
         else:
-            self.encoder = EncoderThreads(settings.workers, self.routes)
+            self.encoder = EncoderThreads(settings.workers, encode)
         self.servers = {}  # address -> Server
         self.lanes = []  # by lane number
-        for address in lane_addresses:
+        for address in routes.lane_addresses:
             server = self.servers.get(address)
             if server is None:
                 server = self.servers[address] = Server(address)
@@ -1795,8 +1891,8 @@ class Loader:
         open and every read run in gevent's thread pool, so that a read
         that never returns (a hung filesystem) cannot hold the event loop,
         and a stop ends the wait for it (Interrupted)."""
-        raw, status = in_thread(open_regular, (load.path,), self.stopping,
-                                _close_opened)
+        raw, status = await_in_thread(open_regular, (load.path,),
+                                      self.stopping, _close_opened)
         load.identity = file_identity(status)
         load.size = status.st_size
         if not load.size:  # an empty gzip stream is 20 bytes, not 0
@@ -1841,17 +1937,18 @@ class Loader:
             load.fail(Verdict(Reason.NOT_READ_TO_END,
                               'could not be encoded: out of memory'))
             return
-        lines, errors, batches, bad, dropped, dropped_samples = chunk
-        load.add_lines(lines, errors, bad, dropped, dropped_samples)
+        load.add_lines(chunk.lines, chunk.errors, chunk.bad, chunk.dropped,
+                       chunk.dropped_samples)
         for prefix in oversized:
-            load.add_lines(1, 1, [(MALFORMED, 'line longer than %d bytes'
-                                   % MAX_LINE_BYTES, prefix)])
+            load.add_lines(1, 1, [BadSample(MALFORMED, 'line longer than %d'
+                                            ' bytes' % MAX_LINE_BYTES,
+                                            prefix)])
         pending, pending_count = self.pending, self.pending_count
-        for number, count, commands in batches:
-            pending[number].append(commands)
-            pending_count[number] += count
-            if pending_count[number] >= self.settings.batch_size:
-                self._flush(number, load)
+        for batch in chunk.batches:
+            pending[batch.lane].append(batch.commands)
+            pending_count[batch.lane] += batch.count
+            if pending_count[batch.lane] >= self.settings.batch_size:
+                self._flush(batch.lane, load)
 
     def _end_file(self, load, ending):
         """Flush the file's last batches, or drop them if it was stopped;
@@ -1895,24 +1992,21 @@ class ReadAhead:
         self.raw = raw
         self.stopping = stopping
         self.position = 0  # compressed bytes read for what read returned
-        self.pending = self._spawn()
+        self.pending = self._read_ahead()
 
-    def _spawn(self):
-        def call():
-            try:
-                return self.stream.read(self.size), self.raw.tell(), None
-            except Exception as exc:
-                return None, None, exc
-        return gevent.get_hub().threadpool.spawn(call)
+    def _read_ahead(self):
+        return in_thread(gevent.get_hub().threadpool, self._read_piece)
+
+    def _read_piece(self):
+        """In a thread: the next piece and the compressed position after
+        it."""
+        return self.stream.read(self.size), self.raw.tell()
 
     def read(self, size):
         """The next piece, of ``self.size`` bytes or fewer at the end."""
         assert size == self.size
-        data, position, error = await_or_stop(self.pending, self.stopping)
-        if error is not None:
-            raise error
-        self.position = position
-        self.pending = self._spawn() if data else None
+        data, self.position = await_or_stop(self.pending, self.stopping)
+        self.pending = self._read_ahead() if data else None
         return data
 
     def _close(self, _=None):
@@ -1962,26 +2056,18 @@ def await_or_stop(result, stopping):
     return result.get()
 
 
-def in_thread(function, args, stopping, release):
-    """``function(*args)`` run in gevent's thread pool, awaited as
-    await_or_stop awaits it; its exception is raised here (the pool would
-    print it).  If a stop ends the wait, ``release`` is called on the
-    value when it comes."""
-    def call():
-        try:
-            return function(*args), None
-        except Exception as exc:
-            return None, exc
-    result = gevent.get_hub().threadpool.spawn(call)
+def await_in_thread(function, args, stopping, release):
+    """``function(*args)`` run in gevent's thread pool (in_thread) and
+    awaited as await_or_stop awaits it; its exception is raised here.  If
+    a stop ends the wait, ``release`` is called on the value when it
+    comes."""
+    result = in_thread(gevent.get_hub().threadpool, function, *args)
     try:
-        value, error = await_or_stop(result, stopping)
+        return await_or_stop(result, stopping)
     except Interrupted:
-        result.rawlink(lambda done: done.value[1] is None and release(
-            done.value[0]))
+        result.rawlink(lambda done: done.successful() and release(
+            done.value))
         raise
-    if error is not None:
-        raise error
-    return value
 
 
 class Progress:
@@ -2649,10 +2735,11 @@ def prototest():
     sample = (b'idfa\t1rfw452y52g2gq4g\t55.55\t42.42\t1423,43,567,3,7,23\n'
               b'gaid\t7rfw452y52g2gq4g\t55.55\t42.42\t7423,424')
     for line in sample.splitlines():
-        dev_type, key, lat, lon, apps, _ = parse_line(line)
-        unpacked = _UserApps.FromString(pack_user_apps(apps, lat, lon))
+        record = parse_line(line)
+        unpacked = _UserApps.FromString(pack_user_apps(
+            record.apps, record.lat, record.lon))
         assert (list(unpacked.apps), unpacked.lat, unpacked.lon) == \
-            (apps, lat, lon)
+            (record.apps, record.lat, record.lon)
 
 
 def log_summary(loads, max_error_rate, dry=False):
@@ -2774,8 +2861,8 @@ def _run(args):
     settings = Settings(args)
     options = dict(vars(args))
     log.info('Memc loader %s started with options: %s; encoder: %s',
-             __version__, options, ENCODER_KIND)
-    if ENCODE is encode_chunk:
+             __version__, options, settings.encoder.words)
+    if not settings.encoder.compiled:
         log.warning('encoding in pure Python, about 7 times slower per line:'
                     ' the compiled encoder is not built (make install)')
     directory = pattern_directory(args.pattern)
