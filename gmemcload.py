@@ -741,15 +741,33 @@ def _read_reply(sock, done, limit=1 << 20):
             raise ProtocolError('reply too long')
 
 
+class Instance(NamedTuple):
+    """One memcached process: its pid and the time it started."""
+    pid: int
+    started: int
+
+
+class Dropped(NamedTuple):
+    """What a server let go so far: the items it evicted to make room, and
+    the flushes that emptied it (``cmd_flush``).  Counts that only grow
+    while the same instance runs."""
+    evictions: int
+    flushes: int
+
+
+class ServerIdentity(NamedTuple):
+    """Who a server is, from its ``stats``: its Instance (None if its stats
+    do not say), its ``total_connections`` so far, and Dropped (None if
+    its stats do not say)."""
+    instance: Optional[Instance]
+    connections: Optional[int]
+    dropped: Optional[Dropped]
+
+
 def server_identity(sock):
-    """Ask the server who it is: ``(instance, connections, dropped)``,
-    where ``instance`` is its ``(pid, start time)`` (None if its ``stats``
-    do not say), ``connections`` its ``total_connections`` so far and
-    ``dropped`` its ``(evictions, cmd_flush)`` so far, the items it let go
-    to make room and the flushes that emptied it (each None if not said):
-    counts that only grow while the same instance runs.  Raises
-    ProtocolError with the server's own words if it answers anything else
-    (a server at its connection limit says so)."""
+    """Ask the server who it is: a ServerIdentity.  Raises ProtocolError
+    with the server's own words if it answers anything but its stats (a
+    server at its connection limit says so)."""
     sock.sendall(b'stats\r\n')
     lines = _read_reply(sock, lambda lines: not lines[-1].startswith(b'STAT '))
     if lines[-1] != b'END':
@@ -758,29 +776,29 @@ def server_identity(sock):
     stats = dict(line.split(b' ', 2)[1:] for line in lines[:-1]
                  if line.count(b' ') >= 2)
     try:
-        instance = (int(stats[b'pid']),
-                    int(stats[b'time']) - int(stats[b'uptime']))
+        instance = Instance(int(stats[b'pid']),
+                            int(stats[b'time']) - int(stats[b'uptime']))
     except (KeyError, ValueError):
         instance = None  # a server (or proxy) that keeps no such stats
     counts = [int(stats[name]) if stats.get(name, b'').isdigit() else None
               for name in (b'total_connections', b'evictions', b'cmd_flush')]
-    dropped = None if None in counts[1:] else tuple(counts[1:])
-    return instance, counts[0], dropped
+    dropped = None if None in counts[1:] else Dropped(*counts[1:])
+    return ServerIdentity(instance, counts[0], dropped)
 
 
 class Connection:
     """A lane's connection to one memcached server.  It knows nothing of
     retries: a failed exchange raises, and the caller abandons it.
 
-    A new connection first reads the server's identity (``instance`` and
-    ``connections``, see server_identity), which ``identified(instance)``
-    is told.  A connection that failed
-    without proof that memcached is done with it (a timeout, say, while
-    memcached is stalled) may still hold commands that memcached will run
-    later.  ``abandon`` shuts it for writing and keeps it in ``in_doubt``;
-    ``exchange`` first settles every such connection, reading it to its
-    end (memcached has run every command on it) or seeing it reset.  So a
-    stale copy of a batch can never land after a newer one.
+    A new connection first reads the server's ServerIdentity
+    (``identity``), which ``identified(instance, dropped)`` is told.  A
+    connection that failed without proof that memcached is done with it
+    (a timeout, say, while memcached is stalled) may still hold commands
+    that memcached will run later.  ``abandon`` shuts it for writing and
+    keeps it in ``in_doubt``; ``exchange`` first settles every such
+    connection, reading it to its end (memcached has run every command on
+    it) or seeing it reset.  So a stale copy of a batch can never land
+    after a newer one.
     """
 
     def __init__(self, address, timeout, identified):
@@ -789,9 +807,8 @@ class Connection:
         self.timeout = timeout
         self.identified = identified
         self.sock = None
-        self.instance = None  # (pid, start time) of the server, or None
-        self.connections = None  # its total_connections when connected
-        self.dropped = None  # its (evictions, cmd_flush) when connected
+        # The server's ServerIdentity when this connection was made.
+        self.identity = ServerIdentity(None, None, None)
         self.in_doubt = []
 
     def exchange(self, payload, count):
@@ -801,9 +818,8 @@ class Connection:
         self.settle()
         if self.sock is None:
             self.sock = connect(self.host, self.timeout)
-            self.instance, self.connections, self.dropped = \
-                server_identity(self.sock)
-            self.identified(self.instance, self.dropped)
+            self.identity = server_identity(self.sock)
+            self.identified(self.identity.instance, self.identity.dropped)
         self.sock.sendall(payload)
         return read_replies(self.sock.recv, count)
 
@@ -961,8 +977,8 @@ class FileLoad:
         self.started = None
         self.seconds = 0.0
         self.identity = None  # file_identity() of the file when opened
-        # address -> (instance, connections) of the server that
-        # acknowledged this file's writes there; see wrote_to
+        # address -> the ServerIdentity of the server that acknowledged
+        # this file's writes there; see wrote_to
         self.instances = {}
         self.acks = None
         self.bad_lines = Samples(logging.ERROR, 'bad lines')
@@ -1009,26 +1025,28 @@ class FileLoad:
         if self.verdict is None:
             self.verdict = verdict
 
-    def wrote_to(self, address, instance, connections, dropped):
-        """Note that the server instance ``instance`` acknowledged writes
-        of this file, on a connection made when it had counted
-        ``connections``, having dropped ``dropped`` items before the
-        writes were sent (see server_identity); two instances mean the
-        server restarted meanwhile.  Kept: the highest connection count,
-        the lowest dropped counts."""
-        if address not in self.instances:
-            self.instances[address] = (instance, connections, dropped)
+    def wrote_to(self, address, identity):
+        """Note that the server ``identity`` (a ServerIdentity: its
+        instance, the connections it had counted when the connection was
+        made, the items it had dropped before the writes were sent)
+        acknowledged writes of this file; two instances mean the server
+        restarted meanwhile.  Kept: the highest connection count, the
+        lowest dropped counts."""
+        seen = self.instances.get(address)
+        if seen is None:
+            self.instances[address] = identity
             return
-        seen, seen_connections, seen_dropped = self.instances[address]
-        if seen != instance:
+        if seen.instance != identity.instance:
             self.fail(Verdict(Reason.SERVER_RESTARTED, address,
                               'while this file loaded'))
             return
-        if None not in (connections, seen_connections):
-            connections = max(connections, seen_connections)
-        if None not in (dropped, seen_dropped):
-            dropped = tuple(map(min, dropped, seen_dropped))
-        self.instances[address] = (instance, connections, dropped)
+        connections, dropped = identity.connections, identity.dropped
+        if None not in (connections, seen.connections):
+            connections = max(connections, seen.connections)
+        if None not in (dropped, seen.dropped):
+            dropped = Dropped(*map(min, dropped, seen.dropped))
+        self.instances[address] = ServerIdentity(identity.instance,
+                                                 connections, dropped)
 
     def add_lines(self, lines, errors, bad=(), dropped=0,
                   dropped_samples=()):
@@ -1105,10 +1123,10 @@ class Server:
         self.address = address
         self.lanes = []
         self.down = None
-        self.instance = None  # (pid, start time) of the memcached process
+        self.instance = None  # the Instance of the memcached process
         self.restarts = 0  # restarts seen in this run
-        # The highest (evictions, cmd_flush) seen of this instance, and the
-        # evictions seen to grow in this run.
+        # The highest Dropped seen of this instance, and the evictions
+        # seen to grow in this run.
         self.dropped = None
         self.evictions = 0
 
@@ -1122,13 +1140,14 @@ class Server:
             log.warning('%s: memcached restarted (pid %s, was %s): what it'
                         ' stored earlier is gone; files not yet renamed'
                         ' that wrote to it are kept', self.address,
-                        instance[0], self.instance[0])
+                        instance.pid, self.instance.pid)
             self.dropped = None
         self.instance = instance
         if dropped is not None:
             if self.dropped is not None:
-                self.evictions += max(0, dropped[0] - self.dropped[0])
-                dropped = tuple(map(max, dropped, self.dropped))
+                self.evictions += max(0, dropped.evictions
+                                      - self.dropped.evictions)
+                dropped = Dropped(*map(max, dropped, self.dropped))
             self.dropped = dropped
 
 
@@ -1247,7 +1266,8 @@ class Lane:
             return
         policy = self.settings.retry
         # What the server had dropped before this batch was sent.
-        known = self.server.instance, self.server.dropped
+        known_instance, known_dropped = self.server.instance, \
+            self.server.dropped
 
         def announce(error, retry, delay):
             log.warning('%s: %s; retry %d/%d of a batch of %d in %.2fs',
@@ -1261,11 +1281,11 @@ class Lane:
         if error is None:
             if refused:
                 batch.load.add_refusals(address, refused, batch.payload)
-            instance = self.connection.instance
-            batch.load.wrote_to(
-                address, instance, self.connection.connections,
-                known[1] if known[0] == instance and known[1] is not None
-                else self.connection.dropped)
+            identity = self.connection.identity
+            if known_instance == identity.instance \
+                    and known_dropped is not None:
+                identity = identity._replace(dropped=known_dropped)
+            batch.load.wrote_to(address, identity)
             batch.load.batch_done(count - len(refused), len(refused))
             return
         if self.server.down:  # another lane gave up on it meanwhile
@@ -1568,9 +1588,9 @@ class InstanceCheck:
     def _problem(self, load):
         """Ask every server the file wrote to at once; the first problem in
         the order of their addresses, or None."""
-        wrote = []  # (address, (instance, connections, dropped)) checkable
+        wrote = []  # (address, ServerIdentity) of the checkable servers
         for address, seen in sorted(load.instances.items()):
-            if seen[0] is None:
+            if seen.instance is None:
                 self._cannot_check(address)
             else:
                 wrote.append((address, seen))
@@ -1580,25 +1600,23 @@ class InstanceCheck:
             asking.join()
         finally:
             asking.kill(block=False)  # after abort(): no question goes on
-        for (address, (instance, connections, dropped)), asked in zip(
-                wrote, answers):
-            answer, error = asked.value
+        for (address, then), asked in zip(wrote, answers):
+            now, error = asked.value
             if error is not None:
                 return Verdict(Reason.SERVER_NOT_CHECKABLE, address, error)
-            now, connections_now, dropped_now = answer
-            self.servers[address].check_instance(now, dropped_now)
-            if now != instance or None not in (connections, connections_now) \
-                    and connections_now < connections:
+            self.servers[address].check_instance(now.instance, now.dropped)
+            if now.instance != then.instance \
+                    or None not in (then.connections, now.connections) \
+                    and now.connections < then.connections:
                 return Verdict(
                     Reason.SERVER_RESTARTED, address,
                     'after this file was written (now %s, wrote to %s): its'
                     ' records there are gone'
-                    % (describe_instance(now, connections_now),
-                       describe_instance(instance, connections)))
-            if None in (dropped, dropped_now):
+                    % (describe_identity(now), describe_identity(then)))
+            if None in (then.dropped, now.dropped):
                 continue  # a server that does not count them
-            evicted, flushed = (after - before for after, before in
-                                zip(dropped_now, dropped))
+            evicted = now.dropped.evictions - then.dropped.evictions
+            flushed = now.dropped.flushes - then.dropped.flushes
             if evicted <= 0 and flushed <= 0:
                 continue
             if not self.accept_evictions:
@@ -1649,12 +1667,14 @@ class InstanceCheck:
                         ' renamed without that check', address)
 
 
-def describe_instance(instance, connections):
-    if instance is None:
+def describe_identity(identity):
+    """A ServerIdentity in words, for a log line."""
+    if identity.instance is None:
         return 'an instance with no pid'
-    pid, started = instance
-    return 'pid %d started %s, %s connections' % (pid, time.strftime(
-        '%Y-%m-%d %H:%M:%S', time.localtime(started)), connections)
+    return 'pid %d started %s, %s connections' % (
+        identity.instance.pid, time.strftime(
+            '%Y-%m-%d %H:%M:%S', time.localtime(identity.instance.started)),
+        identity.connections)
 
 
 def log_outcome(load, max_error_rate):
@@ -1775,6 +1795,21 @@ class Settings:
         self.encoder = choose_encoder()
 
 
+class ChunkInFlight(NamedTuple):
+    """A chunk of ``load`` on its way to the writer: the encoder's
+    AsyncResult for it, and the prefixes of its oversized lines."""
+    load: 'FileLoad'
+    result: gevent.event.AsyncResult
+    oversized: List[bytes]
+
+
+class FileEnd(NamedTuple):
+    """After the last chunk of ``load``: ``ending`` is the Verdict of a
+    file that failed while being read, or None."""
+    load: 'FileLoad'
+    ending: Optional[Verdict]
+
+
 class Loader:
     """Loads sorted files into memcached: one reader, an encoder, one
     writer, the lanes; see the module docstring.
@@ -1805,9 +1840,9 @@ class Loader:
                 Lane(server, settings, self.stopping)
             server.lanes.append(lane)
             self.lanes.append(lane)
-        # In file order: (load, a chunk's result, its oversized lines), and
-        # after a file's chunks (load, None, why it failed or None).  Room
-        # for every encoder to have its chunks in flight, and two more.
+        # In file order: a ChunkInFlight per chunk, and a FileEnd after a
+        # file's chunks.  Room for every encoder to have its chunks in
+        # flight, and two more.
         self.ordered = gevent.queue.Queue(
             settings.workers * ENCODER_CHUNKS + 2)
         # The writer's: the commands of each lane's next batch (joined per
@@ -1867,7 +1902,7 @@ class Loader:
             self.current = load
             load.started = time.monotonic()
             if self.stopping.is_set():
-                self.ordered.put((load, None, STOPPED))
+                self.ordered.put(FileEnd(load, STOPPED))
                 continue
             log.info('Processing %s', load.path)
             try:
@@ -1882,7 +1917,7 @@ class Loader:
                                  'internal error while reading')
             else:
                 ending = None
-            self.ordered.put((load, None, ending))
+            self.ordered.put(FileEnd(load, ending))
         self.current = None
         started.put(None)
 
@@ -1905,8 +1940,8 @@ class Loader:
                 if self.stopping.is_set():
                     raise Interrupted()
                 if pieces or oversized:
-                    self.ordered.put((load, self.encoder.submit(pieces),
-                                      oversized))
+                    self.ordered.put(ChunkInFlight(
+                        load, self.encoder.submit(pieces), oversized))
                 gevent.sleep(0)  # signals, progress, lanes: a turn
             load.bytes_read = load.size
 
@@ -1917,17 +1952,19 @@ class Loader:
         at each file's end flush its last batches (dropped if it was
         stopped).  A bug here fails the file, and the writer goes on: a
         file must always end, or the run would wait for it forever."""
-        for load, result, extra in iter(self.ordered.get, None):
+        for item in iter(self.ordered.get, None):
+            load = item.load
             try:
-                if result is None:
-                    self._end_file(load, extra)
+                if isinstance(item, FileEnd):
+                    self._end_file(load, item.ending)
                 else:
-                    self._append_chunk(load, result, extra)
+                    self._append_chunk(load, item.result, item.oversized)
             except Exception:
                 log.exception('%s: failed while writing', load.name)
                 load.fail(Verdict(Reason.NOT_READ_TO_END,
                                   'internal error while writing'))
-                if result is None and not load.acks.enqueuing_done:
+                if isinstance(item, FileEnd) \
+                        and not load.acks.enqueuing_done:
                     load.acks.finish()
 
     def _append_chunk(self, load, result, oversized):
