@@ -2834,9 +2834,20 @@ def log_cpu(workers):
              else 'encoding in the event loop\'s thread: --workers 1')
 
 
+def cooperative():
+    """Make this process's I/O cooperative, once: gevent patches the
+    standard library (sockets, sleep, threads), so that the lanes'
+    connections and the waits yield to each other.  The program's entry
+    points call it; importing this module does not."""
+    if not gevent.monkey.is_module_patched('socket'):
+        gevent.monkey.patch_all()
+
+
 def main(argv=None):
     """Run the loader; return the exit status (see README), and write the
-    metrics file, if asked, whatever the outcome."""
+    metrics file, if asked, whatever the outcome.  Patches the process
+    with gevent first (cooperative)."""
+    cooperative()
     args = build_parser().parse_args(argv)
     started = time.time()
     try:

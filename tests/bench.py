@@ -36,6 +36,7 @@ then exits 1.  Results go to stdout as a Markdown table and to
 ``.bench/results.json``.
 """
 import argparse
+import functools
 import gzip
 import json
 import os
@@ -120,13 +121,14 @@ def run_ceiling(paths):
     """Read and encode as gmemcload does, in one process; send nothing."""
     import gmemcload
     from isal import igzip
-    routes, _ = gmemcload.build_routes(
-        {t: ['127.0.0.1:1'] for t in DEVICE_TYPES}, 2)
+    encode = gmemcload.encode_chunk
+    routes = gmemcload.build_routes(
+        {t: ['127.0.0.1:1'] for t in DEVICE_TYPES}, 2).by_type
     done = 0
     for path in paths:
         with open(path, 'rb') as raw, igzip.IGzipFile(fileobj=raw) as stream:
             for pieces, _ in gmemcload.read_chunks(stream.read):
-                done += gmemcload.encode_chunk(b''.join(pieces), routes)[0]
+                done += encode(b''.join(pieces), routes).lines
     return done
 
 
@@ -341,16 +343,18 @@ def encoder_figures(paths):
     with gzip.open(paths[0], 'rb') as source:
         data = b''.join(line for _, line in zip(range(ENCODER_LINES),
                                                 source))
-    routes, _ = gmemcload.build_routes(
+    routes = gmemcload.build_routes(
         {t: ['127.0.0.1:%d' % (33013 + n)]
-         for n, t in enumerate(gmemcload.DEVICE_TYPES)}, 2)
+         for n, t in enumerate(gmemcload.DEVICE_TYPES)}, 2).by_type
+    compiled = gmemcload.choose_encoder().new(routes)
     lines = data.count(b'\n')
     best = {'python': float('inf'), 'compiled': float('inf')}
     for _ in range(ROUNDS):
-        for name, encode in (('python', gmemcload.encode_chunk),
-                             ('compiled', gmemcload.ENCODE)):
+        for name, encode in (('python', functools.partial(
+                gmemcload.encode_chunk, routes=routes)),
+                             ('compiled', compiled)):
             started = time.process_time()
-            encode(data, routes)
+            encode(data)
             best[name] = min(best[name], time.process_time() - started)
     return {name: 1e6 * seconds / lines for name, seconds in best.items()}
 

@@ -110,12 +110,18 @@ def test_workers_auto_is_the_cpus_this_process_may_use():
 
 SLOW_AND_UNEVEN = '''
 import random
-encode = gmemcload.ENCODE
+choose_encoder = gmemcload.choose_encoder
 chance = random.Random(7)
-def uneven(data, routes):
-    blocking_sleep(chance.choice((0, 0, 0.002, 0.02)))  # in a thread
-    return encode(data, routes)
-gmemcload.ENCODE = uneven
+def uneven_encoder():
+    chosen = choose_encoder()
+    def new(routes):
+        encode = chosen.new(routes)
+        def uneven(data):
+            blocking_sleep(chance.choice((0, 0, 0.002, 0.02)))  # a thread
+            return encode(data)
+        return uneven
+    return chosen._replace(new=new)
+gmemcload.choose_encoder = uneven_encoder
 '''
 
 
@@ -142,13 +148,18 @@ def test_an_encoder_out_of_memory_fails_its_file_only(
     # An exception in an encoder thread is the chunk's result: its file
     # fails (and so the renames after it stop), nothing is printed by the
     # pool, and the run goes on to its end.
-    encode = gmemcload.ENCODE
+    chosen = gmemcload.choose_encoder()
 
-    def short_of_memory(data, routes):
-        if b'gaid\t' in data:
-            raise MemoryError()
-        return encode(data, routes)
-    monkeypatch.setattr(gmemcload, 'ENCODE', short_of_memory)
+    def short_of_memory(routes):
+        encode = chosen.new(routes)
+
+        def encode_or_fail(data):
+            if b'gaid\t' in data:
+                raise MemoryError()
+            return encode(data)
+        return encode_or_fail
+    monkeypatch.setattr(gmemcload, 'choose_encoder',
+                        lambda: chosen._replace(new=short_of_memory))
     write_gz(tmp_path / '20170929000000.tsv.gz', lines_for('idfa', 10))
     write_gz(tmp_path / '20170929000100.tsv.gz', lines_for('gaid', 10))
     write_gz(tmp_path / '20170929000200.tsv.gz', lines_for('adid', 10))
