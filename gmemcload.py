@@ -1719,11 +1719,28 @@ class RenameInOrder:
     checks, and is never renamed: it is ``reloaded``.
     """
 
-    def __init__(self, max_error_rate, check=None):
+    def __init__(self, max_error_rate, check, dry=False):
         self.max_error_rate = max_error_rate
-        self.check = check  # an InstanceCheck; None: rename nothing (--dry)
-        self.renaming = True
+        self.check = check  # an InstanceCheck (None under --dry)
+        self.dry = dry  # --dry: check nothing, rename nothing
+        self.renaming = True  # until the first file not loaded
         self.stopped = False
+
+    def _prove_and_rename(self, load):
+        """The steps of a loaded file's rename, in turn: None once it is
+        renamed (or, reloaded, proven), else the Verdict of the first step
+        that failed."""
+        if self.stopped:
+            return STOPPED
+        verdict = self.check.problem(load)  # every server, just before
+        if verdict is not None:
+            return verdict
+        if load.reloading:  # the same checks, and no rename
+            return still_there(load)
+        verdict = rename_loaded(load.path, load.identity)
+        if verdict is not None:
+            return verdict
+        return self._confirm(load)  # every server again, just after
 
     def _confirm(self, load):
         """Ask the servers again once the file is renamed: an answer of the
@@ -1742,16 +1759,9 @@ class RenameInOrder:
             self.check.abort()
 
     def __call__(self, load):
-        if self.renaming and self.check is not None \
+        if self.renaming and not self.dry \
                 and load.loaded(self.max_error_rate):
-            if load.reloading:  # the same checks, and no rename
-                verdict = STOPPED if self.stopped else (
-                    self.check.problem(load) or still_there(load))
-            else:
-                verdict = STOPPED if self.stopped else (
-                    self.check.problem(load)
-                    or rename_loaded(load.path, load.identity)
-                    or self._confirm(load))
+            verdict = self._prove_and_rename(load)
             if verdict is not None:
                 load.fail(verdict)
             elif load.reloading:
@@ -2387,7 +2397,7 @@ def load_in_order(settings, loads):
     the Servers written to, and the signal that stopped the run or None."""
     engine = Loader(settings)
     check = None if settings.dry else InstanceCheck(settings, engine.servers)
-    renamer = RenameInOrder(settings.max_error_rate, check)
+    renamer = RenameInOrder(settings.max_error_rate, check, settings.dry)
 
     def stop(signum):
         renamer.stop()  # first: nothing is renamed after the signal
@@ -2437,11 +2447,46 @@ def write_metrics(path, status, started, result):
     """Write the run's metrics to ``path`` in Prometheus text format, as
     node_exporter's textfile collector reads them: atomically (a temporary
     file in the same directory, then a rename).  The counters and the last
-    success time carry over from the file the previous run wrote.  A
-    failure is logged; it does not change the exit status."""
-    # Imported here: encoders, and runs without --metrics-file, need none.
+    success time carry over from the file the previous run wrote, read and
+    written under one lock (_metrics_lock).  A failure is logged; it does
+    not change the exit status."""
+    # Imported here: runs without --metrics-file need none of it.
     import prometheus_client
+    try:
+        with _metrics_lock(path):
+            registry = run_metrics(status, started, time.time(), result,
+                                   previous_metrics(path))
+            prometheus_client.write_to_textfile(path, registry)
+    except (OSError, ValueError) as exc:
+        log.error('cannot write the metrics file %s: %s', path, exc)
+
+
+def previous_metrics(path):
+    """The samples of the metrics file the previous run wrote, as
+    ``{(sample name, labels as sorted pairs): value}``; empty if there is
+    none, or if it cannot be read (then a warning says the counters start
+    again)."""
     from prometheus_client.parser import text_string_to_metric_families
+    try:
+        with open(path) as old:
+            return {(sample.name, tuple(sorted(sample.labels.items()))):
+                    sample.value
+                    for family in text_string_to_metric_families(old.read())
+                    for sample in family.samples}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning('%s: the previous metrics cannot be read (%s); counters'
+                    ' start again from 0', path, exc)
+        return {}
+
+
+def run_metrics(status, started, ended, result, previous):
+    """A registry of the run's samples: the run that ended at ``ended``
+    with ``status`` and ``result`` (a RunResult, or None if the run never
+    began), its counters added to those of ``previous`` (see
+    previous_metrics)."""
+    import prometheus_client
     prometheus_client.disable_created_metrics()
     registry = prometheus_client.CollectorRegistry()
 
@@ -2463,102 +2508,75 @@ def write_metrics(path, status, started, result):
                                  0) + count
             (metric.labels(**dict(labels)) if labels else metric).inc(total)
 
-    ended = time.time()
+    def per_server(name, help_text, attribute):
+        """A counter per server, of ``attribute`` of its Server; servers
+        of earlier runs carry on with 0 more."""
+        seen = {labels: 0 for sample, labels in previous
+                if sample == 'gmemcload_%s_total' % name}
+        for server in servers:
+            seen[(('server', server.address),)] = getattr(server, attribute)
+        if seen:
+            counter(name, help_text, seen)
+
     loads = result.loads if result else []
     servers = result.servers if result else []
-    try:
-        with _metrics_lock(path):
-            try:
-                with open(path) as old:
-                    previous = {
-                        (sample.name, tuple(sorted(sample.labels.items()))):
-                        sample.value
-                        for family in text_string_to_metric_families(
-                            old.read())
-                        for sample in family.samples}
-            except FileNotFoundError:
-                previous = {}
-            except (OSError, ValueError) as exc:
-                log.warning('%s: the previous metrics cannot be read (%s);'
-                            ' counters start again from 0', path, exc)
-                previous = {}
-            # A dry run stores nothing: it is no success, and stores 0.
-            dry = result is not None and result.settings.dry
-            last_success = ended if status == EXIT_OK and not dry \
-                else previous.get(
-                    ('gmemcload_last_success_timestamp_seconds', ()), 0)
-            gauge('last_run_end_timestamp_seconds',
-                  'When the last run ended', ended)
-            gauge('last_run_exit_status', 'Exit status of the last run',
-                  status)
-            gauge('last_run_duration_seconds', 'How long the last run took',
-                  ended - started)
-            gauge('last_success_timestamp_seconds',
-                  'When a run last ended with status 0 (0: never)',
-                  last_success)
-            files = gauge('last_run_files', 'Files of the last run, by'
-                          ' result, and by reason for the kept ones',
-                          labels=['result', 'reason'])
-            renamed = sum(load.renamed for load in loads)
-            files.labels(result='renamed', reason='').set(renamed)
-            files.labels(result='reloaded', reason='').set(
-                sum(load.reloaded for load in loads))
-            verdicts = [load.kept(result.settings.max_error_rate)
-                        for load in loads
-                        if not (load.renamed or load.reloaded)]
-            kept = collections.Counter(verdict.reason for verdict in verdicts
-                                       if verdict is not None)
-            for reason in Reason:  # every one, so that none goes missing
-                files.labels(result='kept', reason=reason.value).set(
-                    kept[reason])
-            # Neither renamed nor kept: loaded under --dry.
-            files.labels(result='parsed', reason='').set(
-                verdicts.count(None))
-            files.labels(result='waiting', reason='').set(
-                result.waiting if result else 0)
-            lines = sum(load.lines for load in loads)
-            stored = 0 if dry else sum(load.stored for load in loads)
-            errors = sum(load.errors for load in loads)
-            gauge('last_run_lines', 'Lines read in the last run', lines)
-            gauge('last_run_records_stored', 'Records stored in the last'
-                  ' run', stored)
-            gauge('last_run_errors', 'Errors in the last run', errors)
-            down = gauge('last_run_server_down', '1 if the server was down'
-                         ' in the last run', labels=['server'])
-            restarts = gauge('last_run_server_restarts', 'Restarts of the'
-                             ' server seen in the last run',
-                             labels=['server'])
-            evictions = gauge('last_run_server_evictions', 'Items the server'
-                              ' evicted, seen in the last run',
-                              labels=['server'])
-            for server in servers:
-                down.labels(server=server.address).set(bool(server.down))
-                restarts.labels(server=server.address).set(server.restarts)
-                evictions.labels(server=server.address).set(server.evictions)
-            runs = {labels: 0 for name, labels in previous
-                    if name == 'gmemcload_runs_total'}
-            runs[(('status', str(status)),)] = 1
-            counter('runs', 'Runs, by exit status', runs)
-            counter('files_renamed', 'Files renamed', {(): renamed})
-            counter('lines', 'Lines read', {(): lines})
-            counter('records_stored', 'Records stored', {(): stored})
-            counter('errors', 'Errors: bad lines and records not stored',
-                    {(): errors})
-            for name, help_text, attribute in (
-                    ('server_restarts', 'Restarts of the server seen',
-                     'restarts'),
-                    ('server_evictions', 'Items the server evicted, seen'
-                     ' while files were written and checked', 'evictions')):
-                seen = {labels: 0 for sample, labels in previous
-                        if sample == 'gmemcload_%s_total' % name}
-                for server in servers:
-                    seen[(('server', server.address),)] = getattr(
-                        server, attribute)
-                if seen:
-                    counter(name, help_text, seen)
-            prometheus_client.write_to_textfile(path, registry)
-    except (OSError, ValueError) as exc:
-        log.error('cannot write the metrics file %s: %s', path, exc)
+    # A dry run stores nothing: it is no success, and stores 0.
+    dry = result is not None and result.settings.dry
+    last_success = ended if status == EXIT_OK and not dry else previous.get(
+        ('gmemcload_last_success_timestamp_seconds', ()), 0)
+    gauge('last_run_end_timestamp_seconds', 'When the last run ended',
+          ended)
+    gauge('last_run_exit_status', 'Exit status of the last run', status)
+    gauge('last_run_duration_seconds', 'How long the last run took',
+          ended - started)
+    gauge('last_success_timestamp_seconds',
+          'When a run last ended with status 0 (0: never)', last_success)
+    files = gauge('last_run_files', 'Files of the last run, by result, and'
+                  ' by reason for the kept ones', labels=['result', 'reason'])
+    renamed = sum(load.renamed for load in loads)
+    files.labels(result='renamed', reason='').set(renamed)
+    files.labels(result='reloaded', reason='').set(
+        sum(load.reloaded for load in loads))
+    verdicts = [load.kept(result.settings.max_error_rate) for load in loads
+                if not (load.renamed or load.reloaded)]
+    kept = collections.Counter(verdict.reason for verdict in verdicts
+                               if verdict is not None)
+    for reason in Reason:  # every one, so that none goes missing
+        files.labels(result='kept', reason=reason.value).set(kept[reason])
+    # Neither renamed nor kept: loaded under --dry.
+    files.labels(result='parsed', reason='').set(verdicts.count(None))
+    files.labels(result='waiting', reason='').set(
+        result.waiting if result else 0)
+    lines = sum(load.lines for load in loads)
+    stored = 0 if dry else sum(load.stored for load in loads)
+    errors = sum(load.errors for load in loads)
+    gauge('last_run_lines', 'Lines read in the last run', lines)
+    gauge('last_run_records_stored', 'Records stored in the last run',
+          stored)
+    gauge('last_run_errors', 'Errors in the last run', errors)
+    down = gauge('last_run_server_down', '1 if the server was down in the'
+                 ' last run', labels=['server'])
+    restarts = gauge('last_run_server_restarts', 'Restarts of the server'
+                     ' seen in the last run', labels=['server'])
+    evictions = gauge('last_run_server_evictions', 'Items the server'
+                      ' evicted, seen in the last run', labels=['server'])
+    for server in servers:
+        down.labels(server=server.address).set(bool(server.down))
+        restarts.labels(server=server.address).set(server.restarts)
+        evictions.labels(server=server.address).set(server.evictions)
+    runs = {labels: 0 for name, labels in previous
+            if name == 'gmemcload_runs_total'}
+    runs[(('status', str(status)),)] = 1
+    counter('runs', 'Runs, by exit status', runs)
+    counter('files_renamed', 'Files renamed', {(): renamed})
+    counter('lines', 'Lines read', {(): lines})
+    counter('records_stored', 'Records stored', {(): stored})
+    counter('errors', 'Errors: bad lines and records not stored',
+            {(): errors})
+    per_server('server_restarts', 'Restarts of the server seen', 'restarts')
+    per_server('server_evictions', 'Items the server evicted, seen while'
+               ' files were written and checked', 'evictions')
+    return registry
 
 
 @contextlib.contextmanager
@@ -2590,49 +2608,47 @@ def parse_addresses(option, text):
     return addresses
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError('must be at least 1, got %s' % text)
-    return value
+def bounded(kind, low=None, high=None, above=None, words=None):
+    """An argparse type: ``kind(text)`` within the bounds given (``low`` and
+    ``high`` inclusive, ``above`` exclusive); out of them, an error whose
+    message ``words`` (or the bounds) says what was expected."""
+    def parse(text):
+        value = kind(text)
+        if not ((low is None or value >= low)
+                and (high is None or value <= high)
+                and (above is None or value > above)):
+            raise argparse.ArgumentTypeError('must be %s, got %s'
+                                             % (expected, text))
+        return value
+    if words is not None:
+        expected = words
+    elif above is not None:
+        expected = 'above %g' % above
+    elif high is None:
+        expected = 'at least %g' % low
+    elif low is None:
+        expected = 'at most %g' % high
+    else:
+        expected = 'in [%g, %g]' % (low, high)
+    parse.__name__ = kind.__name__  # argparse names the type in errors
+    return parse
 
 
-def _non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError('must be at least 0, got %s' % text)
-    return value
-
-
-def _positive_float(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError('must be above 0, got %s' % text)
-    return value
-
-
-def _non_negative_float(text):
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError('must be at least 0, got %s' % text)
-    return value
+_positive_int = bounded(int, low=1)
+_non_negative_int = bounded(int, low=0)
+_positive_float = bounded(float, above=0)
+_non_negative_float = bounded(float, low=0)
+_rate = bounded(float, low=0, high=1)
+_at_most_workers = bounded(int, high=MAX_WORKERS)
 
 
 def _workers(text):
+    """--workers: a count of encoder threads, or auto (the CPUs this
+    process may use, at most MAX_WORKERS)."""
     if text == 'auto':
         return min(MAX_WORKERS, len(os.sched_getaffinity(0)))
-    value = _positive_int(text)
-    if value > MAX_WORKERS:
-        raise argparse.ArgumentTypeError('must be at most %d, got %s'
-                                         % (MAX_WORKERS, text))
-    return value
-
-
-def _rate(text):
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError('must be in [0, 1], got %s' % text)
-    return value
+    _positive_int(text)
+    return _at_most_workers(text)
 
 
 def build_parser():
