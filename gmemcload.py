@@ -598,7 +598,7 @@ def iter_commands(payload):
         position = start + int(length) + 2
 
 
-# -- 3. the encoders: in the event loop, or in threads ----------------------
+# -- 3. the encoders: in the event loop, or in threads -----------------------
 
 def in_thread(pool, function, *args):
     """Run ``function(*args)`` in a thread of ``pool`` (a gevent
@@ -873,7 +873,7 @@ class Connection:
         self.in_doubt = []
 
 
-# -- 5. lanes: the retry policy, accounting per file -------------------------
+# -- 5. lanes: accounting per file, the retry policy -------------------------
 
 class Samples:
     """One kind of a file's problems, logged in full for the first
@@ -1323,7 +1323,7 @@ class DryLane:
         batch.load.batch_done(batch.count, 0)
 
 
-# -- 6. files: matching, identity, late files, renames -----------------------
+# -- 6. files: matching, choosing, late files --------------------------------
 
 def pattern_directory(pattern):
     """The deepest directory of ``pattern`` with no glob characters."""
@@ -1453,6 +1453,129 @@ def set_aside_late(loads, pattern, load_late):
     return to_load
 
 
+def younger_than(paths, min_age):
+    """``(index, ahead)``: the index of the first path modified less than
+    ``min_age`` seconds ago (len(paths) if none is), which waits with every
+    later path, and how many seconds its mtime is ahead of this clock
+    (0 if it is not)."""
+    if min_age:
+        now = time.time()
+        for index, path in enumerate(paths):
+            try:
+                modified = os.stat(path).st_mtime
+            except FileNotFoundError:
+                continue  # gone: loading it will say so
+            if now - modified < min_age:
+                return index, max(0.0, modified - now)
+    return len(paths), 0.0
+
+
+@contextlib.contextmanager
+def listing(pattern):
+    """An OSError while listing the files of ``pattern`` is Unlistable."""
+    try:
+        yield
+    except OSError as exc:
+        raise Unlistable('cannot list the files of %s: %s'
+                         % (pattern, exc)) from None
+
+
+def choose_files(settings, locks):
+    """List the files of the pattern, lock their directories, leave the
+    young ones (--min-age) and set aside the late and re-delivered ones;
+    with --reload-processed, the processed files come first, in load
+    order.  Returns ``(loads, to_load, waiting)``: a FileLoad for each
+    file taken, those of them to load, and the number of files left
+    waiting."""
+    with listing(settings.pattern):
+        paths = find_files(settings.pattern)
+        processed = in_processing_order(processed_files(
+            settings.pattern)) if settings.reload_processed else []
+    if not settings.dry and not settings.lock:
+        # Two runs whose patterns overlap share a directory, and so a lock.
+        for directory in sorted({os.path.dirname(path)
+                                 for path in paths + processed}):
+            take_lock(locks, os.path.join(directory, LOCK_FILE_NAME))
+    if not paths:
+        log.info('No files match %s', settings.pattern)
+    if settings.reload_processed:
+        log.info('%d processed files are loaded again first, in load order,'
+                 ' and stay as they are (--reload-processed)',
+                 len(processed))
+    reloads = [FileLoad(path, name, reloading=True)
+               for path, name in zip(processed, display_names(processed))]
+    names = display_names(paths)
+    young, ahead = younger_than(paths, settings.min_age)
+    loads = [FileLoad(path, name)
+             for path, name in zip(paths[:young], names[:young])]
+    with listing(settings.pattern):
+        to_load = reloads + (set_aside_late(
+            loads, settings.pattern, settings.load_late) if loads else [])
+    loads = reloads + loads
+    if ahead > FUTURE_MTIME_TOLERANCE:
+        # It would wait for ever, and every later file with it: kept, so
+        # that the run says so, and the later files wait.
+        skewed = FileLoad(paths[young], names[young])
+        skewed.fail(Verdict(Reason.FUTURE_MTIME, ahead))
+        log.error('%s: kept: %s; the %d later files wait behind it',
+                  skewed.name, skewed.verdict, len(paths) - young - 1)
+        loads.append(skewed)
+        young += 1
+    elif young < len(paths):
+        log.info('%s was modified less than %gs ago (--min-age)%s: it and %d'
+                 ' later files wait for the next run', names[young],
+                 settings.min_age, ', or %.0f s ahead of this clock' % ahead
+                 if ahead else '', len(paths) - young - 1)
+    return loads, to_load, len(paths) - young
+
+
+# -- 7. reading a file: opened and read in threads ---------------------------
+
+def open_regular(path):
+    """``(file, os.stat_result)``: ``path`` opened to be read, if it is a
+    regular file.  Opened without blocking (opening a FIFO waits for a
+    writer), then read as usual.  Raises Unreadable if it is not a regular
+    file, OSError if it cannot be opened."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise Unreadable('not a regular file (a FIFO or a device?)')
+        flags = fcntl.fcntl(descriptor, fcntl.F_GETFL)
+        fcntl.fcntl(descriptor, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        return os.fdopen(descriptor, 'rb'), status
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def _close_opened(opened):
+    opened[0].close()
+
+
+def await_or_stop(result, stopping):
+    """The value of ``result`` (an AsyncResult of the thread pool), or
+    Interrupted if ``stopping`` is set first."""
+    gevent.wait([result, stopping], count=1)
+    if not result.ready():
+        raise Interrupted()
+    return result.get()
+
+
+def await_in_thread(function, args, stopping, release):
+    """``function(*args)`` run in gevent's thread pool (in_thread) and
+    awaited as await_or_stop awaits it; its exception is raised here.  If
+    a stop ends the wait, ``release`` is called on the value when it
+    comes."""
+    result = in_thread(gevent.get_hub().threadpool, function, *args)
+    try:
+        return await_or_stop(result, stopping)
+    except Interrupted:
+        result.rawlink(lambda done: done.successful() and release(
+            done.value))
+        raise
+
+
 def file_identity(status):
     """What tells one unchanged file from any other, from an
     ``os.stat_result``: device, inode, size, modification time, and the
@@ -1460,6 +1583,59 @@ def file_identity(status):
     return (status.st_dev, status.st_ino, status.st_size,
             status.st_mtime_ns, status.st_ctime_ns)
 
+
+class ReadAhead:
+    """Reads ``stream`` in gevent's thread pool, one read ahead of its
+    caller: the next piece inflates (isal lets go of the GIL) while this
+    one is cut and encoded, and the event loop runs meanwhile.  A read's
+    exception is raised by ``read``, never printed by the pool; a stop
+    (``stopping`` set) while a read is awaited raises Interrupted.
+
+    Use it as a context manager: it owns ``stream`` and ``raw`` (the
+    compressed file) and closes both once no read is in flight; a read
+    abandoned by a stop closes them when it returns, if ever.
+    """
+
+    def __init__(self, stream, size, raw, stopping):
+        self.stream = stream
+        self.size = size
+        self.raw = raw
+        self.stopping = stopping
+        self.position = 0  # compressed bytes read for what read returned
+        self.pending = self._read_ahead()
+
+    def _read_ahead(self):
+        return in_thread(gevent.get_hub().threadpool, self._read_piece)
+
+    def _read_piece(self):
+        """In a thread: the next piece and the compressed position after
+        it."""
+        return self.stream.read(self.size), self.raw.tell()
+
+    def read(self, size):
+        """The next piece, of ``self.size`` bytes or fewer at the end."""
+        assert size == self.size
+        data, self.position = await_or_stop(self.pending, self.stopping)
+        self.pending = self._read_ahead() if data else None
+        return data
+
+    def _close(self, _=None):
+        try:
+            self.stream.close()
+        finally:
+            self.raw.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.pending is None or self.pending.ready():
+            self._close()
+        else:  # abandoned: the thread still reads the stream
+            self.pending.rawlink(self._close)
+
+
+# -- 8. renames: the checks around each, in order ----------------------------
 
 def dot_path(path):
     head, name = os.path.split(path)
@@ -1776,7 +1952,145 @@ class RenameInOrder:
             log.warning('%s: kept: %s', load.name, load.verdict)
 
 
-# -- 7. the run --------------------------------------------------------------
+# -- 9. locks and stop signals -----------------------------------------------
+
+class Locked(Exception):
+    """Another run holds a lock this run needs: nothing was read."""
+
+    def __init__(self, path, holder):
+        super().__init__('another run (pid %s) holds the lock %s'
+                         % (holder, path))
+
+
+class RunLocks:
+    """Exclusive, non-blocking flocks held for the whole run.
+
+    The kernel drops a lock when the process dies, however it dies, so a
+    killed run leaves no stale lock.  Lock files are never removed, and a
+    file that holds anything but a pid is locked as it is, never written.
+    """
+
+    def __init__(self):
+        self.handles = {}  # path -> open file holding its lock
+
+    def acquire(self, path):
+        """Lock ``path`` (created if missing) unless this run holds it.
+        Raises Locked if another run holds it, OSError if it cannot be
+        opened."""
+        if path in self.handles:
+            return
+        handle = open(path, 'a+b')
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _pid_written(handle) or '?'
+            handle.close()
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise Locked(path, holder) from None
+            raise
+        if _pid_written(handle) is not None or not os.fstat(
+                handle.fileno()).st_size:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(b'%d\n' % os.getpid())
+            handle.flush()
+        self.handles[path] = handle
+
+    def release(self):
+        for handle in self.handles.values():
+            handle.close()
+        self.handles.clear()
+
+
+def _pid_written(handle):
+    """The pid a lock file holds, or None if it holds anything else (a
+    pid and white space fit in 32 bytes; a longer file is not one)."""
+    handle.seek(0)
+    text = handle.read(33)
+    return text.strip().decode() if len(text) <= 32 and \
+        text.strip().isdigit() else None
+
+
+# A lock file that cannot be made for one of these is the disk's failure,
+# not a bad option: exit 1, not 2.
+DISK_FAILURES = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EIO,
+                           errno.EROFS))
+
+
+def take_lock(locks, path):
+    try:
+        locks.acquire(path)
+    except OSError as exc:
+        if exc.errno in DISK_FAILURES:
+            raise DiskFailure('cannot create lock file %s: %s'
+                              % (path, exc)) from None
+        raise ConfigError('cannot open lock file %s: %s (choose another'
+                          ' with --lock)' % (path, exc)) from None
+
+
+class StopSignals:
+    """The SIGINT and SIGTERM handlers of this process, installed by the
+    first run and kept until the process ends: a signal in a run's last
+    milliseconds (its summary, its metrics, closing its log) is never the
+    default action, which would end the process with no metrics or with
+    metrics that say otherwise.
+
+    While a run can stop (``arm`` to ``disarm``), a signal calls its
+    ``on_stop(signum)``, and a second SIGINT exits at once; after that, a
+    signal is logged and the run's outcome stands.
+    """
+
+    def __init__(self):
+        self.on_stop = None
+        self.caught = []
+        self.handlers = None
+
+    def arm(self, on_stop):
+        """Call ``on_stop(signum)`` on a stop signal until disarm(); a
+        signal noted while the program started counts too.  Returns the
+        list of the signals caught meanwhile."""
+        if self.handlers is None:
+            self.handlers = [gevent.signal_handler(signum, self._on_signal,
+                                                   signum)
+                             for signum in (signal.SIGINT, signal.SIGTERM)]
+        self.caught = []
+        self.on_stop = on_stop
+        for signum in EARLY_SIGNALS[:1]:  # came while the program started
+            self._on_signal(signum)
+        return self.caught
+
+    def disarm(self):
+        self.on_stop = None
+
+    def ignore(self):
+        """Once the outcome is written: the handlers go (gevent's last one
+        to go restores the default action), then stop signals are
+        ignored until the process ends."""
+        for handler in self.handlers or ():
+            handler.cancel()
+        self.handlers = None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+
+    def _on_signal(self, signum):
+        name = signal.Signals(signum).name
+        if self.on_stop is None:
+            log.warning('%s received as the run ends: its outcome stands',
+                        name)
+            return
+        if self.caught and signum == signal.SIGINT:
+            log.error('second SIGINT: stopping at once')
+            os._exit(EXIT_SIGNAL_BASE + signum)
+        self.caught.append(signum)
+        log.warning('%s received: stopping; files not fully loaded are kept',
+                    name)
+        self.on_stop(signum)
+
+
+STOP_SIGNALS = StopSignals()
+
+
+# -- 10. the run: the pipeline wired to the renames --------------------------
 
 class Settings:
     """What a run needs, built once from the parsed options (whose only
@@ -2021,102 +2335,6 @@ class Loader:
         self.lanes[number].submit(batch)
 
 
-class ReadAhead:
-    """Reads ``stream`` in gevent's thread pool, one read ahead of its
-    caller: the next piece inflates (isal lets go of the GIL) while this
-    one is cut and encoded, and the event loop runs meanwhile.  A read's
-    exception is raised by ``read``, never printed by the pool; a stop
-    (``stopping`` set) while a read is awaited raises Interrupted.
-
-    Use it as a context manager: it owns ``stream`` and ``raw`` (the
-    compressed file) and closes both once no read is in flight; a read
-    abandoned by a stop closes them when it returns, if ever.
-    """
-
-    def __init__(self, stream, size, raw, stopping):
-        self.stream = stream
-        self.size = size
-        self.raw = raw
-        self.stopping = stopping
-        self.position = 0  # compressed bytes read for what read returned
-        self.pending = self._read_ahead()
-
-    def _read_ahead(self):
-        return in_thread(gevent.get_hub().threadpool, self._read_piece)
-
-    def _read_piece(self):
-        """In a thread: the next piece and the compressed position after
-        it."""
-        return self.stream.read(self.size), self.raw.tell()
-
-    def read(self, size):
-        """The next piece, of ``self.size`` bytes or fewer at the end."""
-        assert size == self.size
-        data, self.position = await_or_stop(self.pending, self.stopping)
-        self.pending = self._read_ahead() if data else None
-        return data
-
-    def _close(self, _=None):
-        try:
-            self.stream.close()
-        finally:
-            self.raw.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        if self.pending is None or self.pending.ready():
-            self._close()
-        else:  # abandoned: the thread still reads the stream
-            self.pending.rawlink(self._close)
-
-
-def open_regular(path):
-    """``(file, os.stat_result)``: ``path`` opened to be read, if it is a
-    regular file.  Opened without blocking (opening a FIFO waits for a
-    writer), then read as usual.  Raises Unreadable if it is not a regular
-    file, OSError if it cannot be opened."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        status = os.fstat(descriptor)
-        if not stat.S_ISREG(status.st_mode):
-            raise Unreadable('not a regular file (a FIFO or a device?)')
-        flags = fcntl.fcntl(descriptor, fcntl.F_GETFL)
-        fcntl.fcntl(descriptor, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
-        return os.fdopen(descriptor, 'rb'), status
-    except BaseException:
-        os.close(descriptor)
-        raise
-
-
-def _close_opened(opened):
-    opened[0].close()
-
-
-def await_or_stop(result, stopping):
-    """The value of ``result`` (an AsyncResult of the thread pool), or
-    Interrupted if ``stopping`` is set first."""
-    gevent.wait([result, stopping], count=1)
-    if not result.ready():
-        raise Interrupted()
-    return result.get()
-
-
-def await_in_thread(function, args, stopping, release):
-    """``function(*args)`` run in gevent's thread pool (in_thread) and
-    awaited as await_or_stop awaits it; its exception is raised here.  If
-    a stop ends the wait, ``release`` is called on the value when it
-    comes."""
-    result = in_thread(gevent.get_hub().threadpool, function, *args)
-    try:
-        return await_or_stop(result, stopping)
-    except Interrupted:
-        result.rawlink(lambda done: done.successful() and release(
-            done.value))
-        raise
-
-
 class Progress:
     """Progress lines every PROGRESS_INTERVAL and, on a terminal, a bar.
 
@@ -2171,125 +2389,6 @@ class Progress:
                 bar.close()
 
 
-class Locked(Exception):
-    """Another run holds a lock this run needs: nothing was read."""
-
-    def __init__(self, path, holder):
-        super().__init__('another run (pid %s) holds the lock %s'
-                         % (holder, path))
-
-
-class RunLocks:
-    """Exclusive, non-blocking flocks held for the whole run.
-
-    The kernel drops a lock when the process dies, however it dies, so a
-    killed run leaves no stale lock.  Lock files are never removed, and a
-    file that holds anything but a pid is locked as it is, never written.
-    """
-
-    def __init__(self):
-        self.handles = {}  # path -> open file holding its lock
-
-    def acquire(self, path):
-        """Lock ``path`` (created if missing) unless this run holds it.
-        Raises Locked if another run holds it, OSError if it cannot be
-        opened."""
-        if path in self.handles:
-            return
-        handle = open(path, 'a+b')
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = _pid_written(handle) or '?'
-            handle.close()
-            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise Locked(path, holder) from None
-            raise
-        if _pid_written(handle) is not None or not os.fstat(
-                handle.fileno()).st_size:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(b'%d\n' % os.getpid())
-            handle.flush()
-        self.handles[path] = handle
-
-    def release(self):
-        for handle in self.handles.values():
-            handle.close()
-        self.handles.clear()
-
-
-def _pid_written(handle):
-    """The pid a lock file holds, or None if it holds anything else (a
-    pid and white space fit in 32 bytes; a longer file is not one)."""
-    handle.seek(0)
-    text = handle.read(33)
-    return text.strip().decode() if len(text) <= 32 and \
-        text.strip().isdigit() else None
-
-
-class StopSignals:
-    """The SIGINT and SIGTERM handlers of this process, installed by the
-    first run and kept until the process ends: a signal in a run's last
-    milliseconds (its summary, its metrics, closing its log) is never the
-    default action, which would end the process with no metrics or with
-    metrics that say otherwise.
-
-    While a run can stop (``arm`` to ``disarm``), a signal calls its
-    ``on_stop(signum)``, and a second SIGINT exits at once; after that, a
-    signal is logged and the run's outcome stands.
-    """
-
-    def __init__(self):
-        self.on_stop = None
-        self.caught = []
-        self.handlers = None
-
-    def arm(self, on_stop):
-        """Call ``on_stop(signum)`` on a stop signal until disarm(); a
-        signal noted while the program started counts too.  Returns the
-        list of the signals caught meanwhile."""
-        if self.handlers is None:
-            self.handlers = [gevent.signal_handler(signum, self._on_signal,
-                                                   signum)
-                             for signum in (signal.SIGINT, signal.SIGTERM)]
-        self.caught = []
-        self.on_stop = on_stop
-        for signum in EARLY_SIGNALS[:1]:  # came while the program started
-            self._on_signal(signum)
-        return self.caught
-
-    def disarm(self):
-        self.on_stop = None
-
-    def ignore(self):
-        """Once the outcome is written: the handlers go (gevent's last one
-        to go restores the default action), then stop signals are
-        ignored until the process ends."""
-        for handler in self.handlers or ():
-            handler.cancel()
-        self.handlers = None
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_IGN)
-
-    def _on_signal(self, signum):
-        name = signal.Signals(signum).name
-        if self.on_stop is None:
-            log.warning('%s received as the run ends: its outcome stands',
-                        name)
-            return
-        if self.caught and signum == signal.SIGINT:
-            log.error('second SIGINT: stopping at once')
-            os._exit(EXIT_SIGNAL_BASE + signum)
-        self.caught.append(signum)
-        log.warning('%s received: stopping; files not fully loaded are kept',
-                    name)
-        self.on_stop(signum)
-
-
-STOP_SIGNALS = StopSignals()
-
-
 class RunResult:
     """What a run did, for the exit status and the metrics."""
 
@@ -2300,33 +2399,6 @@ class RunResult:
         self.waiting = waiting  # files left for the next run (--min-age)
         self.servers = list(servers)  # Server objects, with down, restarts
         self.signum = signum  # the signal that stopped the run, or None
-
-
-def younger_than(paths, min_age):
-    """``(index, ahead)``: the index of the first path modified less than
-    ``min_age`` seconds ago (len(paths) if none is), which waits with every
-    later path, and how many seconds its mtime is ahead of this clock
-    (0 if it is not)."""
-    if min_age:
-        now = time.time()
-        for index, path in enumerate(paths):
-            try:
-                modified = os.stat(path).st_mtime
-            except FileNotFoundError:
-                continue  # gone: loading it will say so
-            if now - modified < min_age:
-                return index, max(0.0, modified - now)
-    return len(paths), 0.0
-
-
-@contextlib.contextmanager
-def listing(pattern):
-    """An OSError while listing the files of ``pattern`` is Unlistable."""
-    try:
-        yield
-    except OSError as exc:
-        raise Unlistable('cannot list the files of %s: %s'
-                         % (pattern, exc)) from None
 
 
 def load_files(settings, locks):
@@ -2340,55 +2412,6 @@ def load_files(settings, locks):
     log_summary(loads, settings.max_error_rate, settings.dry)
     log_cpu(settings.workers)
     return RunResult(settings, loads, waiting, servers, signum)
-
-
-def choose_files(settings, locks):
-    """List the files of the pattern, lock their directories, leave the
-    young ones (--min-age) and set aside the late and re-delivered ones;
-    with --reload-processed, the processed files come first, in load
-    order.  Returns ``(loads, to_load, waiting)``: a FileLoad for each
-    file taken, those of them to load, and the number of files left
-    waiting."""
-    with listing(settings.pattern):
-        paths = find_files(settings.pattern)
-        processed = in_processing_order(processed_files(
-            settings.pattern)) if settings.reload_processed else []
-    if not settings.dry and not settings.lock:
-        # Two runs whose patterns overlap share a directory, and so a lock.
-        for directory in sorted({os.path.dirname(path)
-                                 for path in paths + processed}):
-            take_lock(locks, os.path.join(directory, LOCK_FILE_NAME))
-    if not paths:
-        log.info('No files match %s', settings.pattern)
-    if settings.reload_processed:
-        log.info('%d processed files are loaded again first, in load order,'
-                 ' and stay as they are (--reload-processed)',
-                 len(processed))
-    reloads = [FileLoad(path, name, reloading=True)
-               for path, name in zip(processed, display_names(processed))]
-    names = display_names(paths)
-    young, ahead = younger_than(paths, settings.min_age)
-    loads = [FileLoad(path, name)
-             for path, name in zip(paths[:young], names[:young])]
-    with listing(settings.pattern):
-        to_load = reloads + (set_aside_late(
-            loads, settings.pattern, settings.load_late) if loads else [])
-    loads = reloads + loads
-    if ahead > FUTURE_MTIME_TOLERANCE:
-        # It would wait for ever, and every later file with it: kept, so
-        # that the run says so, and the later files wait.
-        skewed = FileLoad(paths[young], names[young])
-        skewed.fail(Verdict(Reason.FUTURE_MTIME, ahead))
-        log.error('%s: kept: %s; the %d later files wait behind it',
-                  skewed.name, skewed.verdict, len(paths) - young - 1)
-        loads.append(skewed)
-        young += 1
-    elif young < len(paths):
-        log.info('%s was modified less than %gs ago (--min-age)%s: it and %d'
-                 ' later files wait for the next run', names[young],
-                 settings.min_age, ', or %.0f s ahead of this clock' % ahead
-                 if ahead else '', len(paths) - young - 1)
-    return loads, to_load, len(paths) - young
 
 
 def load_in_order(settings, loads):
@@ -2424,24 +2447,7 @@ def _log_around_the_bar():
     return logging_redirect_tqdm(loggers=[log])
 
 
-# A lock file that cannot be made for one of these is the disk's failure,
-# not a bad option: exit 1, not 2.
-DISK_FAILURES = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EIO,
-                           errno.EROFS))
-
-
-def take_lock(locks, path):
-    try:
-        locks.acquire(path)
-    except OSError as exc:
-        if exc.errno in DISK_FAILURES:
-            raise DiskFailure('cannot create lock file %s: %s'
-                              % (path, exc)) from None
-        raise ConfigError('cannot open lock file %s: %s (choose another'
-                          ' with --lock)' % (path, exc)) from None
-
-
-# -- 8. the metrics file -----------------------------------------------------
+# -- 11. the metrics file ----------------------------------------------------
 
 def write_metrics(path, status, started, result):
     """Write the run's metrics to ``path`` in Prometheus text format, as
@@ -2588,7 +2594,7 @@ def _metrics_lock(path):
         yield
 
 
-# -- 9. the command line -----------------------------------------------------
+# -- 12. the command line ----------------------------------------------------
 
 def parse_addresses(option, text):
     """Split a comma-separated list of HOST:PORT; raise ConfigError."""
