@@ -7,32 +7,38 @@ Each ``*.tsv.gz`` file holds one line per device::
 
 and each valid line becomes one memcached entry: key ``dev_type:dev_id``,
 value the serialized ``appsinstalled.UserApps`` protobuf.  Every device type
-has its own memcached server (or list of servers).
+has its own memcached server (or list of servers).  The device types are
+DEVICE_TYPES, with their DEFAULT_ADDRESSES: a new type is one entry in each.
 
 The pipeline::
 
-    files -> reader -> chunks -> encoders -> results in chunk order
+    files -> reader -> chunks -> encoder -> results in chunk order
           -> writer -> lanes -> memcached -> rename-time checks -> renames
 
 The sections of this file, from the pure parts to the I/O:
 
 1. the line contract: parse_line states it (the README has it in words);
 2. chunks and encoding: read_chunks cuts a stream at line ends,
-   encode_chunk turns a chunk into each lane's ``set`` commands;
-3. the encoders that run the encoder (ENCODE: the compiled one, else
-   encode_chunk), in the event loop or in threads;
-4. the wire: one memcached Connection, and connections in doubt;
-5. lanes: RetryPolicy, the one retry policy (batches and rename-time
-   checks alike), the Lane over a Connection, FileLoad's accounting;
-6. files: matching, identity, late files, and RenameInOrder, whose
-   docstring lists every condition a rename needs;
-7. the run: the Loader (reader, writer, lanes) and load_files;
-8. the metrics file;
-9. the command line, where outcomes become exit statuses.
+   encode_chunk turns a chunk into each lane's ``set`` commands, and
+   choose_encoder gives a run the compiled twin of it (native_encoder,
+   handed LINE_CONTRACT and the run's routes) or this reference;
+3. the encoders: in_thread, the one way work crosses to a thread, and
+   the encoder's two executors (the event loop's thread, or N threads);
+4. the wire: one memcached Connection, server identities, and
+   connections in doubt;
+5. lanes: FileLoad's accounting, RetryPolicy (the one retry policy, for
+   batches and rename-time checks alike), the Lane over a Connection;
+6. files: matching, choosing (--min-age, --reload-processed) and late
+   files;
+7. reading a file: opened and read in threads, which a stop can leave;
+8. renames: the checks around each (InstanceCheck) and RenameInOrder,
+   whose docstring lists every condition a rename needs;
+9. locks and stop signals;
+10. the run: the Loader (reader, writer, lanes) wired to the renames;
+11. the metrics file;
+12. the command line, where outcomes become exit statuses.
 
-* ``gevent.monkey.patch_all()`` runs first, so the loader's own memcached
-  sockets are cooperative.
-* The reader (a greenlet) takes the files in name order, decompresses each
+* The reader (a greenlet) takes the files in load order, decompresses each
   once and cuts it into chunks at line ends.  The encoder, a pure
   function (encode_chunk, or its compiled twin), parses and serializes a
   chunk's lines into each lane's ``set`` commands: in the event loop's
@@ -46,12 +52,30 @@ The sections of this file, from the pure parts to the I/O:
 * RenameInOrder, the one place where files are renamed, takes each file in
   order once every record of it is acknowledged or counted as an error.
 
-A file is renamed to ``.<name>`` only when it was read to its end, every
-record in it was acknowledged by memcached or counted as an error, its
-error rate is within ``--max-error-rate``, every server it wrote to is
-still the instance that acknowledged the writes, and its path still names
-the bytes that were read.  The first file that is not loaded stops the
-renames for the rest of the run.  A renamed file never replaces another.
+Where things run (the invariant that keeps the shared state safe without
+locks): importing this module changes nothing; main() first makes the
+process cooperative (cooperative(): gevent's monkey-patching), and from
+then on every greenlet (reader, writer, lanes, checks, progress, signal
+callbacks) runs in the hub's one thread, switching only where it waits
+for I/O, a queue, an event or a sleep.  Only three kinds of work run in
+other threads, each a call handed over by in_thread and answered in the
+hub's thread: the encoder with ``--workers`` above 1 (its input a chunk of
+bytes, its output an EncodedChunk), a file's open (open_regular) and its
+reads (ReadAhead); gevent's resolver also looks host names up in threads.
+None of them touches a FileLoad, an Acknowledgements, a Server, a Lane or
+the Loader, which only greenlets change (FileLoad's counts and verdict
+by the reader, the writer and the lanes; Server.down and its identity by
+the lanes and the checks), each change made between two switches.
+
+A file is renamed to ``.<name>`` only when it is neither late nor
+re-delivered nor modified ahead of this clock, it was read to its end,
+every record in it was acknowledged by memcached or counted as an error,
+its error rate is within ``--max-error-rate``, every server it wrote to is
+still the instance that acknowledged the writes and evicted and flushed
+nothing (unless ``--accept-evictions``) from its first write to the check
+after its rename, and its path still names the bytes that were read.  The
+first file that is not loaded stops the renames for the rest of the run.
+A renamed file never replaces another.
 """
 import signal
 import sys
@@ -138,7 +162,9 @@ READ_CHUNK = 1 << 20  # decompressed bytes read at a time
 MAX_LINE_BYTES = 8 << 20  # at least READ_CHUNK: a line within a chunk fits
 OVERSIZED_PREFIX = 4096  # what is kept of such a line, to log it
 QUEUED_BATCHES_PER_LANE = 4  # back-pressure: bounds memory per lane
-OPEN_FILES = 3  # files read and not yet renamed or kept, at most
+# Files queued to be renamed behind the one whose rename is awaited: at
+# most OPEN_FILES + 1 files are read and not yet renamed or kept.
+OPEN_FILES = 3
 ENCODER_CHUNKS = 2  # chunks in flight per encoder thread
 # An mtime further ahead of this clock is clock skew, not a file still
 # being written (--min-age).
@@ -1480,13 +1506,20 @@ def listing(pattern):
                          % (pattern, exc)) from None
 
 
+class ChosenFiles(NamedTuple):
+    """What choose_files took: a FileLoad for each file taken (those set
+    aside included), those of them to load, in order, and the number of
+    files left waiting for the next run."""
+    loads: List['FileLoad']
+    to_load: List['FileLoad']
+    waiting: int
+
+
 def choose_files(settings, locks):
     """List the files of the pattern, lock their directories, leave the
     young ones (--min-age) and set aside the late and re-delivered ones;
-    with --reload-processed, the processed files come first, in load
-    order.  Returns ``(loads, to_load, waiting)``: a FileLoad for each
-    file taken, those of them to load, and the number of files left
-    waiting."""
+    with --reload-processed, the processed files come first, in the order
+    they were processed (in_processing_order).  Returns ChosenFiles."""
     with listing(settings.pattern):
         paths = find_files(settings.pattern)
         processed = in_processing_order(processed_files(
@@ -1499,8 +1532,9 @@ def choose_files(settings, locks):
     if not paths:
         log.info('No files match %s', settings.pattern)
     if settings.reload_processed:
-        log.info('%d processed files are loaded again first, in load order,'
-                 ' and stay as they are (--reload-processed)',
+        log.info('%d processed files are loaded again first, in the order'
+                 ' they were processed, and stay as they are'
+                 ' (--reload-processed)',
                  len(processed))
     reloads = [FileLoad(path, name, reloading=True)
                for path, name in zip(processed, display_names(processed))]
@@ -1526,7 +1560,7 @@ def choose_files(settings, locks):
                  ' later files wait for the next run', names[young],
                  settings.min_age, ', or %.0f s ahead of this clock' % ahead
                  if ahead else '', len(paths) - young - 1)
-    return loads, to_load, len(paths) - young
+    return ChosenFiles(loads, to_load, len(paths) - young)
 
 
 # -- 7. reading a file: opened and read in threads ---------------------------
@@ -1722,10 +1756,12 @@ class InstanceCheck:
     """Proof, just before a rename and just after it, that a file's
     records are still in memcached: every server the file wrote to is
     asked at once who it is (one ``stats`` round trip each, on connections
-    of the renaming process's own).
-    It must be the instance that acknowledged the writes, with at least as
-    many connections counted as then.  A restarted server is empty; one
-    that cannot be asked, after --retries tries, proves nothing.
+    of the check's own, not the lanes').  It must be the instance that
+    acknowledged the writes, with at least as many connections counted as
+    then, and, unless --accept-evictions, it must have evicted nothing and
+    been flushed never since the file's first write.  A restarted server
+    is empty; one that cannot be asked, after --retries tries, proves
+    nothing.
 
     A server that tells no pid or start time (a proxy, say) cannot be
     checked: that is logged once per run and does not keep files.
@@ -1876,23 +1912,28 @@ class RenameInOrder:
     A file is renamed only if all of these hold, each a Reason if not:
 
     * it is neither late nor re-delivered (set_aside_late, before loading:
-      LATE, REDELIVERED);
+      LATE, REDELIVERED), and its mtime is not further ahead of this clock
+      than FUTURE_MTIME_TOLERANCE (choose_files: FUTURE_MTIME);
     * it was read to its end (UNREADABLE, NOT_READ_TO_END, STOPPED);
     * every record in it was acknowledged by memcached or counted as an
       error (UNACKNOWLEDGED), and its error rate is within
       ``--max-error-rate`` (ERROR_RATE): FileLoad.kept;
     * every server it wrote to is, at the moment of the rename, the
-      instance that acknowledged its writes: all of them are asked at once
+      instance that acknowledged its writes, and evicted no item and was
+      flushed never from the file's first write to the check after its
+      rename (unless --accept-evictions): all of them are asked at once
       just before the rename and again just after it, and a change seen
       after it renames the file back (InstanceCheck, _confirm:
-      SERVER_RESTARTED, SERVER_NOT_CHECKABLE, after --retries tries);
+      SERVER_RESTARTED, EVICTED, SERVER_NOT_CHECKABLE, after --retries
+      tries);
     * its path still names the bytes that were read, just before the
       rename and just after it (rename_loaded: CHANGED), and the rename
       replaces nothing (NOT_RENAMED);
     * no stop has come (STOPPED).
 
     A processed file loaded again (--reload-processed) passes the same
-    checks, and is never renamed: it is ``reloaded``.
+    checks, and is never renamed: it is ``reloaded``.  Under --dry nothing
+    is checked or renamed.
     """
 
     def __init__(self, max_error_rate, check, dry=False):
@@ -2405,13 +2446,13 @@ def load_files(settings, locks):
     """The run: the files chosen (choose_files), loaded and renamed in
     order (load_in_order), and summed up.  Returns a RunResult.  Raises
     Locked, Unlistable or DiskFailure."""
-    loads, to_load, waiting = choose_files(settings, locks)
-    if not loads:
-        return RunResult(settings, waiting=waiting)
-    servers, signum = load_in_order(settings, to_load)
-    log_summary(loads, settings.max_error_rate, settings.dry)
+    chosen = choose_files(settings, locks)
+    if not chosen.loads:
+        return RunResult(settings, waiting=chosen.waiting)
+    servers, signum = load_in_order(settings, chosen.to_load)
+    log_summary(chosen.loads, settings.max_error_rate, settings.dry)
     log_cpu(settings.workers)
-    return RunResult(settings, loads, waiting, servers, signum)
+    return RunResult(settings, chosen.loads, chosen.waiting, servers, signum)
 
 
 def load_in_order(settings, loads):
@@ -2720,9 +2761,9 @@ def build_parser():
     parser.add_argument('--reload-processed', action='store_true',
                         help='refill a memcached that restarted empty:'
                              ' first load every processed file of the'
-                             ' pattern (.<name>) again, in load order,'
-                             ' renaming none of them, then the new files as'
-                             ' usual')
+                             ' pattern (.<name>) again, in the order they'
+                             ' were processed, renaming none of them, then'
+                             ' the new files as usual')
     parser.add_argument('--load-late', action='store_true',
                         help='load a late file too: one that comes'
                              ' before a file already processed, in load'
