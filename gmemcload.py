@@ -383,8 +383,15 @@ def describe_value(value):
 
 # -- 2. chunks and encoding: pure functions ----------------------------------
 
+class Chunk(NamedTuple):
+    """Whole lines as read_chunks cuts them (``pieces``), and the prefixes
+    of the oversized lines skipped since the last chunk."""
+    pieces: list
+    oversized: List[bytes]
+
+
 def read_chunks(read):
-    """Yield ``(pieces, oversized)`` pairs from ``read(size)``, a reader of
+    """Yield a Chunk at a time from ``read(size)``, a reader of
     decompressed bytes.
 
     ``pieces`` is a list of bytes-like objects that together hold whole
@@ -431,11 +438,11 @@ def read_chunks(read):
                 skipped = b''.join(held)[:OVERSIZED_PREFIX]
                 held, held_bytes = [], 0
         # Empty inside a long line: the caller still gets its turn.
-        yield pieces, oversized
+        yield Chunk(pieces, oversized)
     if skipped is not None:
-        yield [], [skipped]
+        yield Chunk([], [skipped])
     elif held:
-        yield held, []
+        yield Chunk(held, [])
 
 
 class Routes(NamedTuple):
@@ -716,16 +723,22 @@ def connect(host, timeout):
     return sock
 
 
+class Refusal(NamedTuple):
+    """A record memcached refused for good: its place in the batch, and
+    memcached's reply."""
+    index: int
+    reply: bytes
+
+
 def read_replies(recv, count):
     """Read the replies to ``count`` pipelined ``set`` commands with
     ``recv(size)``, the only thing in flight on the connection.
 
-    Returns the (index, reply) pairs of records that memcached refused for
-    good (SERVER_ERROR, NOT_STORED).  Raises ConnectionError if the stream
-    ends first, and ProtocolError for any other reply or for more replies
-    than commands: then the connection is out of step, and the batch must
-    be sent again on a fresh one.
-    """
+    Returns a Refusal for each record that memcached refused for good
+    (SERVER_ERROR, NOT_STORED), in batch order.  Raises ConnectionError if the
+    stream ends first, and ProtocolError for any other reply or for more
+    replies than commands: then the connection is out of step, and the batch
+    must be sent again on a fresh one."""
     replies = bytearray()
     lines = 0
     while lines < count:
@@ -744,7 +757,7 @@ def read_replies(recv, count):
         if reply == b'STORED':
             continue
         if reply.startswith(b'SERVER_ERROR') or reply == b'NOT_STORED':
-            refused.append((index, reply))
+            refused.append(Refusal(index, reply))
         else:
             raise ProtocolError('unexpected reply %r' % reply[:80])
     return refused
@@ -1092,10 +1105,11 @@ class FileLoad:
 
     def add_refusals(self, address, refused, payload):
         """Show the records memcached refused, by key, as room is left,
-        from ``refused`` (read_replies' pairs for ``payload``), in one
+        from ``refused`` (read_replies' Refusals for ``payload``), in one
         pass over the payload.  Their errors are counted by batch_done."""
         self.refusals.count(len(refused))
-        shown = dict(refused[:max(0, self.refusals.room())])
+        shown = {refusal.index: refusal.reply
+                 for refusal in refused[:max(0, self.refusals.room())]}
         for index, (key, _) in enumerate(iter_commands(payload)):
             if not shown:
                 break
@@ -1177,6 +1191,13 @@ class Server:
             self.dropped = dropped
 
 
+class Attempt(NamedTuple):
+    """What RetryPolicy.call gives: the operation's ``value``, or None and
+    the last failure's words (``error``)."""
+    value: object
+    error: Optional[str]
+
+
 class RetryPolicy:
     """The one retry policy for memcached operations, batches and
     rename-time checks alike: an operation that fails with OSError or
@@ -1193,7 +1214,7 @@ class RetryPolicy:
 
     def call(self, operation, announce, on_failure=None, giving_up=None,
              wait=gevent.sleep):
-        """``(operation(), None)``, or ``(None, the last error's words)``
+        """An Attempt: ``operation()``'s value, or the last error's words
         once every try failed, or once ``giving_up()`` says so after a
         failure.  ``on_failure()`` runs after each failure (to abandon a
         connection, say); ``announce(error, retry, delay)`` logs each
@@ -1203,7 +1224,7 @@ class RetryPolicy:
             if attempt and giving_up is not None and giving_up():
                 break
             try:
-                return operation(), None
+                return Attempt(operation(), None)
             except (OSError, ProtocolError) as exc:
                 if on_failure is not None:
                     on_failure()
@@ -1214,7 +1235,7 @@ class RetryPolicy:
             delay = self.backoff(attempt)
             announce(error, attempt + 1, delay)
             wait(delay)
-        return None, error
+        return Attempt(None, error)
 
 
 class Lane:
@@ -1304,7 +1325,7 @@ class Lane:
             announce, on_failure=self.connection.abandon,
             giving_up=lambda: self.stopping.is_set() or self.server.down,
             wait=self.stopping.wait)  # a backoff a signal cuts short
-        if error is None:
+        if error is None:  # refused: the Refusals of an acknowledged batch
             if refused:
                 batch.load.add_refusals(address, refused, batch.payload)
             identity = self.connection.identity
@@ -1565,11 +1586,17 @@ def choose_files(settings, locks):
 
 # -- 7. reading a file: opened and read in threads ---------------------------
 
+class OpenedFile(NamedTuple):
+    """A file open to be read, and its status when it was opened."""
+    file: object
+    status: os.stat_result
+
+
 def open_regular(path):
-    """``(file, os.stat_result)``: ``path`` opened to be read, if it is a
-    regular file.  Opened without blocking (opening a FIFO waits for a
-    writer), then read as usual.  Raises Unreadable if it is not a regular
-    file, OSError if it cannot be opened."""
+    """An OpenedFile: ``path`` opened to be read, if it is a regular file.
+    Opened without blocking (opening a FIFO waits for a writer), then read as
+    usual.  Raises Unreadable if it is not a regular file, OSError if it cannot
+    be opened."""
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         status = os.fstat(descriptor)
@@ -1577,14 +1604,14 @@ def open_regular(path):
             raise Unreadable('not a regular file (a FIFO or a device?)')
         flags = fcntl.fcntl(descriptor, fcntl.F_GETFL)
         fcntl.fcntl(descriptor, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
-        return os.fdopen(descriptor, 'rb'), status
+        return OpenedFile(os.fdopen(descriptor, 'rb'), status)
     except BaseException:
         os.close(descriptor)
         raise
 
 
 def _close_opened(opened):
-    opened[0].close()
+    opened.file.close()
 
 
 def await_or_stop(result, stopping):
@@ -1813,7 +1840,7 @@ class InstanceCheck:
         finally:
             asking.kill(block=False)  # after abort(): no question goes on
         for (address, then), asked in zip(wrote, answers):
-            now, error = asked.value
+            now, error = asked.value  # an Attempt
             if error is not None:
                 return Verdict(Reason.SERVER_NOT_CHECKABLE, address, error)
             self.servers[address].check_instance(now.instance, now.dropped)
@@ -1843,8 +1870,8 @@ class InstanceCheck:
         return None
 
     def _ask(self, address):
-        """(server_identity's answer, None), or (None, why it gave none
-        after every retry of the policy)."""
+        """An Attempt: server_identity's answer, or why it gave none after
+        every retry of the policy."""
         def ask():
             sock = self.connections.pop(address, None)
             if sock is not None:  # kept from an earlier check
@@ -2291,22 +2318,24 @@ class Loader:
         open and every read run in gevent's thread pool, so that a read
         that never returns (a hung filesystem) cannot hold the event loop,
         and a stop ends the wait for it (Interrupted)."""
-        raw, status = await_in_thread(open_regular, (load.path,),
-                                      self.stopping, _close_opened)
-        load.identity = file_identity(status)
-        load.size = status.st_size
+        opened = await_in_thread(open_regular, (load.path,), self.stopping,
+                                 _close_opened)
+        raw = opened.file
+        load.identity = file_identity(opened.status)
+        load.size = opened.status.st_size
         if not load.size:  # an empty gzip stream is 20 bytes, not 0
             raw.close()
             raise Unreadable('empty file, not gzip (still being written?)')
         with ReadAhead(igzip.IGzipFile(fileobj=raw, mode='rb'), READ_CHUNK,
                        raw, self.stopping) as ahead:
-            for pieces, oversized in read_chunks(ahead.read):
+            for chunk in read_chunks(ahead.read):
                 load.bytes_read = ahead.position
                 if self.stopping.is_set():
                     raise Interrupted()
-                if pieces or oversized:
+                if chunk.pieces or chunk.oversized:
                     self.ordered.put(ChunkInFlight(
-                        load, self.encoder.submit(pieces), oversized))
+                        load, self.encoder.submit(chunk.pieces),
+                        chunk.oversized))
                 gevent.sleep(0)  # signals, progress, lanes: a turn
             load.bytes_read = load.size
 
