@@ -2,6 +2,7 @@
 from gevent import monkey
 monkey.patch_all()
 
+import ast  # noqa: E402
 import gzip  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
@@ -205,12 +206,62 @@ def start_loader(tmp_path, daemons, *extra):
         + with_workers(extra))
 
 
+def _attribute_chains(target):
+    """The dotted names under gmemcload that an assignment ``target``
+    (an ast node) binds: 'gmemcload.a.b' for ``gmemcload.a.b``."""
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [name for element in target.elts
+                for name in _attribute_chains(element)]
+    if isinstance(target, ast.Starred):
+        return _attribute_chains(target.value)
+    attributes = []
+    while isinstance(target, ast.Attribute):
+        attributes.insert(0, target.attr)
+        target = target.value
+    if attributes and isinstance(target, ast.Name) and \
+            target.id == 'gmemcload':
+        return ['.'.join(['gmemcload'] + attributes)]
+    return []
+
+
+def patched_names(patch):
+    """The dotted names under gmemcload that ``patch`` (Python source)
+    assigns, anywhere in it: its Assign, AugAssign and
+    AnnAssign targets that are attribute chains rooted at gmemcload."""
+    names = []
+    for node in ast.walk(ast.parse(patch)):
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        else:
+            continue
+        for target in targets:
+            names += _attribute_chains(target)
+    return names
+
+
+def assert_patch_replaces(patch):
+    """AssertionError, naming it, unless every name ``patch`` assigns
+    under gmemcload exists already: a patch of a renamed name would make
+    a new one, and its fault would never happen."""
+    for name in patched_names(patch):
+        found = gmemcload
+        for attribute in name.split('.')[1:]:
+            assert hasattr(found, attribute), (
+                'the patch replaces %s, which does not exist (no %r):'
+                ' renamed?' % (name, attribute))
+            found = getattr(found, attribute)
+
+
 def start_patched_loader(tmp_path, daemons, patch, *extra):
     """start_loader, with ``patch`` (Python source) run once gmemcload is
     imported and before command_line() (what gmemcload.py runs): for
     faults no real file can show, such as a read that never returns.  The
     patch sees ``gmemcload`` and ``blocking_sleep`` (time.sleep, not
-    gevent's)."""
+    gevent's).  Every name it assigns under gmemcload must exist (see
+    assert_patch_replaces), or nothing starts."""
+    assert_patch_replaces(patch)
     args = ['--pattern', str(tmp_path / '*.tsv.gz'), '--log',
             str(tmp_path / 'run.log')] + address_args(daemons) \
         + with_workers(extra)

@@ -1,26 +1,73 @@
 #!/usr/bin/env python3
 """Break each guarantee on purpose and show that a test fails.
 
-Every mutant is a textual change to a copy of gmemcload.py (one
-replacement, or a tuple of them), or, for a mutant named ``native-...``,
-of native_encoder.pyx, which the copy then builds; the tests named with it
-must then fail.  A mutant that survives (its tests still
-pass) is a guarantee no test defends.  Exits 1 if any survives.
+Every mutant is a textual change to one file of a copy of the project
+(one replacement, or a tuple of them, made in turn): its ``path``, or by
+default native_encoder.pyx for a mutant named ``native-...`` and
+gmemcload.py for any other.  A change to a .pyx, a .pxd or setup.py
+rebuilds the compiled encoder in the copy.  The tests named with the
+mutant then run in the copy, and give its verdict:
+
+    caught    pytest exits 1: the tests ran and some failed;
+    SURVIVED  pytest exits 0: a guarantee no test defends;
+    BROKEN    anything else (the build failed, pytest exited 2 to 5 or by
+              a signal, or ran past the timeout): no verdict either way.
+
+Before any mutant, a baseline runs every test the chosen mutants name on
+an unmutated copy, built the same way; unless it passes, no mutant runs.
+
+Exits 0 if every mutant is caught, 1 if any survives or is broken, and 2
+if none ran: a name is unknown, a mutant's code is not found exactly
+once, or the baseline does not pass.
 
     python tests/mutants.py            # every mutant
     python tests/mutants.py NAME ...   # only these
 """
+import enum
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MUTANT_TIMEOUT = 900  # seconds a mutant's build and tests may take
+BASELINE_TIMEOUT = 3600  # the baseline runs every chosen test at once
+TAIL_LINES = 20  # of a broken run's output, shown
+GIT = 'git'
+PYTEST = [sys.executable, '-m', 'pytest', '-x', '-q', '-p',
+          'no:cacheprovider']
+BUILD = [sys.executable, 'setup.py', '--quiet', 'build_ext', '--inplace',
+         '--force']
+PYTEST_EXITS = {0: 'the tests passed', 1: 'some tests failed',
+                2: 'interrupted, or errors while collecting',
+                3: 'internal error', 4: 'usage error (a named test or'
+                ' path that does not exist, or a conftest that fails?)',
+                5: 'no tests collected'}
+# Without git, a copy holds every file but these (see project_files).
+SKIPPED_ANYWHERE = {'.git', '.venv', '__pycache__', '.pytest_cache',
+                    '.hypothesis'}
+SKIPPED_AT_THE_TOP = {'build', 'data', '.bench', '.run'}
 
-# name -> (what it breaks, the code, its broken form, the tests to run);
-# the code and its broken form may be tuples of replacements, made in turn.
+
+class Mutant(NamedTuple):
+    """What a mutant breaks; the code and its broken form (strings, or
+    tuples of replacements made in turn); the tests that must catch it;
+    the file it changes, relative to the project (None: by its name, see
+    target())."""
+    breaks: str
+    old: Union[str, Tuple[str, ...]]
+    new: Union[str, Tuple[str, ...]]
+    tests: Sequence[str]
+    path: Optional[str] = None
+
+
+# name -> Mutant, or the tuple (what it breaks, the code, its broken form,
+# the tests to run[, the file it changes]); the code and its broken form
+# may be tuples of replacements, made in turn.
 PROMISE = ['tests/test_rename_promise.py']
 WIRE = ['tests/test_wire.py']
 LOAD = ['tests/test_load.py']
@@ -725,66 +772,288 @@ MUTANTS = {
 }
 
 
-def run_mutant(name, old, new, tests):
-    """Run ``tests`` against a copy with ``old`` replaced by ``new``;
-    return (caught, seconds)."""
-    with tempfile.TemporaryDirectory(prefix='mutant-') as copy:
-        for entry in ['gmemcload.py', 'proto', 'tests', 'setup.cfg',
-                      'setup.py', 'native_encoder.pyx'] + [
-                          name for name in os.listdir(ROOT)
-                          if name.startswith('native_encoder.')
-                          and name.endswith('.so')]:
-            source = os.path.join(ROOT, entry)
-            if os.path.isdir(source):
-                shutil.copytree(source, os.path.join(copy, entry),
-                                ignore=shutil.ignore_patterns('__pycache__'))
-            else:
-                shutil.copy(source, copy)
-        native = name.startswith('native-')
-        path = os.path.join(copy, 'native_encoder.pyx' if native
-                            else 'gmemcload.py')
-        with open(path) as source:
+class StaleMutant(Exception):
+    """A mutant that cannot be made: its file is missing, or one of its
+    codes is not found exactly once in it."""
+
+
+class Outcome(enum.Enum):
+    CAUGHT = 'caught'
+    SURVIVED = 'SURVIVED'
+    BROKEN = 'BROKEN'
+
+
+class Run(NamedTuple):
+    """A copy's build (if any) and tests.  ``step``: 'build' or 'pytest',
+    the last one started; ``status``: its exit status, None if it ran
+    past the timeout; ``seconds``: both together; ``output``: the tail of
+    what they printed."""
+    step: str
+    status: Optional[int]
+    seconds: float
+    output: str
+
+
+class Verdict(NamedTuple):
+    """A mutant's outcome, why (see describe()), its run's seconds and
+    output tail."""
+    outcome: Outcome
+    reason: str
+    seconds: float
+    output: str
+
+
+def mutant_of(entry):
+    """``entry`` (a Mutant, or a tuple of its fields) as a Mutant."""
+    return entry if isinstance(entry, Mutant) else Mutant(*entry)
+
+
+def target(name, mutant):
+    """The file ``mutant`` changes, relative to the project: its path, or
+    native_encoder.pyx for a name starting ``native-``, else gmemcload.py.
+    """
+    if mutant.path:
+        return mutant.path
+    return 'native_encoder.pyx' if name.startswith('native-') \
+        else 'gmemcload.py'
+
+
+def needs_build(path):
+    """Whether a change to ``path`` (relative) rebuilds the extension."""
+    path = os.path.normpath(path)
+    return path.endswith(('.pyx', '.pxd')) or path == 'setup.py'
+
+
+def mutated(name, mutant, root=ROOT):
+    """The text of ``mutant``'s file under ``root`` with its replacements
+    made; StaleMutant unless the file is inside ``root`` and each code is
+    found in it exactly once (the one before it made)."""
+    path = target(name, mutant)
+    if os.path.isabs(path) or \
+            os.path.normpath(path).split(os.sep)[0] == os.pardir:
+        raise StaleMutant('mutant %s: %s is not a path inside the project'
+                          % (name, path))
+    try:
+        with open(os.path.join(root, path)) as source:
             code = source.read()
-        if isinstance(old, str):
-            old, new = (old,), (new,)
-        for one_old, one_new in zip(old, new):
-            if code.count(one_old) != 1:
-                raise SystemExit('mutant %s: its code is found %d times in'
-                                 ' %s, not once; update tests/mutants.py'
-                                 % (name, code.count(one_old),
-                                    os.path.basename(path)))
-            code = code.replace(one_old, one_new)
-        with open(path, 'w') as out:
+    except OSError as exc:
+        raise StaleMutant('mutant %s: %s' % (name, exc))
+    old, new = mutant.old, mutant.new
+    if isinstance(old, str):
+        old, new = (old,), (new,)
+    if len(old) != len(new):
+        raise StaleMutant('mutant %s: %d codes, %d broken forms'
+                          % (name, len(old), len(new)))
+    for one_old, one_new in zip(old, new):
+        found = code.count(one_old) if one_old else 0
+        if found != 1:
+            raise StaleMutant('mutant %s: its code is found %d times in'
+                              ' %s, not once; update tests/mutants.py'
+                              % (name, found, path))
+        code = code.replace(one_old, one_new)
+    return code
+
+
+def project_files(root=ROOT):
+    """The files a copy of ``root`` holds, relative to it, sorted: those
+    git lists (tracked, and untracked ones it does not ignore) that
+    exist, plus the built native_encoder*.so.  Without git (or outside a
+    repository): every file but those of SKIPPED_ANYWHERE and, at the
+    top, SKIPPED_AT_THE_TOP, compiled Python and native_encoder.c."""
+    try:
+        listed = subprocess.run(
+            [GIT, 'ls-files', '-z', '--cached', '--others',
+             '--exclude-standard'], cwd=root, check=True,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout
+        files = [os.fsdecode(name) for name in listed.split(b'\0') if name]
+    except (OSError, subprocess.CalledProcessError):
+        files = []
+        for directory, subdirectories, names in os.walk(root):
+            subdirectories[:] = [
+                name for name in subdirectories
+                if name not in SKIPPED_ANYWHERE and not (
+                    directory == root and name in SKIPPED_AT_THE_TOP)]
+            files += [os.path.relpath(os.path.join(directory, name), root)
+                      for name in names if not name.endswith('.pyc')]
+        files = [name for name in files if name != 'native_encoder.c']
+    files = [name for name in files
+             if os.path.isfile(os.path.join(root, name))]
+    files += [name for name in os.listdir(root)
+              if name.startswith('native_encoder.') and name.endswith('.so')]
+    return sorted(set(files))
+
+
+def make_copy(copy, root=ROOT):
+    """Copy project_files(root) into the directory ``copy``."""
+    for name in project_files(root):
+        destination = os.path.join(copy, name)
+        os.makedirs(os.path.dirname(destination), exist_ok=True)
+        shutil.copy2(os.path.join(root, name), destination)
+
+
+def _run(argv, cwd, timeout, log):
+    """Run ``argv`` in a session of its own, its output to the file
+    ``log``; its exit status, or None if it ran past ``timeout`` seconds:
+    then its whole process group is killed (as on any exception)."""
+    process = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL,
+                               stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        return process.wait(timeout=timeout)
+    except BaseException as exc:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            return None
+        raise
+
+
+def run_copy(copy, tests, build, timeout):
+    """Build the extension in ``copy`` if ``build``, then run pytest on
+    ``tests`` there (-x); both within ``timeout`` seconds.  A Run."""
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as log:
+        step, status = 'build', 0
+        if build:
+            status = _run(BUILD, copy, timeout, log)
+        if status == 0:
+            step = 'pytest'
+            status = _run(PYTEST + list(tests), copy,
+                          max(1.0, started + timeout - time.monotonic()),
+                          log)
+        log.seek(0)
+        lines = log.read().decode(errors='replace').splitlines()
+    return Run(step, status, time.monotonic() - started,
+               '\n'.join(lines[-TAIL_LINES:]))
+
+
+def describe(run):
+    """Why ``run`` ended as it did, in words, its exit status included."""
+    if run.status is None:
+        return '%s ran past the timeout (%.0f s); its processes were' \
+            ' killed' % (run.step, run.seconds)
+    if run.status < 0:
+        return '%s was killed by %s' % (run.step,
+                                        signal.Signals(-run.status).name)
+    if run.step == 'build':
+        return 'the build of the extension exited %d' % run.status
+    return 'pytest exit %d: %s' % (
+        run.status, PYTEST_EXITS.get(run.status, 'unknown'))
+
+
+def judge(run):
+    """A mutant's Verdict from its Run: caught only if pytest exited 1,
+    SURVIVED if it exited 0, BROKEN otherwise."""
+    outcome = Outcome.BROKEN
+    if run.step == 'pytest' and run.status == 1:
+        outcome = Outcome.CAUGHT
+    elif run.step == 'pytest' and run.status == 0:
+        outcome = Outcome.SURVIVED
+    return Verdict(outcome, describe(run), run.seconds, run.output)
+
+
+def run_mutant(name, mutant=None, timeout=MUTANT_TIMEOUT, root=ROOT):
+    """Run ``mutant`` (by default MUTANTS[name]; a Mutant or a tuple) on
+    a copy of ``root``: its Verdict.  StaleMutant if it cannot be made."""
+    mutant = mutant_of(MUTANTS[name] if mutant is None else mutant)
+    with tempfile.TemporaryDirectory(prefix='mutant-') as copy:
+        make_copy(copy, root)
+        code = mutated(name, mutant, copy)
+        path = target(name, mutant)
+        with open(os.path.join(copy, path), 'w') as out:
             out.write(code)
-        if native:
-            subprocess.run([sys.executable, 'setup.py', '--quiet',
-                            'build_ext', '--inplace'], cwd=copy, check=True,
-                           stdout=subprocess.DEVNULL)
-        started = time.monotonic()
-        result = subprocess.run(
-            [sys.executable, '-m', 'pytest', '-x', '-q', '-p',
-             'no:cacheprovider'] + tests, cwd=copy,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            timeout=900)
-        return result.returncode != 0, time.monotonic() - started
+        return judge(run_copy(copy, mutant.tests, needs_build(path),
+                              timeout))
 
 
-def main(names):
-    names = names or list(MUTANTS)
-    survived = []
+def run_baseline(tests, build=False, timeout=BASELINE_TIMEOUT, root=ROOT):
+    """Run ``tests`` on an unmutated copy of ``root``, built first if
+    ``build``: a Run; it passed if its step is 'pytest' and status 0."""
+    with tempfile.TemporaryDirectory(prefix='mutant-baseline-') as copy:
+        make_copy(copy, root)
+        return run_copy(copy, tests, build, timeout)
+
+
+def passed(run):
+    """Whether a baseline Run passed: pytest ran and exited 0."""
+    return run.step == 'pytest' and run.status == 0
+
+
+def baseline_tests(mutants):
+    """The union of the tests ``mutants`` name, in order, each once; a
+    test of a file named whole is left to that file."""
+    tests = []
+    for mutant in mutants:
+        tests += [test for test in mutant.tests if test not in tests]
+    whole = {test for test in tests if '::' not in test}
+    return [test for test in tests
+            if '::' not in test or test.split('::')[0] not in whole]
+
+
+def cell(text):
+    """``text`` for a markdown table cell."""
+    return text.replace('|', '\\|')
+
+
+def main(names, mutants=None, timeout=MUTANT_TIMEOUT,
+         baseline_timeout=BASELINE_TIMEOUT):
+    """Run the baseline, then the mutants ``names`` (all if empty) of
+    ``mutants`` (by default MUTANTS), printing a markdown table; the exit
+    status the module's docstring gives."""
+    mutants = MUTANTS if mutants is None else mutants
+    names = names or list(mutants)
+    unknown = [name for name in names if name not in mutants]
+    if unknown:
+        print('unknown mutants: %s' % ', '.join(unknown), file=sys.stderr)
+        return 2
+    chosen = {name: mutant_of(mutants[name]) for name in names}
+    stale = []
+    for name, mutant in chosen.items():
+        try:
+            mutated(name, mutant)
+        except StaleMutant as exc:
+            stale.append(str(exc))
+    if stale:
+        print('\n'.join(stale), file=sys.stderr)
+        return 2
+    baseline = run_baseline(
+        baseline_tests(chosen.values()),
+        any(needs_build(target(name, mutant))
+            for name, mutant in chosen.items()), baseline_timeout)
+    if not passed(baseline):
+        print('the baseline is broken: %s; no mutant ran\n%s'
+              % (describe(baseline), baseline.output), flush=True)
+        return 2
+    print('baseline passed, unmutated (%.0f s)\n' % baseline.seconds)
     print('| mutant | what it breaks | tests | result |')
-    print('|---|---|---|---|')
-    for name in names:
-        breaks, old, new, tests = MUTANTS[name]
-        caught, seconds = run_mutant(name, old, new, tests)
-        if not caught:
-            survived.append(name)
+    print('|---|---|---|---|', flush=True)
+    verdicts = {}
+    for name, mutant in chosen.items():
+        verdict = verdicts[name] = run_mutant(name, mutant, timeout)
+        result = verdict.outcome.value
+        if verdict.outcome is Outcome.BROKEN:
+            result += ': ' + verdict.reason
         print('| %s | %s | %s | %s (%.0f s) |' % (
-            name, breaks, ' '.join(tests),
-            'caught' if caught else 'SURVIVED', seconds), flush=True)
+            name, cell(mutant.breaks), cell(' '.join(mutant.tests)),
+            cell(result), verdict.seconds), flush=True)
+    survived = [name for name in names
+                if verdicts[name].outcome is Outcome.SURVIVED]
+    broken = [name for name in names
+              if verdicts[name].outcome is Outcome.BROKEN]
     if survived:
-        print('%d of %d mutants survived: %s' % (
+        print('%d of %d mutants SURVIVED: %s' % (
             len(survived), len(names), ', '.join(survived)))
+    if broken:
+        print('%d of %d mutants BROKEN, without a verdict: %s' % (
+            len(broken), len(names), ', '.join(broken)))
+        for name in broken:
+            verdict = verdicts[name]
+            print('\n-- %s: %s\n%s' % (name, verdict.reason,
+                                       verdict.output))
+    if survived or broken:
         return 1
     print('all %d mutants caught' % len(names))
     return 0
