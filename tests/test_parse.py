@@ -1,11 +1,14 @@
 """The line contract: parse_line and pack_user_apps, no server needed."""
 import math
+import subprocess
+import sys
 import zlib
 
 import memcache
 import pytest
 
 import gmemcload
+from conftest import ROOT
 from gmemcload import MALFORMED, UNKNOWN_TYPE, BadLine, parse_line
 from proto import appsinstalled_pb2
 
@@ -253,3 +256,44 @@ def test_iter_commands_gives_back_each_key_and_value():
                        for key, value in records)
     assert list(gmemcload.iter_commands(payload)) == records
     assert list(gmemcload.iter_commands(b'')) == []
+
+
+IMPORT_ALONE = '''
+import signal, socket, sys, time
+handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+sys.path.insert(0, sys.argv[1])
+import gmemcload
+assert socket.socket.__module__ == 'socket', socket.socket
+assert time.sleep.__module__ == 'time', time.sleep
+assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] \\
+    == handlers
+assert 'native_encoder' not in sys.modules
+assert gmemcload._libc.cache_info().currsize == 0
+from gevent import monkey
+assert not monkey.is_module_patched('socket')
+# The pure parts work in this unpatched process.
+record = gmemcload.parse_line(b'idfa\\tabc\\t1.5\\t-2\\t1,2')
+routes = gmemcload.build_routes({'idfa': ['127.0.0.1:1']}, 2).by_type
+chunk = gmemcload.encode_chunk(b'idfa\\tabc\\t1.5\\t-2\\t1,2\\n', routes)
+assert (record.key, chunk.lines, chunk.errors) == (b'idfa:abc', 1, 0)
+print('clean')
+'''
+
+
+def test_importing_changes_nothing_in_the_importers_process():
+    # No monkey-patching, no signal handler, no native module, no libc
+    # until a run starts (main patches; the program's guard patches first).
+    done = subprocess.run([sys.executable, '-c', IMPORT_ALONE, ROOT],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, 'clean\n', '')
+
+
+def test_main_makes_the_process_cooperative_first(monkeypatch):
+    patched = []
+    monkeypatch.setattr(gmemcload.gevent.monkey, 'is_module_patched',
+                        lambda name: False)
+    monkeypatch.setattr(gmemcload.gevent.monkey, 'patch_all',
+                        lambda: patched.append(True))
+    with pytest.raises(SystemExit):
+        gmemcload.main(['--version'])
+    assert patched == [True]
