@@ -172,6 +172,9 @@ FUTURE_MTIME_TOLERANCE = 60.0
 # More encoder threads than this only hold memory: one process cannot
 # feed them (see the README).
 MAX_WORKERS = 64
+# Lanes of a run, at most: each lane is a connection and a greenlet, and
+# the compiled encoder numbers lanes in 16 bits.
+MAX_LANES = 1 << 16
 SUMMARY_ROWS = 100  # past this many files the summary lists only kept ones
 BACKOFF_FIRST = 0.25  # seconds before the first retry; doubles per retry
 BACKOFF_MAX = 4.0
@@ -2163,7 +2166,7 @@ STOP_SIGNALS = StopSignals()
 class Settings:
     """What a run needs, built once from the parsed options (whose only
     defaults are build_parser's).  Raises ConfigError for an address that
-    is not HOST:PORT."""
+    is not HOST:PORT, or for more lanes than MAX_LANES."""
 
     def __init__(self, args):
         self.pattern = args.pattern
@@ -2173,6 +2176,12 @@ class Settings:
                           for dev_type in DEVICE_TYPES}
         self.batch_size = args.batch_size
         self.uploaders = args.uploaders
+        servers = {address for addresses in self.addresses.values()
+                   for address in addresses}
+        if len(servers) * self.uploaders > MAX_LANES:
+            raise ConfigError('--uploaders: %d servers with %d lanes each'
+                              ' make more than %d lanes'
+                              % (len(servers), self.uploaders, MAX_LANES))
         self.timeout = args.timeout
         self.retry = RetryPolicy(args.retries)
         self.max_error_rate = args.max_error_rate

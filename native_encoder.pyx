@@ -2,19 +2,32 @@
 # cython: initializedcheck=True, cdivision=False
 """The compiled encoder: gmemcload's ``encode_chunk``, in C where it can be.
 
-``encode_chunk(data, routes)`` has exactly the contract and the result of
-the pure-Python reference in gmemcload.py, for every input.  It encodes the
-lines it is sure of itself, without the GIL: a line of exactly five
-tab-separated fields, with nothing to strip at either end, a known device
-type, a dev_id of printable ASCII other than space, a key of at most
-MAX_KEY_LENGTH bytes, lat and lon written as plain decimals
-(``-?DIGITS[.DIGITS]``, at most 31 bytes), and apps that are empty or
-comma-separated items of 1 to 10 digits, each at most 2**32 - 1.  Any other
-line is handed, in its place, to gmemcload's ``encode_line`` (the line
-contract, written once, in Python), so the rules never fork.
+``ChunkEncoder(routes, contract)`` is given a run's routes (gmemcload's
+``Routes.by_type``: ``{dev_type (bytes): ((lane, ...) per server, ...)}``,
+its keys the run's device types) and gmemcload's line contract
+(``LINE_CONTRACT``: ``encode_line``, the ``bad_line`` class it raises, the
+limits ``max_key_length``, ``max_app_id``, ``logged_lines`` and
+``line_prefix``, and the result types ``encoded_chunk``, ``lane_batch``,
+``bad_sample`` and ``dropped_sample``).  Its ``encode_chunk(data)`` has
+exactly the result of ``gmemcload.encode_chunk(data, routes)``, for every
+input, built of the contract's types.
 
-Every write goes through ``Output.reserve``, which makes room for it first:
-no input can overrun a buffer.
+It encodes the lines it is sure of itself, without the GIL: a line of
+exactly five tab-separated fields, with nothing to strip at either end, a
+device type of the routes (one made of key bytes only), a dev_id of
+printable ASCII other than space, a key of at most ``max_key_length``
+bytes, lat and lon written as plain decimals (``-?DIGITS[.DIGITS]``, at
+most 31 bytes), and apps that are empty or comma-separated items of 1 to
+10 digits, each at most ``max_app_id``.  Any other line is handed, in its
+place, to the contract's ``encode_line`` (the line contract, written once,
+in Python), so the rules never fork.
+
+The hot loop indexes raw pointers, which Cython never bounds-checks.  What
+keeps it inside its buffers: every write of a command goes through
+``reserve``, which makes room for the whole command first, and after each
+command the bytes written are checked against the size reserved (a
+mismatch fails the chunk, an AssertionError).  ``boundscheck`` stays on
+for the few Python-level and memoryview indexings, off the hot loop.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
@@ -37,39 +50,23 @@ cdef extern from "<zlib.h>" nogil:
 
 cdef enum:
     MAX_FLOAT_BYTES = 31
+    # The decimal width of a uint32: an app of more digits goes to Python
+    # (leading zeros), and the digits of one never overflow a uint64.
     MAX_APP_DIGITS = 10
     MAX_LANES = 1 << 16
+    # The most a contract's key length, samples or prefix may be: far past
+    # any real one (memcached's keys are 250 bytes), within every C type.
+    MAX_LIMIT = 1 << 30
 
-cdef uint64_t MAX_APP_ID = 4294967295UL  # apps are uint32
+cdef uint64_t UINT32_MAX = 4294967295UL  # apps are uint32
+# Set once at import, never changed: read by every thread.
 cdef locale_t C_LOCALE = newlocale(LC_ALL_MASK, b"C", NULL)
-
-# Set by configure(): gmemcload's own pieces.
-cdef object _encode_line = None
-cdef object _bad_line = None
-cdef Py_ssize_t _logged = 0
-cdef Py_ssize_t _prefix = 0
-cdef Py_ssize_t _max_key = 0
 
 # The line kinds of the first pass.
 cdef enum:
     BLANK = 0
     FAST = 1
     SLOW = 2
-
-
-def configure(encode_line, bad_line, logged_lines, line_prefix,
-              max_key_length):
-    """Hand the module gmemcload's line contract: ``encode_line`` for the
-    lines it is not sure of, the BadLine class it raises, and the limits
-    (samples kept per chunk, bytes of a line shown, the key length)."""
-    global _encode_line, _bad_line, _logged, _prefix, _max_key
-    if C_LOCALE == NULL:
-        raise OSError('newlocale("C") failed')
-    _encode_line = encode_line
-    _bad_line = bad_line
-    _logged = logged_lines
-    _prefix = line_prefix
-    _max_key = max_key_length
 
 
 cdef struct Output:
@@ -105,10 +102,17 @@ cdef struct Entry:
 
 
 cdef struct Route:
-    int servers       # servers of the device type
-    int *lanes_of     # lanes per server
+    int servers       # > 0
+    int *lanes_of     # per server: its lanes, > 0
     int *first_lane   # per server: index of its first lane in ``lanes``
-    int *lanes
+    int *lanes        # each in [0, MAX_LANES)
+
+
+cdef struct DeviceType:
+    char *name        # its bytes (``length`` of them)
+    size_t length
+    bint fast         # made of key bytes: the fast path may take its lines
+    Route route
 
 
 cdef inline size_t write_varint(char *to, uint64_t value) noexcept nogil:
@@ -137,7 +141,8 @@ cdef inline size_t decimal_size(size_t value) noexcept nogil:
     return size
 
 
-cdef inline bint plain_decimal(const uint8_t *text, size_t length) noexcept nogil:
+cdef inline bint plain_decimal(const uint8_t *text,
+                               size_t length) noexcept nogil:
     """``-?DIGITS[.DIGITS]``, at most MAX_FLOAT_BYTES bytes."""
     cdef size_t at = 0
     cdef size_t digits = 0
@@ -162,7 +167,8 @@ cdef inline bint plain_decimal(const uint8_t *text, size_t length) noexcept nogi
     return digits > 0 and at == length
 
 
-cdef inline double parse_decimal(const uint8_t *text, size_t length) noexcept nogil:
+cdef inline double parse_decimal(const uint8_t *text,
+                                 size_t length) noexcept nogil:
     """A plain decimal (plain_decimal said so) as the nearest double, as
     Python's float() gives it: strtod in the C locale rounds correctly."""
     cdef char buffer[MAX_FLOAT_BYTES + 1]
@@ -171,19 +177,16 @@ cdef inline double parse_decimal(const uint8_t *text, size_t length) noexcept no
     return strtod_l(buffer, NULL, C_LOCALE)
 
 
-cdef inline int device_type(const uint8_t *text, size_t length) noexcept nogil:
-    """0-3 for idfa, gaid, adid, dvid; -1 for anything else."""
-    if length != 4:
-        return -1
-    if memcmp(text, b"idfa", 4) == 0:
-        return 0
-    if memcmp(text, b"gaid", 4) == 0:
-        return 1
-    if memcmp(text, b"adid", 4) == 0:
-        return 2
-    if memcmp(text, b"dvid", 4) == 0:
-        return 3
-    return -1
+cdef inline const DeviceType *device_type(
+        const DeviceType *types, Py_ssize_t type_count, const uint8_t *text,
+        size_t length) noexcept nogil:
+    """The fast type spelt ``text``, or NULL."""
+    cdef Py_ssize_t index
+    for index in range(type_count):
+        if types[index].fast and types[index].length == length \
+                and memcmp(types[index].name, text, length) == 0:
+            return &types[index]
+    return NULL
 
 
 cdef inline bint is_space(uint8_t byte) noexcept nogil:
@@ -191,18 +194,24 @@ cdef inline bint is_space(uint8_t byte) noexcept nogil:
     return byte == b' ' or b'\t' <= byte <= b'\r'
 
 
-cdef int encode_fast(const uint8_t *line, size_t length, Route *routes,
+cdef inline bint is_key_byte(uint8_t byte) noexcept nogil:
+    """What memcached's text protocol allows in a key."""
+    return byte > 0x20 and byte != 0x7f
+
+
+cdef int encode_fast(const uint8_t *line, size_t length,
+                     const DeviceType *types, Py_ssize_t type_count,
                      Output *out, Entry *entry, uint32_t *apps,
-                     size_t max_key) noexcept nogil:
-    """Encode one line the fast way into ``out`` and fill ``entry``; 0 if
-    done, 1 if the line is not one to be sure of (the caller hands it to
-    the Python contract), -1 with no memory, -2 if the command's size was
-    computed wrong (a bug).  ``apps`` has room for
+                     size_t max_key, uint64_t max_app_id) noexcept nogil:
+    """Encode one line (``length`` > 0) the fast way into ``out`` and fill
+    ``entry``; 0 if done, 1 if the line is not one to be sure of (the
+    caller hands it to the Python contract), -1 with no memory, -2 if the
+    command's size was computed wrong (a bug).  ``apps`` has room for
     length / 2 + 1 ids."""
     cdef size_t tabs[4]
     cdef size_t found = 0
     cdef size_t at
-    cdef int dev_type
+    cdef const DeviceType *dev_type
     cdef const uint8_t *dev_id
     cdef size_t dev_id_length, key_length
     cdef double lat, lon
@@ -212,7 +221,7 @@ cdef int encode_fast(const uint8_t *line, size_t length, Route *routes,
     cdef size_t packed_size = 0, value_size, command_size, index
     cdef uint32_t hash_value
     cdef int server, lane
-    cdef Route *route
+    cdef const Route *route
     cdef char *to
     cdef uint64_t lat_bits, lon_bits
 
@@ -226,14 +235,14 @@ cdef int encode_fast(const uint8_t *line, size_t length, Route *routes,
             found += 1
     if found != 4:
         return 1
-    dev_type = device_type(line, tabs[0])
-    if dev_type < 0:
+    dev_type = device_type(types, type_count, line, tabs[0])
+    if dev_type == NULL:
         return 1
     dev_id = line + tabs[0] + 1
     dev_id_length = tabs[1] - tabs[0] - 1
     if dev_id_length == 0:
         return 1
-    key_length = 5 + dev_id_length
+    key_length = dev_type.length + 1 + dev_id_length
     if key_length > max_key:
         return 1
     for at in range(dev_id_length):
@@ -262,9 +271,9 @@ cdef int encode_fast(const uint8_t *line, size_t length, Route *routes,
                 value = value * 10 + (field[at] - c'0')
                 digits += 1
                 at += 1
-            if digits == 0 or value > MAX_APP_ID:
+            if digits == 0 or value > max_app_id:
                 return 1
-            apps[app_count] = <uint32_t>value
+            apps[app_count] = <uint32_t>value  # max_app_id <= UINT32_MAX
             app_count += 1
             packed_size += varint_size(value)
             if at == field_length:
@@ -282,12 +291,13 @@ cdef int encode_fast(const uint8_t *line, size_t length, Route *routes,
                     + value_size + 2)
     if reserve(out, command_size) < 0:
         return -1
+    # From here to the size check, at most command_size bytes are written.
     to = out.data + out.size
     memcpy(to, b"set ", 4)
     to += 4
-    memcpy(to, line, 4)
-    to[4] = b':'
-    memcpy(to + 5, dev_id, dev_id_length)
+    memcpy(to, dev_type.name, dev_type.length)
+    to[dev_type.length] = b':'
+    memcpy(to + dev_type.length + 1, dev_id, dev_id_length)
     to += key_length
     memcpy(to, b" 0 0 ", 5)
     to += 5
@@ -324,7 +334,7 @@ cdef int encode_fast(const uint8_t *line, size_t length, Route *routes,
 
     # The lane: python-memcached's server for the key, then crc32 mod the
     # server's lanes (gmemcload.lane_for).
-    route = &routes[dev_type]
+    route = &dev_type.route
     hash_value = <uint32_t>crc32(0, <const unsigned char *>(out.data
                                  + out.size + 4), <unsigned int>key_length)
     server = 0
@@ -342,209 +352,298 @@ cdef int encode_fast(const uint8_t *line, size_t length, Route *routes,
     return 0
 
 
-cdef void free_routes(Route *routes) noexcept:
-    cdef int dev_type
-    for dev_type in range(4):
-        free(routes[dev_type].lanes_of)
-        free(routes[dev_type].first_lane)
-        free(routes[dev_type].lanes)
+cdef class ChunkEncoder:
+    """gmemcload's encode_chunk for one run's routes, compiled: see the
+    module docstring.  Raises ValueError or TypeError for routes or a
+    contract it cannot take.
 
-
-cdef int fill_routes(Route *routes, object table) except -1:
-    """``routes`` (4 of them) from build_routes' table; returns the number
-    of lanes (the highest lane + 1)."""
-    cdef int dev_type, server, lane, count, lane_count = 0
-    for dev_type, name in enumerate((b'idfa', b'gaid', b'adid', b'dvid')):
-        servers = table[name]
-        routes[dev_type].servers = len(servers)
-        count = sum(len(lanes) for lanes in servers)
-        if not 0 < routes[dev_type].servers <= count <= MAX_LANES:
-            raise ValueError('routes of %r: bad lanes' % name)
-        routes[dev_type].lanes_of = <int *>malloc(len(servers) * sizeof(int))
-        routes[dev_type].first_lane = <int *>malloc(
-            len(servers) * sizeof(int))
-        routes[dev_type].lanes = <int *>malloc(count * sizeof(int))
-        if routes[dev_type].lanes_of == NULL or \
-                routes[dev_type].first_lane == NULL or \
-                routes[dev_type].lanes == NULL:
-            raise MemoryError()
-        count = 0
-        for server, lanes in enumerate(servers):
-            if not lanes:
-                raise ValueError('routes of %r: a server without lanes'
-                                 % name)
-            routes[dev_type].lanes_of[server] = len(lanes)
-            routes[dev_type].first_lane[server] = count
-            for lane in lanes:
-                if not 0 <= lane < MAX_LANES:
-                    raise ValueError('routes of %r: lane %r' % (name, lane))
-                routes[dev_type].lanes[count] = lane
-                lane_count = max(lane_count, lane + 1)
-                count += 1
-    return lane_count
-
-
-def encode_chunk(data, routes):
-    """gmemcload's encode_chunk, compiled: the same arguments, the same
-    result for every input (see gmemcload.encode_chunk)."""
-    cdef const uint8_t[::1] view = data
-    cdef const uint8_t *text = &view[0] if view.shape[0] else <const uint8_t *>b""
-    cdef size_t size = view.shape[0]
-    cdef size_t line_count = 1, at = 0, start, end, index
-    cdef const uint8_t *newline
-    cdef Route table[4]
-    cdef Output out
-    cdef Entry *entries = NULL
-    cdef uint32_t *apps = NULL
-    cdef int status = 0
-    cdef size_t max_key = _max_key
+    Its tables are read-only once built: threads may share one encoder
+    and call encode_chunk at once (each call has its own scratch).
+    """
+    # The routes: a copy, for encode_line, and as C tables, the types in
+    # the routes' order; every lane in [0, lane_count).
+    cdef dict routes
+    cdef DeviceType *types
+    cdef Py_ssize_t type_count  # entries of ``types`` that may own memory
     cdef int lane_count
+    # The contract.
+    cdef object encode_line
+    cdef object bad_line
+    cdef object encoded_chunk
+    cdef object lane_batch
+    cdef object bad_sample
+    cdef object dropped_sample
+    cdef size_t max_key
+    cdef uint64_t max_app_id
+    cdef Py_ssize_t logged
+    cdef Py_ssize_t prefix
 
-    if _encode_line is None:
-        raise RuntimeError('native_encoder.configure() was not called')
-    for index in range(4):
-        table[index].lanes_of = NULL
-        table[index].first_lane = NULL
-        table[index].lanes = NULL
-    out.data = NULL
-    out.size = 0
-    out.capacity = 0
-    try:
-        lane_count = fill_routes(table, routes)
-        with nogil:
-            # Lines are what data.split(b'\n') gives: one more than the
-            # newlines.
-            while at < size:
-                newline = <const uint8_t *>memchr(text + at, b'\n', size - at)
-                if newline == NULL:
-                    break
-                line_count += 1
-                at = newline - text + 1
-        entries = <Entry *>malloc(line_count * sizeof(Entry))
-        # The longest line has at most size / 2 + 1 app ids.
-        apps = <uint32_t *>malloc((size // 2 + 1) * sizeof(uint32_t))
-        if entries == NULL or apps == NULL:
+    def __cinit__(self, routes, contract):
+        self.types = NULL
+        self.type_count = 0
+        if C_LOCALE == NULL:
+            raise OSError('newlocale("C") failed')
+        self._read_contract(contract)
+        self._read_routes(routes)
+
+    def __dealloc__(self):
+        cdef Py_ssize_t index
+        if self.types == NULL:
+            return
+        for index in range(self.type_count):
+            free(self.types[index].name)
+            free(self.types[index].route.lanes_of)
+            free(self.types[index].route.first_lane)
+            free(self.types[index].route.lanes)
+        free(self.types)
+        self.types = NULL
+
+    cdef int _read_contract(self, contract) except -1:
+        bad_line = contract.bad_line
+        if not (isinstance(bad_line, type)
+                and issubclass(bad_line, BaseException)):
+            raise TypeError('contract.bad_line: not an exception class')
+        max_key = contract.max_key_length
+        max_app_id = contract.max_app_id
+        logged = contract.logged_lines
+        prefix = contract.line_prefix
+        if not 0 < max_key <= MAX_LIMIT:
+            raise ValueError('contract.max_key_length: %r' % (max_key,))
+        if not 0 <= max_app_id <= UINT32_MAX:
+            raise ValueError('contract.max_app_id: %r (apps are uint32)'
+                             % (max_app_id,))
+        if not 0 <= logged <= MAX_LIMIT or not 0 <= prefix <= MAX_LIMIT:
+            raise ValueError('contract.logged_lines or line_prefix: %r, %r'
+                             % (logged, prefix))
+        self.encode_line = contract.encode_line
+        self.bad_line = bad_line
+        self.encoded_chunk = contract.encoded_chunk
+        self.lane_batch = contract.lane_batch
+        self.bad_sample = contract.bad_sample
+        self.dropped_sample = contract.dropped_sample
+        self.max_key = max_key
+        self.max_app_id = max_app_id
+        self.logged = logged
+        self.prefix = prefix
+        return 0
+
+    cdef int _read_routes(self, routes) except -1:
+        """The C tables of ``routes``, checked: each type has servers, each
+        server lanes, each lane in [0, MAX_LANES), at most MAX_LANES lanes
+        per type."""
+        cdef DeviceType *dev_type
+        cdef Route *route
+        cdef bytes name
+        cdef int server, count
+        self.routes = dict(routes)
+        self.types = <DeviceType *>calloc(len(self.routes) or 1,
+                                          sizeof(DeviceType))
+        if self.types == NULL:
             raise MemoryError()
-        with nogil:
-            start = 0
-            for index in range(line_count):
-                newline = NULL
-                if start < size:
-                    newline = <const uint8_t *>memchr(text + start, b'\n',
-                                                      size - start)
-                end = size if newline == NULL else <size_t>(newline - text)
-                entries[index].start = start
-                entries[index].length = end - start
-                if end == start:
-                    entries[index].kind = BLANK
-                else:
-                    status = encode_fast(text + start, end - start, table,
-                                         &out, &entries[index], apps,
-                                         max_key)
-                    if status < 0:
+        self.lane_count = 0
+        for name_object, servers in self.routes.items():
+            if not isinstance(name_object, bytes):
+                raise TypeError('routes: device type %r is not bytes'
+                                % (name_object,))
+            name = name_object
+            servers = tuple(tuple(lanes) for lanes in servers)
+            total = sum(len(lanes) for lanes in servers)
+            if not 0 < len(servers) <= total <= MAX_LANES:
+                raise ValueError('routes of %r: bad lanes' % name)
+            # Counted before it owns memory: __dealloc__ frees it then.
+            dev_type = &self.types[self.type_count]
+            self.type_count += 1
+            dev_type.length = len(name)
+            dev_type.name = <char *>malloc(dev_type.length + 1)
+            route = &dev_type.route
+            route.servers = len(servers)
+            route.lanes_of = <int *>malloc(len(servers) * sizeof(int))
+            route.first_lane = <int *>malloc(len(servers) * sizeof(int))
+            route.lanes = <int *>malloc(total * sizeof(int))
+            if dev_type.name == NULL or route.lanes_of == NULL \
+                    or route.first_lane == NULL or route.lanes == NULL:
+                raise MemoryError()
+            memcpy(dev_type.name, PyBytes_AS_STRING(name), dev_type.length)
+            # A type with a byte no key may hold is left to encode_line.
+            dev_type.fast = dev_type.length > 0 and all(
+                is_key_byte(byte) for byte in name)
+            count = 0
+            for server, lanes in enumerate(servers):
+                if not lanes:
+                    raise ValueError('routes of %r: a server without lanes'
+                                     % name)
+                route.lanes_of[server] = len(lanes)
+                route.first_lane[server] = count
+                for lane in lanes:
+                    if not 0 <= lane < MAX_LANES:
+                        raise ValueError('routes of %r: lane %r'
+                                         % (name, lane))
+                    route.lanes[count] = lane
+                    self.lane_count = max(self.lane_count, lane + 1)
+                    count += 1
+        return 0
+
+    def encode_chunk(self, data):
+        """gmemcload.encode_chunk(data, routes), compiled: ``data`` is
+        whole lines (bytes-like); an EncodedChunk of the contract."""
+        cdef const uint8_t[::1] view = data
+        cdef const uint8_t *text = (&view[0] if view.shape[0]
+                                    else <const uint8_t *>b"")
+        cdef size_t size = view.shape[0]
+        cdef size_t line_count = 1, at = 0, start, end, index
+        cdef const uint8_t *newline
+        cdef Output out
+        cdef Entry *entries = NULL
+        cdef uint32_t *apps = NULL
+        cdef int status = 0
+        # Read-only after construction: safe to read without the GIL.
+        cdef const DeviceType *types = self.types
+        cdef Py_ssize_t type_count = self.type_count
+        cdef size_t max_key = self.max_key
+        cdef uint64_t max_app_id = self.max_app_id
+
+        out.data = NULL
+        out.size = 0
+        out.capacity = 0
+        try:
+            with nogil:
+                # Lines are what data.split(b'\n') gives: one more than
+                # the newlines.
+                while at < size:
+                    newline = <const uint8_t *>memchr(text + at, b'\n',
+                                                      size - at)
+                    if newline == NULL:
                         break
-                    if status > 0:
-                        entries[index].kind = SLOW
-                        entries[index].start = start
-                        entries[index].length = end - start
-                start = end + 1
-        if status == -2:
-            raise AssertionError('a command of the wrong size')
-        if status < 0:
-            raise MemoryError()
-        return _gather(text, entries, line_count, &out, routes,
-                       lane_count)
-    finally:
-        free(entries)
-        free(apps)
-        free(out.data)
-        free_routes(table)
+                    line_count += 1
+                    at = newline - text + 1
+            entries = <Entry *>malloc(line_count * sizeof(Entry))
+            # The longest line has at most size / 2 + 1 app ids.
+            apps = <uint32_t *>malloc((size // 2 + 1) * sizeof(uint32_t))
+            if entries == NULL or apps == NULL:
+                raise MemoryError()
+            with nogil:
+                start = 0
+                for index in range(line_count):
+                    newline = NULL
+                    if start < size:
+                        newline = <const uint8_t *>memchr(
+                            text + start, b'\n', size - start)
+                    end = size if newline == NULL \
+                        else <size_t>(newline - text)
+                    entries[index].start = start
+                    entries[index].length = end - start
+                    if end == start:
+                        entries[index].kind = BLANK
+                    else:
+                        status = encode_fast(
+                            text + start, end - start, types, type_count,
+                            &out, &entries[index], apps, max_key,
+                            max_app_id)
+                        if status < 0:
+                            break
+                        if status > 0:
+                            entries[index].kind = SLOW
+                            entries[index].start = start
+                            entries[index].length = end - start
+                    start = end + 1
+            if status == -2:
+                raise AssertionError('a command of the wrong size')
+            if status < 0:
+                raise MemoryError()
+            return self._gather(text, entries, line_count, &out)
+        finally:
+            free(entries)
+            free(apps)
+            free(out.data)
 
-
-cdef object _gather(const uint8_t *text, Entry *entries,
-                    size_t line_count, Output *out, object routes,
-                    int lane_count):
-    """With the GIL: the slow lines through encode_line, then every
-    lane's commands joined in line order, the lanes in order of first
-    use, and the counts and samples, as the reference builds them."""
-    cdef Py_ssize_t lines = 0, errors = 0, dropped = 0
-    cdef size_t index, length
-    cdef Entry *entry
-    cdef int lane
-    cdef size_t *sizes = <size_t *>calloc(lane_count, sizeof(size_t))
-    cdef Py_ssize_t *counts = <Py_ssize_t *>calloc(lane_count,
-                                                   sizeof(Py_ssize_t))
-    cdef char **ends = <char **>calloc(lane_count, sizeof(char *))
-    cdef list order = []  # lanes, in order of first use
-    cdef list commands = []  # of the slow lines, in line order
-    cdef list bad = []
-    cdef list dropped_samples = []
-    cdef bytes command
-    try:
-        if sizes == NULL or counts == NULL or ends == NULL:
-            raise MemoryError()
-        for index in range(line_count):
-            entry = &entries[index]
-            if entry.kind == BLANK:
-                continue
-            if entry.kind == SLOW:
-                line = PyBytes_FromStringAndSize(
-                    <const char *>(text + entry.start), entry.length)
-                try:
-                    encoded = _encode_line(line, routes)
-                except _bad_line as exc:
-                    lines += 1
-                    errors += 1
-                    if len(bad) < _logged:
-                        bad.append((exc.kind, str(exc), line[:_prefix]))
-                    entry.kind = BLANK
+    cdef object _gather(self, const uint8_t *text, Entry *entries,
+                        size_t line_count, Output *out):
+        """With the GIL: the slow lines through encode_line, then every
+        lane's commands joined in line order, the lanes in order of first
+        use, and the counts and samples, as the reference builds them."""
+        cdef Py_ssize_t lines = 0, errors = 0, dropped = 0
+        cdef size_t index, length
+        cdef Entry *entry
+        cdef int lane
+        cdef int lanes = self.lane_count or 1  # calloc(0) may give NULL
+        cdef size_t *sizes = <size_t *>calloc(lanes, sizeof(size_t))
+        cdef Py_ssize_t *counts = <Py_ssize_t *>calloc(lanes,
+                                                       sizeof(Py_ssize_t))
+        cdef char **ends = <char **>calloc(lanes, sizeof(char *))
+        cdef list order = []  # lanes, in order of first use
+        cdef list commands = []  # of the slow lines, in line order
+        cdef list bad = []
+        cdef list dropped_samples = []
+        cdef bytes command
+        try:
+            if sizes == NULL or counts == NULL or ends == NULL:
+                raise MemoryError()
+            for index in range(line_count):
+                entry = &entries[index]
+                if entry.kind == BLANK:
                     continue
-                if encoded is None:
-                    entry.kind = BLANK
+                if entry.kind == SLOW:
+                    line = PyBytes_FromStringAndSize(
+                        <const char *>(text + entry.start), entry.length)
+                    try:
+                        encoded = self.encode_line(line, self.routes)
+                    except self.bad_line as exc:
+                        lines += 1
+                        errors += 1
+                        if len(bad) < self.logged:
+                            bad.append(self.bad_sample(
+                                exc.kind, str(exc), line[:self.prefix]))
+                        entry.kind = BLANK
+                        continue
+                    if encoded is None:
+                        entry.kind = BLANK
+                        continue
+                    encoded_lane = encoded.lane
+                    if not 0 <= encoded_lane < self.lane_count:
+                        raise AssertionError('a lane outside the routes')
+                    command = encoded.command
+                    if encoded.dropped_apps:
+                        dropped += 1
+                        if len(dropped_samples) < self.logged:
+                            dropped_samples.append(self.dropped_sample(
+                                encoded.dropped_apps, line[:self.prefix]))
+                    commands.append(command)
+                    entry.lane = encoded_lane
+                    entry.length = len(command)
+                lines += 1
+                lane = entry.lane
+                if counts[lane] == 0:
+                    order.append(lane)
+                counts[lane] += 1
+                sizes[lane] += entry.length
+            joined = {}
+            for lane in order:
+                joined[lane] = PyBytes_FromStringAndSize(NULL, sizes[lane])
+                ends[lane] = PyBytes_AS_STRING(joined[lane])
+            slow = 0
+            for index in range(line_count):
+                entry = &entries[index]
+                if entry.kind == BLANK:
                     continue
-                lane, command, dropped_apps = encoded
-                if not 0 <= lane < lane_count:
-                    raise AssertionError('a lane outside the routes')
-                if dropped_apps:
-                    dropped += 1
-                    if len(dropped_samples) < _logged:
-                        dropped_samples.append((dropped_apps,
-                                                line[:_prefix]))
-                commands.append(command)
-                entry.lane = lane
-                entry.length = len(command)
-            lines += 1
-            lane = entry.lane
-            if counts[lane] == 0:
-                order.append(lane)
-            counts[lane] += 1
-            sizes[lane] += entry.length
-        joined = {}
-        for lane in order:
-            joined[lane] = PyBytes_FromStringAndSize(NULL, sizes[lane])
-            ends[lane] = PyBytes_AS_STRING(joined[lane])
-        slow = 0
-        for index in range(line_count):
-            entry = &entries[index]
-            if entry.kind == BLANK:
-                continue
-            lane = entry.lane
-            length = entry.length
-            if sizes[lane] < length:
-                raise AssertionError('a lane\'s commands overrun it')
-            sizes[lane] -= length
-            if entry.kind == FAST:
-                if entry.start + length > out.size:
-                    raise AssertionError('a command outside the output')
-                memcpy(ends[lane], out.data + entry.start, length)
-            else:
-                command = commands[slow]
-                slow += 1
-                memcpy(ends[lane], PyBytes_AS_STRING(command), length)
-            ends[lane] += length
-        batches = [(lane, counts[lane], joined[lane]) for lane in order]
-        return lines, errors, batches, bad, dropped, dropped_samples
-    finally:
-        free(sizes)
-        free(counts)
-        free(ends)
+                lane = entry.lane
+                length = entry.length
+                if sizes[lane] < length:
+                    raise AssertionError('a lane\'s commands overrun it')
+                sizes[lane] -= length
+                if entry.kind == FAST:
+                    if entry.start + length > out.size:
+                        raise AssertionError('a command outside the output')
+                    memcpy(ends[lane], out.data + entry.start, length)
+                else:
+                    command = commands[slow]
+                    slow += 1
+                    memcpy(ends[lane], PyBytes_AS_STRING(command), length)
+                ends[lane] += length
+            batches = [self.lane_batch(lane, counts[lane], joined[lane])
+                       for lane in order]
+            return self.encoded_chunk(lines, errors, batches, bad, dropped,
+                                      dropped_samples)
+        finally:
+            free(sizes)
+            free(counts)
+            free(ends)

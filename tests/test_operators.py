@@ -373,6 +373,28 @@ def test_workers_are_bounded(workers, ok):
         assert caught.value.code == 2
 
 
+class Nowhere:
+    """A server address no run connects to (the runs here are --dry)."""
+
+    def __init__(self, port):
+        self.address = '127.0.0.1:%d' % port
+
+
+@pytest.mark.parametrize('uploaders, status', [(16384, 0), (16385, 2)])
+def test_lanes_are_bounded_by_what_the_encoder_can_number(
+        tmp_path, uploaders, status):
+    # Four servers: 4 * 16384 lanes is the most; one more is bad usage,
+    # said at start, not a failure of every file.
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines_for('idfa', 3))
+    servers = {dev_type: Nowhere(port) for port, dev_type in
+               enumerate(gmemcload.DEVICE_TYPES, 1)}
+    seen, text = run(tmp_path, servers, '--dry', '--uploaders',
+                     str(uploaders))
+    assert seen == status, text
+    assert ('--uploaders: 4 servers with 16385 lanes each make more than'
+            ' 65536 lanes' in text) == bool(status)
+
+
 def test_a_stop_ends_the_retries_of_a_batch(tmp_path, memcached_set):
     # A server that refuses at once, 10 retries with their backoff: the
     # stop comes during the backoff, and no retry follows it.

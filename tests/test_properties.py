@@ -202,11 +202,11 @@ def lanes_of(batches):
     """encode_chunk's batches as {lane: (count, payload)}; a lane is listed
     once at most, and one listed with no command has an empty payload."""
     lanes = {}
-    for lane, count, payload in batches:
-        assert lane not in lanes
-        assert count or not payload
-        if count:
-            lanes[lane] = (count, bytes(payload))
+    for batch in batches:
+        assert batch.lane not in lanes
+        assert batch.count or not batch.commands
+        if batch.count:
+            lanes[batch.lane] = (batch.count, bytes(batch.commands))
     return lanes
 
 
@@ -222,21 +222,21 @@ def assert_samples(bad, expected):
 def assert_encodes_as_oracle(data, routes, encode):
     """encode(data, routes), an encoder, gives exactly what the oracle
     says."""
-    lines, errors, batches, bad, dropped, dropped_samples = \
-        encode(data, routes)
+    encoded = encode(data, routes)
     want = expected_encoding(data, routes)
-    assert (lines, errors, dropped) == \
+    assert (encoded.lines, encoded.errors, encoded.dropped) == \
         (want['lines'], want['errors'], want['dropped'])
-    lanes = lanes_of(batches)
-    assert lines == sum(count for count, _ in lanes.values()) + errors
+    lanes = lanes_of(encoded.batches)
+    assert encoded.lines == \
+        sum(count for count, _ in lanes.values()) + encoded.errors
     got = {}
     for lane, (count, payload) in lanes.items():
         commands = commands_in(payload)
         assert count == len(commands)
         got[lane] = [(key, decoded(value)) for key, value in commands]
     assert got == dict(want['lanes'])
-    assert_samples(bad, want['bad'])
-    assert dropped_samples == want['dropped_samples']
+    assert_samples(encoded.bad, want['bad'])
+    assert encoded.dropped_samples == want['dropped_samples']
 
 
 # -- strategies --
@@ -437,13 +437,15 @@ ADDRESSES = ['127.0.0.1:%d' % port for port in range(33013, 33017)]
 
 @st.composite
 def routes(draw):
-    """Real routes: 1-3 servers per type (shared between types now and
-    then, as build_routes allows), 1-3 uploaders."""
-    addresses = {dev_type: draw(st.lists(st.sampled_from(ADDRESSES),
-                                         min_size=1, max_size=3,
-                                         unique=True))
-                 for dev_type in gmemcload.DEVICE_TYPES}
-    return gmemcload.build_routes(addresses, draw(st.integers(1, 3)))[0]
+    """Real routes (Routes.by_type) for the README's types: 1-3 servers
+    per type (shared between types now and then, as build_routes allows),
+    1-3 uploaders."""
+    addresses = {dev_type.decode(): draw(st.lists(st.sampled_from(ADDRESSES),
+                                                  min_size=1, max_size=3,
+                                                  unique=True))
+                 for dev_type in TYPES}
+    return gmemcload.build_routes(addresses,
+                                  draw(st.integers(1, 3))).by_type
 
 
 piece_sizes = st.lists(st.one_of(st.just(1), st.integers(1, 64)),
@@ -521,9 +523,17 @@ def test_parse_line_agrees_with_the_oracle_on_any_line(line):
     assert_parses_as_oracle(line)
 
 
+CHOICE = gmemcload.choose_encoder()
+
+
+def compiled(data, routes):
+    """The encoder the loader runs (choose_encoder's), for ``routes``."""
+    return CHOICE.new(routes)(data)
+
+
 # Both encoders: the reference, and the compiled one the loader runs.
 ENCODERS = [pytest.param(gmemcload.encode_chunk, id='python'),
-            pytest.param(gmemcload.ENCODE, id='compiled')]
+            pytest.param(compiled, id='compiled')]
 
 
 @pytest.mark.parametrize('encode', ENCODERS)
@@ -549,19 +559,20 @@ def test_chunks_cut_anywhere_encode_as_the_whole_stream(
     bad, dropped_samples = [], []
     for chunk in filter(None, chunks):
         encoded = encode(chunk, routes)
-        lines += encoded[0]
-        errors += encoded[1]
-        for lane, (count, payload) in lanes_of(encoded[2]).items():
+        lines += encoded.lines
+        errors += encoded.errors
+        for lane, (count, payload) in lanes_of(encoded.batches).items():
             payloads[lane] += payload
             counts[lane] += count
-        bad += encoded[3]
-        dropped += encoded[4]
-        dropped_samples += encoded[5]
-    assert (lines, errors, dropped) == (whole[0], whole[1], whole[4])
+        bad += encoded.bad
+        dropped += encoded.dropped
+        dropped_samples += encoded.dropped_samples
+    assert (lines, errors, dropped) == \
+        (whole.lines, whole.errors, whole.dropped)
     assert {lane: (counts[lane], payloads[lane]) for lane in payloads} == \
-        lanes_of(whole[2])
-    assert bad[:SAMPLES] == whole[3]
-    assert dropped_samples[:SAMPLES] == whole[5]
+        lanes_of(whole.batches)
+    assert bad[:SAMPLES] == whole.bad
+    assert dropped_samples[:SAMPLES] == whole.dropped_samples
     assert_encodes_as_oracle(data, routes, encode)
 
 
@@ -640,17 +651,17 @@ def test_well_formed_lines_round_trip_to_one_record_each(encode, cases,
                                                          routes):
     for line, truth in cases:
         assert exact(Record(*gmemcload.parse_line(line))) == exact(truth)
-    lines, errors, batches, bad, dropped, dropped_samples = \
-        encode(b'\n'.join(line for line, _ in cases), routes)
-    assert (lines, errors, bad) == (len(cases), 0, [])
-    assert dropped == sum(1 for _, truth in cases if truth.dropped)
+    encoded = encode(b'\n'.join(line for line, _ in cases), routes)
+    assert (encoded.lines, encoded.errors, encoded.bad) == \
+        (len(cases), 0, [])
+    assert encoded.dropped == sum(1 for _, truth in cases if truth.dropped)
     want = collections.defaultdict(list)
     for _, truth in cases:
         value = user_apps(truth.apps, truth.lat, truth.lon)
         assert value == wire(truth.apps, truth.lat, truth.lon)
         want[gmemcload.lane_for(routes[truth.dev_type], truth.key)].append(
             b'set %b 0 0 %d\r\n%b\r\n' % (truth.key, len(value), value))
-    assert lanes_of(batches) == {
+    assert lanes_of(encoded.batches) == {
         lane: (len(commands), b''.join(commands))
         for lane, commands in want.items()}
 

@@ -717,7 +717,7 @@ def test_a_redelivered_file_never_replaces_the_processed_copy(
 def test_a_rename_never_replaces_an_existing_file(tmp_path, monkeypatch,
                                                   renameat2):
     if not renameat2:  # a filesystem or libc without RENAME_NOREPLACE
-        monkeypatch.setattr(gmemcload, '_libc', object())
+        monkeypatch.setattr(gmemcload, '_libc', object)
     (tmp_path / 'a').write_text('new')
     (tmp_path / 'b').write_text('old')
     with pytest.raises(FileExistsError):
