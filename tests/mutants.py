@@ -130,7 +130,7 @@ MUTANTS = {
         WIRE),
     'refusals-resent': (
         'a record memcached refuses for good is sent again and again',
-        "            refused.append((index, reply))",
+        "            refused.append(Refusal(index, reply))",
         "            raise ProtocolError('refused')",
         ['tests/test_faults.py::'
          'test_a_refused_record_is_an_error_and_is_not_retried']),
@@ -155,9 +155,9 @@ MUTANTS = {
     'dropped-apps-are-errors': (
         'the reference encoder counts a line with dropped app ids as an'
         ' error',
-        "        if dropped_apps:\n"
+        "        if encoded.dropped_apps:\n"
         "            dropped += 1\n",
-        "        if dropped_apps:\n"
+        "        if encoded.dropped_apps:\n"
         "            dropped += 1\n"
         "            errors += 1\n",
         ['tests/test_properties.py']),
@@ -174,11 +174,11 @@ MUTANTS = {
     'native-dropped-apps-are-errors': (
         'the compiled encoder counts a line with dropped app ids as an'
         ' error',
-        "                if dropped_apps:\n"
-        "                    dropped += 1\n",
-        "                if dropped_apps:\n"
-        "                    dropped += 1\n"
-        "                    errors += 1\n",
+        "                    if encoded.dropped_apps:\n"
+        "                        dropped += 1\n",
+        "                    if encoded.dropped_apps:\n"
+        "                        dropped += 1\n"
+        "                        errors += 1\n",
         NATIVE + LOAD),
     'error-rate-limit-exclusive': (
         'a file exactly at --max-error-rate is not loaded',
@@ -225,12 +225,20 @@ MUTANTS = {
         "            raise Unreadable('%s (%s)' / (exc,"
         " type(exc).__name__)) \\\n",
         ['tests/test_parse.py']),
+    'reference-ignores-its-routes-types': (
+        'the reference encoder knows the four device types only, not those'
+        ' of the routes it is given',
+        "    if dev_type not in device_types:",
+        "    if dev_type not in DEVICE_TYPE_NAMES:",
+        NATIVE),
     # -- newest wins, order
     'lines-of-a-chunk-reversed': (
         'newest-wins within a file: the reference encoder gives a lane a'
         ' chunk\'s records in reverse',
-        "        commands_of.setdefault(lane, []).append(command)",
-        "        commands_of.setdefault(lane, []).insert(0, command)",
+        "        commands_of.setdefault(encoded.lane, [])"
+        ".append(encoded.command)",
+        "        commands_of.setdefault(encoded.lane, [])"
+        ".insert(0, encoded.command)",
         ['tests/test_properties.py']),
     'files-in-reverse-order': (
         'newest-wins across files and the rename order',
@@ -285,14 +293,14 @@ MUTANTS = {
     'lowest-connection-count-compared': (
         'a restart that keeps pid and start time is missed when the check'
         ' counts more connections than the file\'s first one did',
-        "            connections = max(connections, seen_connections)",
-        "            connections = min(connections, seen_connections)",
+        "            connections = max(connections, seen.connections)",
+        "            connections = min(connections, seen.connections)",
         PROMISE),
     'no-check-after-the-rename': (
         'a restart between the check\'s answers and the rename is missed',
-        "                    or rename_loaded(load.path, load.identity)\n"
-        "                    or self._confirm(load))",
-        "                    or rename_loaded(load.path, load.identity))",
+        "        return self._confirm(load)  # every server again, just"
+        " after\n",
+        "        return None\n",
         PROMISE),
     'evictions-ignored': (
         'a file whose server evicted items while it loaded is renamed',
@@ -307,9 +315,9 @@ MUTANTS = {
         PROMISE),
     'evictions-not-counted': (
         'the metrics say a server evicted nothing',
-        "                self.evictions += max(0, dropped[0] -"
-        " self.dropped[0])",
-        "                self.evictions += 0",
+        "                self.evictions += max(0, dropped.evictions\n"
+        "                                      - self.dropped.evictions)\n",
+        "                self.evictions += 0\n",
         PROMISE),
     'start-time-not-compared': (
         'a restart that keeps the pid, with a new start time, is not'
@@ -327,7 +335,7 @@ MUTANTS = {
     'identity-taken-after-reading': (
         'a file replaced while it is read is renamed: its identity is the'
         ' path\'s after the read, not the opened file\'s',
-        ("        load.identity = file_identity(status)\n",
+        ("        load.identity = file_identity(opened.status)\n",
          "            load.bytes_read = load.size\n"),
         ("",
          "            load.bytes_read = load.size\n"
@@ -361,17 +369,21 @@ MUTANTS = {
         PROMISE),
     'no-rename-time-server-check': (
         'a server restarted after a file was written is not noticed',
-        "                    self.check.problem(load)\n"
-        "                    or rename_loaded(load.path, load.identity)\n"
-        "                    or self._confirm(load))",
-        "                    rename_loaded(load.path, load.identity))",
+        ("        verdict = self.check.problem(load)  # every server, just"
+         " before\n",
+         "        return self._confirm(load)  # every server again, just"
+         " after\n"),
+        ("        verdict = self.check.problem(load) if load.reloading"
+         " else None\n",
+         "        return None\n"),
         PROMISE),
     'no-connection-count-check': (
         'a restart that keeps pid and start time is not noticed',
-        "            if now != instance or None not in (connections,"
-        " connections_now) \\\n"
-        "                    and connections_now < connections:",
-        "            if now != instance:",
+        "            if now.instance != then.instance \\\n"
+        "                    or None not in (then.connections,"
+        " now.connections) \\\n"
+        "                    and now.connections < then.connections:",
+        "            if now.instance != then.instance:",
         PROMISE),
     'no-rename-time-retries': (
         'a short stall at rename time fails the run',
@@ -397,7 +409,7 @@ MUTANTS = {
         PROMISE),
     'rename-replaces': (
         'a rename replaces an existing .<name>',
-        "    renameat2 = getattr(_libc, 'renameat2', None)\n",
+        "    renameat2 = getattr(_libc(), 'renameat2', None)\n",
         "    os.replace(source, target)\n"
         "    return\n",
         PROMISE),
@@ -464,22 +476,24 @@ MUTANTS = {
         OPERATORS),
     'waiting-files-not-in-the-metrics': (
         'files left for the next run are not counted in the metrics',
-        "                result.waiting if result else 0)",
-        "                0)",
+        "        result.waiting if result else 0)",
+        "        0)",
         OPERATORS),
     'waiting-uncounted-when-every-file-waits': (
         'a run whose every file is too young says no file waits',
-        "    return loads, to_load, len(paths) - young\n",
-        "    return loads, to_load, len(loads) - young\n",
+        "    return ChosenFiles(loads, to_load, len(paths) - young)\n",
+        "    return ChosenFiles(loads, to_load, len(loads) - young)\n",
         OPERATORS),
     'check-restarts-not-counted': (
         'a restart seen only by the rename-time check is not counted',
-        "            self.servers[address].check_instance(now, dropped_now)\n",
+        "            self.servers[address].check_instance(now.instance,"
+        " now.dropped)\n",
         "",
         OPERATORS),
     'lane-restarts-not-counted': (
         'a restart seen only by a lane\'s new connection is not counted',
-        "            self.identified(self.instance, self.dropped)\n",
+        "            self.identified(self.identity.instance,"
+        " self.identity.dropped)\n",
         "",
         OPERATORS),
     'restarts-counted-once': (
@@ -492,31 +506,48 @@ MUTANTS = {
         "            settings.dry and load.loaded(settings.max_error_rate))",
         "            settings.dry or load.loaded(settings.max_error_rate))",
         LOAD),
+    'dry-renames': (
+        'under --dry, files are checked and renamed: RenameInOrder ignores'
+        ' its dry flag',
+        ("        if self.renaming and not self.dry \\\n",
+         "    check = None if settings.dry else InstanceCheck(settings,"
+         " engine.servers)\n"),
+        ("        if self.renaming \\\n",
+         "    check = InstanceCheck(settings, engine.servers)\n"),
+        ['tests/test_load.py::'
+         'test_dry_run_connects_to_nothing_renames_nothing_logs_records']),
+    'metrics-counters-not-carried-over': (
+        'the metrics\' counters start again from 0 at each run',
+        "            total = previous.get(('gmemcload_%s_total' % name,"
+        " labels),\n"
+        "                                 0) + count\n",
+        "            total = count\n",
+        ['tests/test_operators.py::'
+         'test_good_failed_and_locked_runs_each_leave_their_metrics']),
     'only-reasons-seen-in-the-metrics': (
         'a reason with no kept file is missing from the metrics',
-        "            for reason in Reason:  # every one, so that none goes"
-        " missing\n",
-        "            for reason in kept:\n",
+        "    for reason in Reason:  # every one, so that none goes missing\n",
+        "    for reason in kept:\n",
         OPERATORS),
     'renamed-files-counted-as-parsed': (
         'renamed files are counted as parsed too',
-        "                        for load in loads\n"
-        "                        if not (load.renamed or load.reloaded)]\n",
-        "                        for load in loads]\n",
+        "    verdicts = [load.kept(result.settings.max_error_rate) for load"
+        " in loads\n"
+        "                if not (load.renamed or load.reloaded)]\n",
+        "    verdicts = [load.kept(result.settings.max_error_rate) for load"
+        " in loads]\n",
         OPERATORS),
     'reason-labels-from-the-names': (
         'the reason labels are not the README\'s',
-        "                files.labels(result='kept', reason=reason.value)"
-        ".set(\n",
-        "                files.labels(result='kept',"
-        " reason=reason.name.lower()).set(\n",
+        "        files.labels(result='kept', reason=reason.value)"
+        ".set(kept[reason])",
+        "        files.labels(result='kept', reason=reason.name.lower())"
+        ".set(kept[reason])",
         OPERATORS),
     'kept-files-without-their-reason': (
         'the metrics count kept files, but not by their reason',
-        "reason=reason.value).set(\n"
-        "                    kept[reason])",
-        "reason=reason.value).set(\n"
-        "                    0)",
+        "reason=reason.value).set(kept[reason])",
+        "reason=reason.value).set(0)",
         PROMISE),
     'restarts-not-counted': (
         'restarts seen are not counted in the metrics',
@@ -535,14 +566,13 @@ MUTANTS = {
         OPERATORS),
     'a-dry-run-is-a-success': (
         'a dry run, which stores nothing, refreshes the last success',
-        "            last_success = ended if status == EXIT_OK and not dry"
-        " \\\n",
-        "            last_success = ended if status == EXIT_OK \\\n",
+        "    last_success = ended if status == EXIT_OK and not dry else",
+        "    last_success = ended if status == EXIT_OK else",
         OPERATORS),
     'workers-unbounded': (
         '--workers takes any number',
-        "    if value > MAX_WORKERS:\n",
-        "    if False:\n",
+        "    return _at_most_workers(text)\n",
+        "    return int(text)\n",
         OPERATORS),
     'one-lock-per-pattern': (
         'runs whose patterns overlap load the same files at once',
@@ -565,10 +595,10 @@ MUTANTS = {
         FILES),
     'open-in-the-event-loop': (
         'a hung open holds the event loop: no stop can end it',
-        "        raw, status = in_thread(open_regular, (load.path,),"
+        "        opened = await_in_thread(open_regular, (load.path,),"
         " self.stopping,\n"
-        "                                _close_opened)",
-        "        raw, status = open_regular(load.path)",
+        "                                 _close_opened)",
+        "        opened = open_regular(load.path)",
         FILES),
     'read-wait-ignores-a-stop': (
         'a stop waits for a read (or open) that never returns',
@@ -720,13 +750,13 @@ MUTANTS = {
         NATIVE),
     'native-a-line-lost': (
         'the compiled encoder takes a chunk\'s second line for blank',
-        "                if end == start:\n",
-        "                if end == start or index == 1:\n",
+        "                    if end == start:\n",
+        "                    if end == start or index == 1:\n",
         NATIVE),
     'native-slow-lines-out-of-order': (
         'lines handed to the Python contract come back in reverse order',
-        "                commands.append(command)\n",
-        "                commands.insert(0, command)\n",
+        "                    commands.append(command)\n",
+        "                    commands.insert(0, command)\n",
         NATIVE),
     'native-lat-for-lon': (
         'the compiled encoder writes lon where lat goes',
@@ -735,31 +765,59 @@ MUTANTS = {
         NATIVE),
     'native-app-over-uint32': (
         'an app id of 2**32 is kept (as 0), not dropped',
-        "            if digits == 0 or value > MAX_APP_ID:",
-        "            if digits == 0 or value > MAX_APP_ID + 1:",
+        "            if digits == 0 or value > max_app_id:",
+        "            if digits == 0 or value > max_app_id + 1:",
         NATIVE),
     'native-key-too-long': (
         'a key of 251 bytes is encoded, not refused',
         "    if key_length > max_key:",
         "    if key_length > max_key + 1:",
         NATIVE),
+    'native-four-byte-types': (
+        'the compiled encoder takes every device type for 4 bytes long',
+        "    key_length = dev_type.length + 1 + dev_id_length",
+        "    key_length = 5 + dev_id_length",
+        NATIVE),
+    'native-type-of-another-route': (
+        'a device type is found by its length alone',
+        "        if types[index].fast and types[index].length == length \\\n"
+        "                and memcmp(types[index].name, text, length) == 0:",
+        "        if types[index].fast and types[index].length == length:",
+        NATIVE),
     'native-space-in-an-id': (
         'a space in a dev_id is encoded, not refused',
         "        if dev_id[at] <= 0x20 or dev_id[at] >= 0x7f:",
         "        if dev_id[at] < 0x20 or dev_id[at] >= 0x7f:",
         NATIVE),
+    # -- the process: gevent's patches
+    'patched-at-import': (
+        'importing gmemcload monkey-patches the importer\'s process',
+        "from proto import appsinstalled_pb2  # noqa: E402\n",
+        "from proto import appsinstalled_pb2  # noqa: E402\n"
+        "\n"
+        "gevent.monkey.patch_all()\n",
+        ['tests/test_parse.py::'
+         'test_importing_changes_nothing_in_the_importers_process']),
+    'main-not-cooperative': (
+        'main() runs without gevent\'s patches, unless its caller made them',
+        "    cooperative()\n"
+        "    args = build_parser().parse_args(argv)\n",
+        "    args = build_parser().parse_args(argv)\n",
+        ['tests/test_parse.py::'
+         'test_main_makes_the_process_cooperative_first']),
     # -- the encoder threads
     'chunks-taken-as-they-finish': (
         'the writer takes chunks in the order they are encoded, not read',
-        "                    self.ordered.put((load,"
-        " self.encoder.submit(pieces),\n"
-        "                                      oversized))",
-        "                    gevent.spawn(lambda result=self.encoder.submit("
-        "pieces),\n"
-        "                                 load=load, oversized=oversized:"
-        " (result.wait(),\n"
-        "                                 self.ordered.put((load, result,"
-        " oversized))))",
+        "                    self.ordered.put(ChunkInFlight(\n"
+        "                        load, self.encoder.submit(chunk.pieces),\n"
+        "                        chunk.oversized))",
+        "                    gevent.spawn(\n"
+        "                        lambda result=self.encoder.submit("
+        "chunk.pieces),\n"
+        "                        load=load, oversized=chunk.oversized: (\n"
+        "                            result.wait(),\n"
+        "                            self.ordered.put(ChunkInFlight(\n"
+        "                                load, result, oversized))))",
         ENCODERS),
     'an-encoder-out-of-memory-is-a-bug': (
         'an encoder out of memory is an internal error, not the file\'s'
