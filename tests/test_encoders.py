@@ -172,3 +172,45 @@ def test_an_encoder_out_of_memory_fails_its_file_only(
                                  '20170929000200.tsv.gz']
     assert summary_row(text, '20170929000200.tsv.gz') == (10, 10, 0)
     assert 'Traceback' not in capfd.readouterr().err
+
+
+A_FIFTH_TYPE = '''
+import functools
+gmemcload.DEVICE_TYPES = gmemcload.DEVICE_TYPES + ('android_id',)
+gmemcload.DEFAULT_ADDRESSES = dict(gmemcload.DEFAULT_ADDRESSES,
+                                   android_id='127.0.0.1:1')
+if %r == 'reference':
+    gmemcload.choose_encoder = lambda: gmemcload.EncoderChoice(
+        lambda routes: functools.partial(gmemcload.encode_chunk,
+                                         routes=routes),
+        False, 'reference')
+'''
+
+
+@pytest.mark.parametrize('encoder', ['compiled', 'reference'])
+def test_a_new_device_type_is_one_tuple_entry_and_its_address(
+        tmp_path, memcached_set, memcached_factory, encoder):
+    # What a maintainer changes to add a type (DEVICE_TYPES and
+    # DEFAULT_ADDRESSES, done here in the process) is all that either
+    # encoder needs: its option exists, and its lines are stored there.
+    fifth = memcached_factory()
+    lines = [line.replace('idfa', 'android_id', 1)
+             for line in lines_for('idfa', 300, tag='a')] \
+        + lines_for('idfa', 300, tag='i')
+    write_gz(tmp_path / '20170929000000.tsv.gz', lines)
+    loader = start_patched_loader(tmp_path, memcached_set,
+                                  A_FIFTH_TYPE % encoder,
+                                  '--android_id', fifth.address)
+    assert loader.wait(timeout=60) == 0
+    text = (tmp_path / 'run.log').read_text()
+    assert summary_row(text, '20170929000000.tsv.gz') == (600, 600, 0)
+    assert ('encoder: compiled' in text) == (encoder == 'compiled')
+    wanted = dict(expected_value(line) for line in lines)
+    fifth_keys = [key for key in wanted if key.startswith(b'android_id:')]
+    assert len(fifth_keys) == 300
+    assert fifth.get_many(fifth_keys) == {key: wanted[key]
+                                          for key in fifth_keys}
+    assert memcached_set['idfa'].get_many(fifth_keys) == {}
+    idfa_keys = [key for key in wanted if key.startswith(b'idfa:')]
+    assert memcached_set['idfa'].get_many(idfa_keys) == {
+        key: wanted[key] for key in idfa_keys}
