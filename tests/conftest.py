@@ -302,19 +302,39 @@ def stop_within(loader, signum, seconds):
 
 def wait_with_usage(process, seconds):
     """Wait at most ``seconds`` for ``process`` (a Popen) to end; return
-    its exit status and resource usage (os.wait4), its children's
-    included."""
+    its exit status, its resource usage (os.wait4, its children's
+    included) and its own peak RSS in MB.
+
+    The peak is the highest VmHWM read from /proc while it runs: the
+    process's own, since its exec.  ``ru_maxrss`` is not that: Linux
+    carries the parent's peak into a child through the fork and the exec,
+    so it would grow with whatever the test process itself holds."""
     deadline = time.monotonic() + seconds
+    peak_kb = 0
     while True:
+        peak_kb = max(peak_kb, _vm_hwm_kb(process.pid))
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid:
             process.returncode = os.waitstatus_to_exitcode(status)
-            return process.returncode, usage
+            return process.returncode, usage, peak_kb / 1024
         if time.monotonic() > deadline:
             process.kill()
             raise AssertionError('still running after %s s' % seconds)
         # Not gevent's sleep: its loop would reap the child first.
-        blocking_sleep(0.05)
+        blocking_sleep(0.01)
+
+
+def _vm_hwm_kb(pid):
+    """The peak resident size of process ``pid`` so far, in kB (0 once it
+    has ended)."""
+    try:
+        with open('/proc/%d/status' % pid) as status:
+            for line in status:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def children_of(pid):
