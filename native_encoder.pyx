@@ -59,6 +59,9 @@ cdef enum:
     MAX_LIMIT = 1 << 30
 
 cdef uint64_t UINT32_MAX = 4294967295UL  # apps are uint32
+# The lanes this encoder can number; gmemcload.MAX_LANES, which bounds a
+# run's lanes, must not be more (a test holds them equal).
+LANE_LIMIT = MAX_LANES
 # Set once at import, never changed: read by every thread.
 cdef locale_t C_LOCALE = newlocale(LC_ALL_MASK, b"C", NULL)
 

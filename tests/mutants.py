@@ -570,6 +570,20 @@ MUTANTS = {
         "    last_success = ended if status == EXIT_OK and not dry else",
         "    last_success = ended if status == EXIT_OK else",
         OPERATORS),
+    'lanes-unbounded': (
+        'a run of more lanes than the compiled encoder can number starts,'
+        ' and fails every file, instead of being bad usage',
+        "        if len(servers) * self.uploaders > MAX_LANES:",
+        "        if False:",
+        ['tests/test_operators.py::'
+         'test_lanes_are_bounded_by_what_the_encoder_can_number']),
+    'lane-bound-above-the-encoders': (
+        'the run\'s lane bound is raised past what the compiled encoder'
+        ' can number',
+        "MAX_LANES = 1 << 16",
+        "MAX_LANES = 1 << 17",
+        ['tests/test_native.py::'
+         'test_the_runs_lane_bound_is_what_the_encoder_can_number']),
     'workers-unbounded': (
         '--workers takes any number',
         "    return _at_most_workers(text)\n",

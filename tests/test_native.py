@@ -45,6 +45,17 @@ def assert_same(data, routes=MANY_ROUTES):
     return encoded
 
 
+def test_the_runs_lane_bound_is_what_the_encoder_can_number():
+    # Settings refuses more lanes than MAX_LANES (exit 2); the compiled
+    # encoder would refuse them later, at every run's start.
+    assert gmemcload.MAX_LANES == native_encoder.LANE_LIMIT == 1 << 16
+    top = gmemcload.MAX_LANES - 1
+    native_encoder.ChunkEncoder({b'idfa': ((top,),)}, gmemcload.LINE_CONTRACT)
+    with pytest.raises(ValueError):
+        native_encoder.ChunkEncoder({b'idfa': ((top + 1,),)},
+                                    gmemcload.LINE_CONTRACT)
+
+
 def test_the_loader_runs_the_compiled_encoder():
     # make install builds it; CI fails without it (see conftest).
     choice = gmemcload.choose_encoder()
