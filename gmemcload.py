@@ -101,6 +101,7 @@ import fcntl  # noqa: E402
 import fnmatch  # noqa: E402
 import functools  # noqa: E402
 import glob  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
@@ -138,6 +139,9 @@ DEFAULT_ADDRESSES = {
 }
 DEFAULT_PATTERN = '/data/appsinstalled/*.tsv.gz'
 LOCK_FILE_NAME = '.gmemcload.lock'
+JOURNAL_FILE_NAME = '.gmemcload.journal'  # beside the lock: see Journal
+JOURNAL_VERSION = 1
+JOURNAL_RENAMES = 10080  # renames the journal keeps: a week of minutes
 
 MAX_KEY_LENGTH = 250  # memcached's own limit
 MAX_APP_ID = 2 ** 32 - 1  # apps are uint32
@@ -254,10 +258,9 @@ class Reason(enum.Enum):
         '%d records not acknowledged by memcached (%s)'
     ERROR_RATE = 'error_rate', 'error rate %.4g above %g'
     SERVER_RESTARTED = 'server_restarted', 'memcached %s restarted %s'
-    EVICTED = 'evicted', 'memcached %s evicted %d items and was flushed' \
-        ' %d times while this file was written and checked: the cache is' \
-        ' full, and some of its records may be gone (give memcached more' \
-        ' memory, or load anyway with --accept-evictions)'
+    EVICTED = 'evicted', 'memcached %s dropped items while this file was' \
+        ' written and checked (%s): some of its records may be gone (give' \
+        ' memcached more memory, or load anyway with --accept-evictions)'
     SERVER_NOT_CHECKABLE = 'server_not_checkable', \
         'cannot check memcached %s before the rename: %s'
     CHANGED = 'changed', 'changed while loading (replaced or written to):' \
@@ -790,11 +793,54 @@ class Instance(NamedTuple):
 
 
 class Dropped(NamedTuple):
-    """What a server let go so far: the items it evicted to make room, and
-    the flushes that emptied it (``cmd_flush``).  Counts that only grow
-    while the same instance runs."""
+    """What a server let go so far, from the counters of its ``stats``
+    that count items it dropped (DROP_COUNTERS): the items it evicted to
+    make room, the flushes that emptied it (``cmd_flush``), and the items
+    its slab mover lost while moving pages between slab classes.  Counts
+    that only grow while the same instance runs."""
     evictions: int
     flushes: int
+    moved_out: int
+
+    def since(self, earlier):
+        """The drops counted after ``earlier`` (a Dropped of the same
+        instance), as a Dropped."""
+        return Dropped(*(now - then for now, then in zip(self, earlier)))
+
+    def describe(self):
+        return '%d items evicted, %d flushes, %d items lost in slab moves' \
+            % self
+
+
+# Every ``stats`` counter of memcached 1.6 that grows when an item that was
+# stored is gone before its time (doc/protocol.txt, memcached.h), by the
+# Dropped field it adds to.  Items set with no expiry never expire, so the
+# counters of expired items are not among them.  A counter the server does
+# not report (an older memcached) counts 0, but ``evictions`` and
+# ``cmd_flush`` must be there.
+DROP_COUNTERS = (
+    (b'evictions', 'evictions'),  # valid items evicted to make room
+    (b'cmd_flush', 'flushes'),  # flush_all, counted when it is issued
+    # valid items evicted during a slab page move, no free memory
+    (b'slab_reassign_evictions_nomem', 'moved_out'),
+    # items busy during a page move, deleted so the page could move
+    (b'slab_reassign_busy_deletes', 'moved_out'),
+)
+_REQUIRED_DROP_COUNTERS = (b'evictions', b'cmd_flush')
+
+
+def dropped_from(stats):
+    """The Dropped of a server's ``stats`` (a dict of bytes), or None if
+    it does not count evictions and flushes."""
+    if not all(stats.get(name, b'').isdigit()
+               for name in _REQUIRED_DROP_COUNTERS):
+        return None
+    counts = dict.fromkeys(Dropped._fields, 0)
+    for name, field in DROP_COUNTERS:
+        value = stats.get(name, b'')
+        if value.isdigit():
+            counts[field] += int(value)
+    return Dropped(**counts)
 
 
 class ServerIdentity(NamedTuple):
@@ -822,10 +868,9 @@ def server_identity(sock):
                             int(stats[b'time']) - int(stats[b'uptime']))
     except (KeyError, ValueError):
         instance = None  # a server (or proxy) that keeps no such stats
-    counts = [int(stats[name]) if stats.get(name, b'').isdigit() else None
-              for name in (b'total_connections', b'evictions', b'cmd_flush')]
-    dropped = None if None in counts[1:] else Dropped(*counts[1:])
-    return ServerIdentity(instance, counts[0], dropped)
+    connections = stats.get(b'total_connections', b'')
+    return ServerIdentity(instance, int(connections) if connections.isdigit()
+                          else None, dropped_from(stats))
 
 
 class Connection:
@@ -1168,8 +1213,8 @@ class Server:
         self.down = None
         self.instance = None  # the Instance of the memcached process
         self.restarts = 0  # restarts seen in this run
-        # The highest Dropped seen of this instance, and the evictions
-        # seen to grow in this run.
+        # The highest Dropped seen of this instance, and the items it
+        # evicted or lost in slab moves, seen to grow in this run.
         self.dropped = None
         self.evictions = 0
 
@@ -1188,8 +1233,9 @@ class Server:
         self.instance = instance
         if dropped is not None:
             if self.dropped is not None:
-                self.evictions += max(0, dropped.evictions
-                                      - self.dropped.evictions)
+                lost = dropped.since(self.dropped)
+                self.evictions += max(0, lost.evictions) \
+                    + max(0, lost.moved_out)
                 dropped = Dropped(*map(max, dropped, self.dropped))
             self.dropped = dropped
 
@@ -1438,25 +1484,11 @@ def processed_files(pattern):
             name = entry[1:]
             if entry.startswith('.') and not name.startswith('.') \
                     and entry != LOCK_FILE_NAME \
+                    and not entry.startswith(JOURNAL_FILE_NAME) \
                     and fnmatch.fnmatchcase(name, name_glob):
                 found.append((os.path.join(directory, name),
                               os.path.join(directory, entry)))
     return sorted(found, key=lambda paths: load_order(paths[0]))
-
-
-def in_processing_order(processed):
-    """The current paths of ``processed`` (processed_files' pairs, in load
-    order) in the order the files were processed: by the change time their
-    rename gave them, ties in load order.  Not load order: a file named
-    otherwise than a minute (backfill.tsv.gz) is processed in its run,
-    before the minutes of later runs, but sorts after them by name.  A
-    file whose status cannot be read comes last, to fail when opened."""
-    def renamed_at(paths):
-        try:
-            return os.stat(paths[1]).st_ctime_ns
-        except OSError:
-            return float('inf')
-    return [dotted for _, dotted in sorted(processed, key=renamed_at)]
 
 
 def last_processed(pattern):
@@ -1539,15 +1571,16 @@ class ChosenFiles(NamedTuple):
     waiting: int
 
 
-def choose_files(settings, locks):
+def choose_files(settings, locks, journal, reload=False):
     """List the files of the pattern, lock their directories, leave the
     young ones (--min-age) and set aside the late and re-delivered ones;
-    with --reload-processed, the processed files come first, in the order
-    they were processed (in_processing_order).  Returns ChosenFiles."""
+    with ``reload`` (--reload-processed), the processed files come first,
+    in the order their renames happened (Journal.order).  Returns
+    ChosenFiles."""
     with listing(settings.pattern):
         paths = find_files(settings.pattern)
-        processed = in_processing_order(processed_files(
-            settings.pattern)) if settings.reload_processed else []
+        processed = journal.order(processed_files(settings.pattern)) \
+            if reload else []
     if not settings.dry and not settings.lock:
         # Two runs whose patterns overlap share a directory, and so a lock.
         for directory in sorted({os.path.dirname(path)
@@ -1555,10 +1588,9 @@ def choose_files(settings, locks):
             take_lock(locks, os.path.join(directory, LOCK_FILE_NAME))
     if not paths:
         log.info('No files match %s', settings.pattern)
-    if settings.reload_processed:
+    if reload:
         log.info('%d processed files are loaded again first, in the order'
-                 ' they were processed, and stay as they are'
-                 ' (--reload-processed)',
+                 ' they were processed, and stay as they are',
                  len(processed))
     reloads = [FileLoad(path, name, reloading=True)
                for path, name in zip(processed, display_names(processed))]
@@ -1807,11 +1839,16 @@ class InstanceCheck:
         # accepted and logged
         self.warned = set()
         self.greenlet = None  # the check in flight, for abort()
+        # address -> the ServerIdentity its last answer gave
+        self.last_seen = {}
 
-    def problem(self, load):
+    def problem(self, load, accept_evictions=None):
         """The Verdict that ``load``'s records are not proven to be in
-        memcached now, or None.  abort() ends it at once, STOPPED."""
-        self.greenlet = gevent.spawn(self._problem, load)
+        memcached now, or None; ``accept_evictions`` overrides the run's
+        --accept-evictions.  abort() ends it at once, STOPPED."""
+        if accept_evictions is None:
+            accept_evictions = self.accept_evictions
+        self.greenlet = gevent.spawn(self._problem, load, accept_evictions)
         try:
             result = self.greenlet.get()
         finally:
@@ -1827,7 +1864,7 @@ class InstanceCheck:
             sock.close()
         self.connections.clear()
 
-    def _problem(self, load):
+    def _problem(self, load, accept_evictions):
         """Ask every server the file wrote to at once; the first problem in
         the order of their addresses, or None."""
         wrote = []  # (address, ServerIdentity) of the checkable servers
@@ -1846,7 +1883,10 @@ class InstanceCheck:
             now, error = asked.value  # an Attempt
             if error is not None:
                 return Verdict(Reason.SERVER_NOT_CHECKABLE, address, error)
-            self.servers[address].check_instance(now.instance, now.dropped)
+            self.last_seen[address] = now
+            if address in self.servers:
+                self.servers[address].check_instance(now.instance,
+                                                     now.dropped)
             if now.instance != then.instance \
                     or None not in (then.connections, now.connections) \
                     and now.connections < then.connections:
@@ -1857,19 +1897,18 @@ class InstanceCheck:
                     % (describe_identity(now), describe_identity(then)))
             if None in (then.dropped, now.dropped):
                 continue  # a server that does not count them
-            evicted = now.dropped.evictions - then.dropped.evictions
-            flushed = now.dropped.flushes - then.dropped.flushes
-            if evicted <= 0 and flushed <= 0:
+            dropped = now.dropped.since(then.dropped)
+            if not any(dropped):
                 continue
-            if not self.accept_evictions:
-                return Verdict(Reason.EVICTED, address, evicted, flushed)
+            if not accept_evictions:
+                return Verdict(Reason.EVICTED, address, dropped.describe())
             if (load.path, address) not in self.warned:
                 self.warned.add((load.path, address))
-                log.warning('%s: memcached %s evicted %d items and was'
-                            ' flushed %d times while it was written and'
-                            ' checked; renamed on --accept-evictions: some'
-                            ' of its records may be gone', load.name,
-                            address, evicted, flushed)
+                log.warning('%s: memcached %s dropped items while it was'
+                            ' written and checked (%s); renamed on'
+                            ' --accept-evictions: some of its records may'
+                            ' be gone', load.name, address,
+                            dropped.describe())
         return None
 
     def _ask(self, address):
@@ -1907,6 +1946,396 @@ class InstanceCheck:
             log.warning('%s tells no pid and start time (a proxy?): a'
                         ' restart of it cannot be noticed, and files are'
                         ' renamed without that check', address)
+
+
+class Journal:
+    """What the runs of one spool directory proved, beside its lock
+    (JOURNAL_FILE_NAME): JSON lines a person can read, each fsynced when
+    appended.  Its first line says what it is; then, in the order they
+    happened:
+
+    * ``{"renaming": FILE, "servers": {ADDRESS: IDENTITY}, "at": T}``
+      just before FILE (its path as it was, relative to the directory) is
+      renamed, with the identities that acknowledged its writes;
+    * ``{"proven": FILE, "servers": {...}, "at": T}`` once the check after
+      the rename finished, with what each server was then;
+    * ``{"undone": FILE}`` when the rename was put back;
+    * ``{"server": ADDRESS, ...}``: a server's identity now proven;
+    * ``{"lost": ADDRESS, "why": WORDS, "files": N}`` when a server lost
+      the records of processed files since it was proven, and
+      ``{"answered": [ADDRESS, ...]}`` once a reload of them is proven.
+
+    IDENTITY is a ServerIdentity (identity_record): pid, start time,
+    connections and the drop counters (Dropped).  Replayed, the lines give
+    ``renames`` (file -> its last entry, in the order of the renames),
+    ``servers`` (address -> last proven identity) and ``lost``.  A run
+    rewrites the journal atomically, compacted to its last
+    JOURNAL_RENAMES renames, once it has grown past twice that.
+
+    A missing journal starts empty.  A torn last line (a run killed while
+    appending it) is ignored; any other line that cannot be read makes
+    the journal corrupt: that is said plainly, it is set aside
+    (``.corrupt``), and the run goes on as if it were missing.  A line
+    that cannot be written is logged once, and the run goes on: the
+    checks of this run still hold.  Under --dry nothing is written.
+    """
+
+    def __init__(self, directory, dry=False):
+        self.directory = directory
+        self.path = os.path.join(directory, JOURNAL_FILE_NAME)
+        self.dry = dry
+        # file -> {'file', 'state' ('renaming' or 'proven'), 'at',
+        # 'servers'}, in the order of the renames
+        self.renames = {}
+        self.servers = {}  # address -> identity_record, with 'at'
+        self.lost = {}  # address -> {'why', 'files', 'at'}
+        self.lines = 0  # lines in the file
+        self.failed = False  # a write failed, and was logged
+
+    # -- reading --
+
+    def read(self):
+        """Read and replay the journal, compacting it if it grew past
+        twice JOURNAL_RENAMES; True if there was one to read."""
+        try:
+            with open(self.path, 'rb') as source:
+                lines = source.read().split(b'\n')
+            torn = lines.pop()  # b'' unless the last line is torn
+            header = json.loads(lines[0]) if lines else None
+            if not isinstance(header, dict) \
+                    or header.get('journal') != 'gmemcload' \
+                    or header.get('version') != JOURNAL_VERSION:
+                raise ValueError('not a gmemcload journal of version %d'
+                                 % JOURNAL_VERSION)
+            for number, line in enumerate(lines[1:], 2):
+                try:
+                    self._replay(json.loads(line))
+                except (ValueError, KeyError, TypeError,
+                        AttributeError) as exc:
+                    raise ValueError('line %d: %s' % (number, exc)) from None
+        except FileNotFoundError:
+            log.info('%s: no journal yet: this run starts it', self.path)
+            return False
+        except (OSError, ValueError) as exc:
+            self._set_aside(exc)
+            return False
+        self.lines = len(lines)
+        if torn:
+            log.warning('%s: its last line is incomplete (a run was killed'
+                        ' while writing it): ignored', self.path)
+            self._rewrite()
+        elif len(self.renames) > 2 * JOURNAL_RENAMES \
+                or self.lines > 4 * JOURNAL_RENAMES:
+            self._rewrite()
+        return True
+
+    def _set_aside(self, exc):
+        aside = self.path + '.corrupt'
+        log.error('%s: the journal cannot be read (%s); set aside as %s and'
+                  ' started again: renames it left unproven are not proven'
+                  ' again, and --reload-processed goes by name order',
+                  self.path, exc, aside)
+        self.renames, self.servers, self.lost = {}, {}, {}
+        if not self.dry:
+            try:
+                os.replace(self.path, aside)
+            except OSError:
+                pass
+
+    def _replay(self, entry):
+        """Apply one line's entry (a dict) to the state."""
+        if 'renaming' in entry or 'proven' in entry:
+            state = 'renaming' if 'renaming' in entry else 'proven'
+            file = entry[state]
+            servers = entry['servers']
+            if not isinstance(file, str) or not isinstance(servers, dict):
+                raise ValueError('not a rename: %r' % (entry,))
+            if state == 'renaming':
+                self.renames.pop(file, None)  # it moves to the end
+                self.renames[file] = {'file': file, 'state': state,
+                                      'at': entry['at'], 'servers': servers}
+            elif file in self.renames:
+                self.renames[file]['state'] = state
+                self._replay_servers(servers, entry['at'])
+        elif 'undone' in entry:
+            self.renames.pop(entry['undone'], None)
+        elif 'server' in entry:
+            self._replay_servers({entry['server']: entry['identity']},
+                                 entry['at'])
+        elif 'lost' in entry:
+            self.lost[entry['lost']] = {'why': entry['why'],
+                                        'files': entry['files'],
+                                        'at': entry['at']}
+        elif 'answered' in entry:
+            for address in entry['answered']:
+                self.lost.pop(address, None)
+        else:
+            raise ValueError('an entry of no known kind: %r' % (entry,))
+
+    def _replay_servers(self, servers, at):
+        for address, record in servers.items():
+            if record.get('pid') is not None:
+                self.servers[address] = dict(record, at=at)
+
+    # -- writing --
+
+    def _append(self, entry):
+        """Replay ``entry`` and append it as one line, fsynced."""
+        self._replay(entry)
+        if self.dry:
+            return
+        if not self.lines:
+            self._rewrite()
+            return
+        line = json.dumps(entry, sort_keys=True).encode() + b'\n'
+        try:
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND
+                                 | os.O_CREAT, 0o644)
+            try:
+                os.write(descriptor, line)
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            self.lines += 1
+        except OSError as exc:
+            self._write_failed(exc)
+
+    def _rewrite(self):
+        """Write the state whole, compacted: a temporary file, fsynced,
+        renamed over the journal, the directory fsynced."""
+        if self.dry:
+            return
+        entries = [{'journal': 'gmemcload', 'version': JOURNAL_VERSION,
+                    'about': 'the renames of this directory in the order'
+                             ' they happened, and what each server was'
+                             ' when last proven: one JSON object a line'}]
+        entries += [{'server': address, 'identity': dict(record),
+                     'at': record['at']}
+                    for address, record in sorted(self.servers.items())]
+        for entry in list(self.renames.values())[-JOURNAL_RENAMES:]:
+            entries.append({'renaming': entry['file'], 'at': entry['at'],
+                            'servers': entry['servers']})
+            if entry['state'] == 'proven':
+                entries.append({'proven': entry['file'], 'at': entry['at'],
+                                'servers': {}})
+        entries += [dict(lost=address, **loss)
+                    for address, loss in sorted(self.lost.items())]
+        temporary = self.path + '.new'
+        try:
+            with open(temporary, 'wb') as target:
+                for entry in entries:
+                    target.write(json.dumps(entry, sort_keys=True).encode()
+                                 + b'\n')
+                target.flush()
+                os.fsync(target.fileno())
+            os.replace(temporary, self.path)
+            directory = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            self.lines = len(entries)
+        except OSError as exc:
+            self._write_failed(exc)
+
+    def _write_failed(self, exc):
+        if not self.failed:
+            self.failed = True
+            log.error('%s: cannot write the journal: %s; renames go on, but'
+                      ' the next run cannot prove this one\'s last rename'
+                      ' or see a restart since', self.path, exc)
+
+    def _file(self, path):
+        return os.path.relpath(path, self.directory)
+
+    def renaming(self, load):
+        """Note, before it happens, that ``load`` is being renamed."""
+        self._append({'renaming': self._file(load.path), 'at': time.time(),
+                      'servers': {address: identity_record(identity)
+                                  for address, identity
+                                  in sorted(load.instances.items())}})
+
+    def proven(self, path, identities):
+        """Note that the rename of ``path`` is proven by ``identities``
+        (address -> ServerIdentity, asked after it)."""
+        self._append({'proven': self._file(path), 'at': time.time(),
+                      'servers': {address: identity_record(identity)
+                                  for address, identity
+                                  in sorted(identities.items())}})
+
+    def undone(self, path):
+        """Forget the last rename of ``path``: it was put back."""
+        self._append({'undone': self._file(path), 'at': time.time()})
+
+    def note_server(self, address, identity):
+        """Note what ``address`` is now (a ServerIdentity), proven."""
+        self._append({'server': address, 'at': time.time(),
+                      'identity': identity_record(identity)})
+
+    def note_lost(self, address, why, files):
+        self._append({'lost': address, 'why': why, 'files': files,
+                      'at': time.time()})
+
+    def answered(self):
+        """The losses are answered: the processed files are reloaded."""
+        self._append({'answered': sorted(self.lost), 'at': time.time()})
+
+    # -- questions --
+
+    def unfinished(self):
+        """The renames whose check after them never finished."""
+        return [entry for entry in self.renames.values()
+                if entry['state'] == 'renaming']
+
+    def files_on(self, address):
+        """The proven renames that wrote to ``address``: file names."""
+        return [entry['file'] for entry in self.renames.values()
+                if entry['state'] == 'proven'
+                and address in entry['servers']]
+
+    def order(self, processed):
+        """The current paths of ``processed`` (processed_files' pairs, in
+        load order) in the order their renames happened: first those the
+        journal does not know, in load order (said), then the others in
+        the journal's order.  Never by change times, which a copy or a
+        restore of the spool rewrites."""
+        position = {file: index for index, file in enumerate(self.renames)}
+        unknown = [paths for paths in processed
+                   if self._file(paths[0]) not in position]
+        known = sorted((paths for paths in processed
+                        if self._file(paths[0]) in position),
+                       key=lambda paths: position[self._file(paths[0])])
+        if unknown:
+            log.info('%d processed files are not in the journal (processed'
+                     ' before it, or it was lost): they come first, in name'
+                     ' order', len(unknown))
+        return [dotted for _, dotted in unknown + known]
+
+
+def identity_record(identity):
+    """A ServerIdentity as the journal keeps it."""
+    record = {'pid': None, 'started': None,
+              'connections': identity.connections}
+    if identity.instance is not None:
+        record.update(pid=identity.instance.pid,
+                      started=identity.instance.started)
+    if identity.dropped is not None:
+        record.update(identity.dropped._asdict())
+    return record
+
+
+def identity_from_record(record):
+    """The ServerIdentity of a journal's record; raises ValueError if it
+    is not one."""
+    try:
+        instance = None if record.get('pid') is None else Instance(
+            int(record['pid']), int(record['started']))
+        dropped = None
+        if all(field in record for field in Dropped._fields):
+            dropped = Dropped(*(int(record[field])
+                                for field in Dropped._fields))
+        connections = record.get('connections')
+        return ServerIdentity(instance, None if connections is None
+                              else int(connections), dropped)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError('not a server identity: %r' % (record,)) from exc
+
+
+class _JournalledFile:
+    """What InstanceCheck.problem needs of a file the journal names."""
+
+    __slots__ = ('path', 'name', 'instances')
+
+    def __init__(self, path, instances):
+        self.path = path
+        self.name = os.path.basename(path)
+        self.instances = instances
+
+
+def prove_unfinished(journal, check):
+    """At start: for each rename whose check never finished (the run was
+    killed in its last window), ask the servers it wrote to again; note
+    it proven if every one is unchanged since the file's writes, else put
+    the file back (it loads again now)."""
+    for entry in journal.unfinished():
+        path = os.path.join(journal.directory, entry['file'])
+        if not os.path.lexists(dot_path(path)) or os.path.lexists(path):
+            journal.undone(path)  # the rename never happened
+            continue
+        try:
+            instances = {address: identity_from_record(record)
+                         for address, record in entry['servers'].items()}
+        except (AttributeError, ValueError) as exc:
+            verdict = 'its journal entry is damaged (%s)' % exc
+        else:
+            found = check.problem(_JournalledFile(path, instances))
+            verdict = None if found is None else str(found)
+        if verdict is None:
+            journal.proven(path, {address: check.last_seen[address]
+                                  for address in instances
+                                  if address in check.last_seen})
+            log.info('%s: its rename was not proven when the last run'
+                     ' ended; proven now', entry['file'])
+            continue
+        journal.undone(path)
+        put_back(path, 'was renamed by a run that ended before it was'
+                 ' proven')
+        log.error('%s: renamed by a run that ended before the check after'
+                  ' the rename, and not provable now: %s; put back, to be'
+                  ' loaded again', entry['file'], verdict)
+
+
+class Loss(NamedTuple):
+    """A server that lost the records of processed files between runs:
+    its address, why (words) and how many of the journal's files wrote
+    to it."""
+    address: str
+    why: str
+    files: int
+    restarted: bool
+    dropped: int
+
+
+def losses_between_runs(journal, check, addresses):
+    """At start: ask each server of ``addresses`` that the journal proved
+    before; a server restarted, flushed or dropping items since then has
+    lost processed files' records.  Each is logged and kept in the
+    journal's ``lost`` until a reload is proven; the journal's identity
+    of it becomes the current one, so one change is counted once.
+    Returns the new Losses."""
+    found = []
+    for address in sorted(set(addresses) & set(journal.servers)):
+        try:
+            then = identity_from_record(journal.servers[address])
+        except ValueError:
+            continue
+        verdict = check.problem(_JournalledFile(
+            journal.path, {address: then}), accept_evictions=False)
+        if verdict is None:
+            continue
+        if verdict.reason is Reason.SERVER_NOT_CHECKABLE:
+            log.warning('%s: cannot check it against the last run: %s',
+                        address, verdict)
+            continue
+        now = check.last_seen.get(address)
+        files = journal.files_on(address)
+        restarted = verdict.reason is Reason.SERVER_RESTARTED
+        dropped = 0
+        if not restarted and now is not None and now.dropped is not None \
+                and then.dropped is not None:
+            lost = now.dropped.since(then.dropped)
+            dropped = max(0, lost.evictions) + max(0, lost.moved_out)
+        why = ('restarted since the last run proved it (now %s, then %s)'
+               % (describe_identity(now), describe_identity(then))
+               if restarted else 'dropped items since the last run proved'
+               ' it (%s)' % now.dropped.since(then.dropped).describe())
+        log.error('memcached %s %s: the records there of %d processed'
+                  ' files%s are gone or may be', address, why, len(files),
+                  ' (%s to %s)' % (files[0], files[-1]) if files else '')
+        journal.note_lost(address, why, len(files))
+        journal.note_server(address, now)
+        found.append(Loss(address, why, len(files), restarted, dropped))
+    return found
 
 
 def describe_identity(identity):
@@ -1966,9 +2395,12 @@ class RenameInOrder:
     is checked or renamed.
     """
 
-    def __init__(self, max_error_rate, check, dry=False):
+    def __init__(self, max_error_rate, check, dry=False, journal=None):
         self.max_error_rate = max_error_rate
         self.check = check  # an InstanceCheck (None under --dry)
+        # The Journal each rename is noted in before it happens and once
+        # it is proven (None: none, as under --dry).
+        self.journal = journal
         self.dry = dry  # --dry: check nothing, rename nothing
         self.renaming = True  # until the first file not loaded
         self.stopped = False
@@ -1984,10 +2416,20 @@ class RenameInOrder:
             return verdict
         if load.reloading:  # the same checks, and no rename
             return still_there(load)
+        if self.journal is not None:
+            self.journal.renaming(load)  # fsynced before the rename
         verdict = rename_loaded(load.path, load.identity)
-        if verdict is not None:
-            return verdict
-        return self._confirm(load)  # every server again, just after
+        if verdict is None:
+            verdict = self._confirm(load)  # every server again, just after
+        if self.journal is not None:
+            if verdict is None:
+                self.journal.proven(load.path, {
+                    address: self.check.last_seen[address]
+                    for address in load.instances
+                    if address in self.check.last_seen})
+            else:
+                self.journal.undone(load.path)
+        return verdict
 
     def _confirm(self, load):
         """Ask the servers again once the file is renamed: an answer of the
@@ -2191,6 +2633,7 @@ class Settings:
         self.load_late = args.load_late
         self.reload_processed = args.reload_processed
         self.accept_evictions = args.accept_evictions
+        self.refill_after_loss = args.refill_after_loss
         self.lock = args.lock  # None: the default locks (see load_files)
         self.show_bar = not args.log and sys.stderr.isatty()
         self.encoder = choose_encoder()
@@ -2221,7 +2664,7 @@ class Loader:
     writes of a key keep the file order by construction.
     """
 
-    def __init__(self, settings):
+    def __init__(self, settings, servers=None):
         self.settings = settings
         self.stopping = gevent.event.Event()
         routes = build_routes(settings.addresses, settings.uploaders)
@@ -2231,7 +2674,8 @@ class Loader:
             self.encoder = InProcessEncoder(encode)
         else:
             self.encoder = EncoderThreads(settings.workers, encode)
-        self.servers = {}  # address -> Server
+        # address -> Server: those given, and any other written to
+        self.servers = {} if servers is None else servers
         self.lanes = []  # by lane number
         for address in routes.lane_addresses:
             server = self.servers.get(address)
@@ -2472,34 +2916,73 @@ class RunResult:
     """What a run did, for the exit status and the metrics."""
 
     def __init__(self, settings, loads=(), waiting=0, servers=(),
-                 signum=None):
+                 signum=None, lost=()):
         self.settings = settings
         self.loads = list(loads)  # FileLoads of the files taken
         self.waiting = waiting  # files left for the next run (--min-age)
         self.servers = list(servers)  # Server objects, with down, restarts
         self.signum = signum  # the signal that stopped the run, or None
+        # Servers that lost processed files' records, not yet refilled.
+        self.lost = list(lost)
 
 
-def load_files(settings, locks):
-    """The run: the files chosen (choose_files), loaded and renamed in
-    order (load_in_order), and summed up.  Returns a RunResult.  Raises
+def load_files(settings, locks, journal):
+    """The run: what changed since the last run (the journal, if any),
+    the files chosen (choose_files), loaded and renamed in order
+    (load_in_order), and summed up.  Returns a RunResult.  Raises
     Locked, Unlistable or DiskFailure."""
-    chosen = choose_files(settings, locks)
+    servers = {address: Server(address) for address in sorted(
+        {address for addresses in settings.addresses.values()
+         for address in addresses})}
+    if not settings.dry:
+        check = InstanceCheck(settings, servers)
+        try:
+            prove_unfinished(journal, check)
+            for loss in losses_between_runs(journal, check, servers):
+                servers[loss.address].restarts += loss.restarted
+                servers[loss.address].evictions += loss.dropped
+        finally:
+            check.close()
+    lost = [] if settings.dry else sorted(journal.lost)
+    refill = bool(lost) and settings.refill_after_loss
+    if refill:
+        log.warning('memcached %s lost records of processed files: they are'
+                    ' loaded again first (--refill-after-loss)',
+                    ', '.join(lost))
+    elif lost and not settings.reload_processed:
+        log.error('memcached %s lost records of processed files since they'
+                  ' were proven (see the journal %s): load them again with'
+                  ' --reload-processed, or let runs do it with'
+                  ' --refill-after-loss', ', '.join(lost), journal.path)
+    chosen = choose_files(settings, locks, journal,
+                          settings.reload_processed or refill)
     if not chosen.loads:
-        return RunResult(settings, waiting=chosen.waiting)
-    servers, signum = load_in_order(settings, chosen.to_load)
+        return RunResult(settings, waiting=chosen.waiting,
+                         servers=servers.values(), lost=lost)
+    _, signum = load_in_order(settings, chosen.to_load, journal, servers)
+    reloads = [load for load in chosen.loads if load.reloading]
+    if lost and (settings.reload_processed or refill) \
+            and signum is None and all(load.reloaded for load in reloads):
+        log.info('the processed files are loaded again and proven: the'
+                 ' loss on %s is answered', ', '.join(lost))
+        journal.answered()
+        lost = []
     log_summary(chosen.loads, settings.max_error_rate, settings.dry)
     log_cpu(settings.workers)
-    return RunResult(settings, chosen.loads, chosen.waiting, servers, signum)
+    return RunResult(settings, chosen.loads, chosen.waiting,
+                     servers.values(), signum, lost)
 
 
-def load_in_order(settings, loads):
+def load_in_order(settings, loads, journal=None, servers=None):
     """Load ``loads`` and rename them in order, the pipeline wired to the
-    renames, stop signals and progress.  Returns ``(servers, signum)``:
-    the Servers written to, and the signal that stopped the run or None."""
-    engine = Loader(settings)
+    renames, stop signals and progress; then prove every reloaded file
+    again, as each was proven before the later files were loaded.
+    Returns ``(servers, signum)``: the Servers written to, and the signal
+    that stopped the run or None."""
+    engine = Loader(settings, servers)
     check = None if settings.dry else InstanceCheck(settings, engine.servers)
-    renamer = RenameInOrder(settings.max_error_rate, check, settings.dry)
+    renamer = RenameInOrder(settings.max_error_rate, check, settings.dry,
+                            None if settings.dry else journal)
 
     def stop(signum):
         renamer.stop()  # first: nothing is renamed after the signal
@@ -2511,6 +2994,8 @@ def load_in_order(settings, loads):
         with (_log_around_the_bar() if settings.show_bar
               else contextlib.nullcontext()):
             engine.run(loads, renamer)
+        if check is not None:
+            prove_reloaded(loads, renamer)
     finally:
         progress.stop()
         if check is not None:
@@ -2518,6 +3003,22 @@ def load_in_order(settings, loads):
         gevent.sleep(0)  # run a signal callback that is still pending
         STOP_SIGNALS.disarm()
     return list(engine.servers.values()), caught[0] if caught else None
+
+
+def prove_reloaded(loads, renamer):
+    """At the end of a run, ask again for every reloaded file whether its
+    servers are unchanged since its writes: a restart after its own check
+    would otherwise go unseen.  One not proven is no longer reloaded."""
+    for load in loads:
+        if not load.reloaded:
+            continue
+        verdict = STOPPED if renamer.stopped \
+            else renamer.check.problem(load)
+        if verdict is not None:
+            load.reloaded = False
+            load.fail(verdict)
+            log.error('%s: reloaded, but not proven at the end of the'
+                      ' reload: %s', load.name, verdict)
 
 
 def _log_around_the_bar():
@@ -2800,8 +3301,16 @@ def build_parser():
                         help='refill a memcached that restarted empty:'
                              ' first load every processed file of the'
                              ' pattern (.<name>) again, in the order they'
-                             ' were processed, renaming none of them, then'
-                             ' the new files as usual')
+                             ' were processed (as the journal %s says),'
+                             ' renaming none of them, then the new files'
+                             ' as usual' % JOURNAL_FILE_NAME)
+    parser.add_argument('--refill-after-loss', action='store_true',
+                        help='when the journal shows that a server lost'
+                             ' the records of processed files since they'
+                             ' were proven (it restarted, was flushed or'
+                             ' dropped items between runs), load them'
+                             ' again first, as --reload-processed does;'
+                             ' without it such a run says so and exits 1')
     parser.add_argument('--load-late', action='store_true',
                         help='load a late file too: one that comes'
                              ' before a file already processed, in load'
@@ -2997,6 +3506,8 @@ def outcome(args):
     if result.signum is not None:
         return EXIT_SIGNAL_BASE + result.signum, result
     settings = result.settings
+    if result.lost:  # processed files' records lost, not loaded again
+        return EXIT_FAILED, result
     if all(load.renamed or load.reloaded or (
             settings.dry and load.loaded(settings.max_error_rate))
             for load in result.loads):
@@ -3023,7 +3534,9 @@ def _run(args):
         if not settings.dry:
             take_lock(locks, settings.lock or os.path.join(directory,
                                                            LOCK_FILE_NAME))
-        return load_files(settings, locks)
+        journal = Journal(directory, dry=settings.dry)
+        journal.read()
+        return load_files(settings, locks, journal)
     finally:
         locks.release()
 

@@ -75,6 +75,7 @@ OPERATORS = ['tests/test_operators.py']
 ENCODERS = ['tests/test_encoders.py']
 FILES = ['tests/test_files.py']
 NATIVE = ['tests/test_native.py']
+ACROSS = ['tests/test_across_runs.py']
 MUTANTS = {
     # -- the wire
     'no-in-doubt-settling': (
@@ -299,27 +300,85 @@ MUTANTS = {
         PROMISE),
     'no-check-after-the-rename': (
         'a restart between the check\'s answers and the rename is missed',
-        "        return self._confirm(load)  # every server again, just"
-        " after\n",
-        "        return None\n",
+        "            verdict = self._confirm(load)  # every server again,"
+        " just after\n",
+        "            pass\n",
         PROMISE),
     'evictions-ignored': (
         'a file whose server evicted items while it loaded is renamed',
-        "                return Verdict(Reason.EVICTED, address, evicted,"
-        " flushed)",
+        "                return Verdict(Reason.EVICTED, address,"
+        " dropped.describe())",
         "                continue",
         PROMISE),
     'flushes-ignored': (
         'a file whose server was flushed while it loaded is renamed',
-        "            if evicted <= 0 and flushed <= 0:",
-        "            if evicted <= 0:",
+        "            dropped = now.dropped.since(then.dropped)\n",
+        "            dropped = now.dropped.since(then.dropped)._replace("
+        "flushes=0)\n",
         PROMISE),
     'evictions-not-counted': (
         'the metrics say a server evicted nothing',
-        "                self.evictions += max(0, dropped.evictions\n"
-        "                                      - self.dropped.evictions)\n",
+        "                self.evictions += max(0, lost.evictions) \\\n"
+        "                    + max(0, lost.moved_out)\n",
         "                self.evictions += 0\n",
         PROMISE),
+    'slab-move-drops-ignored': (
+        'items the slab mover drops (slab_reassign_evictions_nomem) are not'
+        ' counted, and a file that lost them is renamed',
+        "    (b'slab_reassign_evictions_nomem', 'moved_out'),\n",
+        "",
+        ['tests/test_rename_promise.py::'
+         'test_items_the_slab_mover_drops_keep_the_file']),
+    'no-journal-before-the-rename': (
+        'a rename is not noted before it happens, so a run killed before'
+        ' its check leaves nothing for the next run to prove',
+        "            self.journal.renaming(load)  # fsynced before the"
+        " rename\n",
+        "            pass\n",
+        ACROSS),
+    'an-unfinished-rename-trusted': (
+        'a rename that a killed run left unproven is taken as proven',
+        "            found = check.problem(_JournalledFile(path,"
+        " instances))\n",
+        "            found = None\n",
+        ACROSS),
+    'no-check-between-runs': (
+        'a server restarted or flushed between two runs is not seen',
+        "    found = []\n"
+        "    for address in sorted(set(addresses) & set(journal.servers)):",
+        "    found = []\n"
+        "    for address in []:",
+        ACROSS),
+    'a-loss-forgotten-after-one-run': (
+        'a loss between runs is said once, and the next run exits 0 with'
+        ' the records still gone',
+        "        journal.note_lost(address, why, len(files))\n",
+        "",
+        ACROSS),
+    'a-loss-is-no-failure': (
+        'a run that knows processed files lost their records exits 0',
+        "    if result.lost:  # processed files' records lost, not loaded"
+        " again\n",
+        "    if False:\n",
+        ACROSS),
+    'no-refill': (
+        '--refill-after-loss does not load the processed files again',
+        "    refill = bool(lost) and settings.refill_after_loss\n",
+        "    refill = False\n",
+        ACROSS),
+    'a-reload-not-proven-at-its-end': (
+        'a reloaded file is checked once, and a restart after that check'
+        ' goes unseen',
+        "        if check is not None:\n"
+        "            prove_reloaded(loads, renamer)\n",
+        "",
+        ACROSS),
+    'a-torn-journal-is-corrupt': (
+        'a journal whose last line a killed run left incomplete is set'
+        ' aside as corrupt',
+        "            torn = lines.pop()  # b'' unless the last line is torn\n",
+        "            torn = b''\n",
+        ACROSS),
     'start-time-not-compared': (
         'a restart that keeps the pid, with a new start time, is not'
         ' noticed',
@@ -372,11 +431,11 @@ MUTANTS = {
         'a server restarted after a file was written is not noticed',
         ("        verdict = self.check.problem(load)  # every server, just"
          " before\n",
-         "        return self._confirm(load)  # every server again, just"
-         " after\n"),
+         "            verdict = self._confirm(load)  # every server again,"
+         " just after\n"),
         ("        verdict = self.check.problem(load) if load.reloading"
          " else None\n",
-         "        return None\n"),
+         "            pass\n"),
         PROMISE),
     'no-connection-count-check': (
         'a restart that keeps pid and start time is not noticed',
@@ -656,10 +715,9 @@ MUTANTS = {
     'reload-in-load-order': (
         '--reload-processed reloads by name, so a backfill processed first'
         ' goes last, over newer values',
-        "    return [dotted for _, dotted in sorted(processed,"
-        " key=renamed_at)]",
-        "    return [dotted for _, dotted in processed]",
-        FILES),
+        "        return [dotted for _, dotted in unknown + known]",
+        "        return [dotted for _, dotted in processed]",
+        FILES + ACROSS),
     'non-files-skipped': (
         'a matched FIFO or directory is skipped, and the run exits 0',
         "        paths.append(path)\n"

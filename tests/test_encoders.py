@@ -49,7 +49,9 @@ def test_lines_split_across_chunks_load_as_with_one_thread(
         assert status == 0, text
         assert encoding in text
         assert stored_values(memcached_set, expected) == expected
-        os.rename(tmp_path / '.20170929000000.tsv.gz', path)  # once more
+        # Once more, from a spool that never saw it.
+        os.rename(tmp_path / '.20170929000000.tsv.gz', path)
+        os.unlink(tmp_path / gmemcload.JOURNAL_FILE_NAME)
 
 
 def test_errors_are_counted_over_chunks(tmp_path, memcached_set,

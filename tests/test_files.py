@@ -180,7 +180,7 @@ def test_reload_processed_follows_the_order_files_were_processed(
     newer = lines_for('idfa', 20, version=3)
     write_gz(tmp_path / 'backfill.tsv.gz', older)
     assert run(tmp_path, memcached_set)[0] == 0
-    time.sleep(0.05)  # a later rename, a later change time
+    time.sleep(0.05)  # a later rename
     write_gz(tmp_path / FIRST, newer)
     assert run(tmp_path, memcached_set)[0] == 0
     memcached_set['idfa'].restart()

@@ -136,7 +136,7 @@ def test_a_kept_check_connection_that_died_is_not_a_failed_try(
         assert error is None
         instance, connections, dropped = answer
         assert instance is not None and connections >= 1
-        assert dropped == (0, 0)
+        assert dropped == (0, 0, 0)
         assert check.connections[server.address] is not kept
     finally:
         check.close()

@@ -1,0 +1,277 @@
+"""The promise across runs: what one run cannot see alone.  The journal
+beside the lock proves a rename that a killed run left unproven, sees a
+restart or a drop between two runs, orders a reload, and a reload ends
+proven."""
+import json
+import os
+import signal
+
+import pytest
+
+import gmemcload
+import conftest
+from conftest import (expected_state, lines_for, listing, metrics,
+                      start_patched_loader, stored_values, value, write_gz)
+
+FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
+                        '20170929000200.tsv.gz')
+JOURNAL = gmemcload.JOURNAL_FILE_NAME
+
+
+def run(tmp_path, daemons, *extra):
+    """conftest.run, with the log of this run only."""
+    (tmp_path / 'run.log').unlink(missing_ok=True)
+    return conftest.run(tmp_path, daemons, *extra)
+
+
+def journal(tmp_path):
+    """The journal of tmp_path, replayed: renames (a list), servers, lost;
+    every line of it a JSON object."""
+    with open(tmp_path / JOURNAL) as source:
+        for line in source:
+            assert isinstance(json.loads(line), dict)
+    replayed = gmemcload.Journal(str(tmp_path), dry=True)
+    assert replayed.read()
+    return {'renames': [dict(entry, servers=sorted(entry['servers']))
+                        for entry in replayed.renames.values()],
+            'servers': replayed.servers, 'lost': replayed.lost}
+
+
+def all_lines(dev_types, count, version=0, tag=''):
+    return [line for dev_type in dev_types
+            for line in lines_for(dev_type, count, tag=tag, version=version)]
+
+
+def stored_state(tmp_path, daemons, names):
+    """The values of every key of ``names`` as memcached holds them, and
+    what loading those files in order would leave."""
+    want = expected_state([tmp_path / ('.' + name) for name in names])
+    return stored_values(daemons, list(want)), want
+
+
+# -- the journal: what it holds --
+
+def test_the_journal_holds_each_rename_in_order_and_each_servers_identity(
+        tmp_path, memcached_set):
+    write_gz(tmp_path / SECOND, all_lines(['idfa', 'gaid'], 10))
+    write_gz(tmp_path / FIRST, all_lines(['idfa'], 10))
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    found = journal(tmp_path)
+    assert [(entry['file'], entry['state'], entry['servers'])
+            for entry in found['renames']] == [
+        (FIRST, 'proven', [memcached_set['idfa'].address]),
+        (SECOND, 'proven', sorted([memcached_set['idfa'].address,
+                                   memcached_set['gaid'].address]))]
+    stats = memcached_set['idfa'].client().get_stats()[0][1]
+    record = found['servers'][memcached_set['idfa'].address]
+    assert record['pid'] == int(stats['pid'])
+    assert record['started'] == int(stats['time']) - int(stats['uptime'])
+    assert (record['evictions'], record['flushes'], record['moved_out']) \
+        == (0, 0, 0)
+    assert found['lost'] == {}
+
+
+def test_a_missing_or_corrupt_journal_never_blocks_a_run(
+        tmp_path, memcached_set):
+    (tmp_path / JOURNAL).write_text('{"journal": "gmemcload", "version": 1}'
+                                    '\n{"renaming": "x", "at"\n{}\n')
+    write_gz(tmp_path / FIRST, all_lines(['idfa'], 10))
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    assert 'the journal cannot be read' in text
+    assert 'line 2: ' in text
+    assert (tmp_path / (JOURNAL + '.corrupt')).read_text().startswith(
+        '{"journal": "gmemcload", "version": 1}\n{"renaming": "x", "at"\n')
+    assert [entry['file'] for entry in journal(tmp_path)['renames']] \
+        == [FIRST]
+    assert listing(tmp_path) == ['.' + FIRST]
+
+
+def test_a_torn_last_line_is_ignored_and_the_journal_rewritten(
+        tmp_path, memcached_set):
+    write_gz(tmp_path / FIRST, all_lines(['idfa'], 10))
+    assert run(tmp_path, memcached_set)[0] == 0
+    with open(tmp_path / JOURNAL, 'a') as target:
+        target.write('{"renaming": "20170929000100.tsv.gz", "a')  # killed
+    write_gz(tmp_path / SECOND, all_lines(['idfa'], 10, tag='s'))
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    assert 'its last line is incomplete' in text
+    assert [(entry['file'], entry['state'])
+            for entry in journal(tmp_path)['renames']] == [
+        (FIRST, 'proven'), (SECOND, 'proven')]
+    assert not (tmp_path / (JOURNAL + '.corrupt')).exists()
+
+
+# -- between runs --
+
+def test_a_restart_between_two_runs_is_seen_named_counted_and_refilled(
+        tmp_path, memcached_set):
+    idfa = memcached_set['idfa']
+    metrics_file = str(tmp_path / 'metrics.prom')
+    write_gz(tmp_path / FIRST, all_lines(['idfa', 'gaid'], 1000))
+    status, text = run(tmp_path, memcached_set,
+                       '--metrics-file', metrics_file)
+    assert status == 0, text
+    idfa.restart()  # between the runs: its 1,000 records are gone
+    write_gz(tmp_path / SECOND, all_lines(['idfa'], 10, version=1, tag='b'))
+    status, text = run(tmp_path, memcached_set,
+                       '--metrics-file', metrics_file)
+    assert status == 1, text
+    assert 'memcached %s restarted since the last run proved it' \
+        % idfa.address in text
+    assert 'the records there of 1 processed files (%s to %s) are gone' \
+        % (FIRST, FIRST) in text
+    found = metrics(metrics_file)
+    assert value(found, 'server_restarts_total', server=idfa.address) == 1
+    assert value(found, 'last_run_server_restarts',
+                 server=idfa.address) == 1
+    assert listing(tmp_path) == ['.' + FIRST, '.' + SECOND]
+    # Not refilled: every run says so, and counts the restart once.
+    status, text = run(tmp_path, memcached_set,
+                       '--metrics-file', metrics_file)
+    assert status == 1, text
+    assert 'lost records of processed files since they were proven' in text
+    assert value(metrics(metrics_file), 'server_restarts_total',
+                 server=idfa.address) == 1
+    stored, want = stored_state(tmp_path, memcached_set, [FIRST, SECOND])
+    assert len(stored) == len(want) - 1000
+    status, text = run(tmp_path, memcached_set, '--refill-after-loss',
+                       '--metrics-file', metrics_file)
+    assert status == 0, text
+    assert '2 processed files are loaded again first' in text
+    stored, want = stored_state(tmp_path, memcached_set, [FIRST, SECOND])
+    assert stored == want
+    assert journal(tmp_path)['lost'] == {}
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    assert 'lost records' not in text
+
+
+def test_a_flush_between_two_runs_is_seen_as_a_loss(tmp_path,
+                                                    memcached_set):
+    gaid = memcached_set['gaid']
+    write_gz(tmp_path / FIRST, all_lines(['gaid'], 100))
+    assert run(tmp_path, memcached_set)[0] == 0
+    gaid.client().flush_all()
+    status, text = run(tmp_path, memcached_set)
+    assert status == 1, text
+    assert 'memcached %s dropped items since the last run proved it (0' \
+        ' items evicted, 1 flushes, 0 items lost in slab moves)' \
+        % gaid.address in text
+    status, text = run(tmp_path, memcached_set, '--refill-after-loss')
+    assert status == 0, text
+    stored, want = stored_state(tmp_path, memcached_set, [FIRST])
+    assert stored == want
+
+
+# -- the last window: killed between a rename and the check after it --
+
+KILLED_AFTER_THE_RENAME = '''
+import os, signal
+rename = gmemcload.rename_loaded
+def rename_then_die(path, identity):
+    verdict = rename(path, identity)
+    if verdict is None and os.environ.get('RESTART_FIRST'):
+        os.kill(int(os.environ['RESTART_FIRST']), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+gmemcload.rename_loaded = rename_then_die
+'''
+
+
+@pytest.mark.parametrize('restarted', [False, True])
+def test_a_rename_a_killed_run_left_unproven_is_proven_or_put_back(
+        tmp_path, memcached_set, monkeypatch, restarted):
+    idfa = memcached_set['idfa']
+    lines = all_lines(['idfa'], 1000)
+    write_gz(tmp_path / FIRST, lines)
+    if restarted:  # memcached dies between the writes and the rename
+        monkeypatch.setenv('RESTART_FIRST', str(idfa.process.pid))
+    loader = start_patched_loader(tmp_path, memcached_set,
+                                  KILLED_AFTER_THE_RENAME)
+    assert loader.wait(timeout=60) == -signal.SIGKILL
+    assert listing(tmp_path) == ['.' + FIRST]
+    assert [(entry['file'], entry['state'])
+            for entry in journal(tmp_path)['renames']] \
+        == [(FIRST, 'renaming')]
+    if restarted:
+        idfa.process.wait()
+        idfa.restart()
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    assert listing(tmp_path) == ['.' + FIRST]
+    assert [(entry['file'], entry['state'])
+            for entry in journal(tmp_path)['renames']] \
+        == [(FIRST, 'proven')]
+    stored, want = stored_state(tmp_path, memcached_set, [FIRST])
+    assert stored == want
+    if restarted:
+        assert '%s: renamed by a run that ended before the check after' \
+            ' the rename, and not provable now: memcached %s restarted' \
+            % (FIRST, idfa.address) in text
+        assert '%s: Acceptable error rate' % FIRST in text
+    else:
+        assert '%s: its rename was not proven when the last run ended;' \
+            ' proven now' % FIRST in text
+        assert 'Acceptable error rate' not in text  # not loaded again
+
+
+# -- the order of a reload --
+
+def test_a_reload_follows_the_journal_not_change_times(tmp_path,
+                                                       memcached_set):
+    # Names that are not minutes load in name order within a run, so
+    # across runs the journal alone knows that b came before a.
+    for name, version in (('b.tsv.gz', 0), ('a.tsv.gz', 1)):
+        write_gz(tmp_path / name, all_lines(['idfa'], 50, version=version))
+        status, text = run(tmp_path, memcached_set)
+        assert status == 0, text
+    # A restore of the spool rewrites every change time, in name order.
+    for name in ('.a.tsv.gz', '.b.tsv.gz'):
+        os.chmod(tmp_path / name, 0o644)
+    memcached_set['idfa'].restart()
+    status, text = run(tmp_path, memcached_set, '--reload-processed')
+    assert status == 0, text
+    stored, want = stored_state(tmp_path, memcached_set,
+                                ['b.tsv.gz', 'a.tsv.gz'])
+    assert stored == want  # a's values, the newest
+    assert 'not in the journal' not in text
+
+
+def test_processed_files_the_journal_does_not_know_come_first_in_name_order(
+        tmp_path, memcached_set):
+    write_gz(tmp_path / '.b.tsv.gz', all_lines(['idfa'], 20, version=0))
+    write_gz(tmp_path / 'c.tsv.gz', all_lines(['idfa'], 20, version=2))
+    assert run(tmp_path, memcached_set)[0] == 0  # c: in the journal
+    write_gz(tmp_path / '.a.tsv.gz', all_lines(['idfa'], 20, version=1))
+    status, text = run(tmp_path, memcached_set, '--reload-processed')
+    assert status == 0, text
+    assert '2 processed files are not in the journal (processed before' \
+        ' it, or it was lost): they come first, in name order' in text
+    stored, want = stored_state(tmp_path, memcached_set,
+                                ['a.tsv.gz', 'b.tsv.gz', 'c.tsv.gz'])
+    assert stored == want
+
+
+def test_a_reload_is_proven_again_at_its_end(tmp_path, memcached_set,
+                                             monkeypatch):
+    # A restart after a reloaded file's own check, before the run ends:
+    # it is no longer reloaded, and the run exits 1.
+    write_gz(tmp_path / FIRST, all_lines(['idfa'], 30))
+    assert run(tmp_path, memcached_set)[0] == 0
+    write_gz(tmp_path / SECOND, all_lines(['gaid'], 30))
+    rename = gmemcload.RenameInOrder.__call__
+
+    def restart_after_the_reload(renamer, load):
+        rename(renamer, load)
+        if load.reloaded:
+            memcached_set['idfa'].restart()
+    monkeypatch.setattr(gmemcload.RenameInOrder, '__call__',
+                        restart_after_the_reload)
+    status, text = run(tmp_path, memcached_set, '--reload-processed')
+    assert status == 1, text
+    assert '.%s: reloaded, but not proven at the end of the reload:' \
+        ' memcached %s restarted' % (FIRST, memcached_set['idfa'].address) \
+        in text
+    assert listing(tmp_path) == ['.' + FIRST, '.' + SECOND]
