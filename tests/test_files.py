@@ -7,8 +7,8 @@ import pytest
 
 from conftest import (expected_value, files, lines_for, listing, metrics,
                       run, start_patched_loader, stop_within, stored_values,
-                      summary_row, value, wait_for_log, wait_for_renamed,
-                      write_gz)
+                      summary_row, value, wait_for, wait_for_log,
+                      wait_for_renamed, write_gz)
 
 FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
                         '20170929000200.tsv.gz')
@@ -107,6 +107,69 @@ def test_a_stop_ends_a_run_whose_open_or_read_never_returns(
     assert memcached_set['idfa'].get_many(keys_of(second + third)) == {}
     found = metrics(metrics_file)
     assert value(found, 'last_run_exit_status') == 143
+    assert files(found, 'renamed') == 1
+    assert files(found, 'kept', 'stopped') == 2
+
+
+BLOCK_INSIDE_A_READ = """
+import io
+import os
+
+
+class Silent(io.FileIO):
+    # A pipe whose writer never writes: a read blocks in the kernel,
+    # holding the locks of the streams above it, as a read of a FIFO or
+    # of a hung filesystem does.
+    def readinto(self, buffer):
+        open(%(marker)r, 'w').close()
+        return super().readinto(buffer)
+
+
+writers = []
+opened = gmemcload.open_regular
+
+
+def open_regular(path):
+    found = opened(path)
+    if not path.endswith(%(name)r):
+        return found
+    found.file.close()
+    reader, writer = os.pipe()
+    writers.append(writer)
+    return gmemcload.OpenedFile(io.BufferedReader(Silent(reader)),
+                                found.status)
+
+
+gmemcload.open_regular = open_regular
+"""
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_ends_a_run_whose_read_blocks_holding_its_stream(
+        tmp_path, memcached_set, signum):
+    # The second file's read blocks for good, inside its stream: closing
+    # the stream would wait for that read.  A stop still ends the run at
+    # once, with 128 + the signal and its metrics; the stream is left to
+    # close when its read returns, if ever.
+    first, second, third = write_three(tmp_path)
+    marker = tmp_path / 'reading'
+    metrics_file = str(tmp_path / 'gmemcload.prom')
+    loader = start_patched_loader(
+        tmp_path, memcached_set, BLOCK_INSIDE_A_READ % {
+            'marker': str(marker), 'name': SECOND},
+        '--metrics-file', metrics_file)
+    try:
+        wait_for_renamed(tmp_path, FIRST)
+        wait_for(marker.exists)  # the read is blocked
+        assert stop_within(loader, signum, 5) == 128 + signum
+    finally:
+        loader.kill()
+    assert listing(tmp_path) == ['.' + FIRST, SECOND, THIRD]
+    assert stored_values(memcached_set, keys_of(first)) == dict(
+        map(expected_value, first))
+    assert memcached_set['idfa'].get_many(keys_of(second + third)) == {}
+    found = metrics(metrics_file)
+    assert value(found, 'last_run_exit_status') == 128 + signum
     assert files(found, 'renamed') == 1
     assert files(found, 'kept', 'stopped') == 2
 
