@@ -670,8 +670,12 @@ MUTANTS = {
         LOAD),
     'c1-controls-logged': (
         'a C1 control or a line separator in a file name is logged raw',
-        "_CONTROL = re.compile('[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]')",
-        "_CONTROL = re.compile('[\\x00-\\x1f\\x7f]')",
+        "_CONTROL = re.compile('[\\x00-\\x1f\\x7f-\\x9f\\u061c\\u200e"
+        "\\u200f'\n"
+        "                      '\\u2028-\\u202e\\u2066-\\u2069]')",
+        "_CONTROL = re.compile('[\\x00-\\x1f\\x7f'\n"
+        "                      '\\u061c\\u200e\\u200f\\u202a-\\u202e"
+        "\\u2066-\\u2069]')",
         OPERATORS),
     'an-unopened-log-leaves-no-metrics': (
         'a run whose log cannot be opened writes no metrics',
@@ -756,7 +760,8 @@ MUTANTS = {
         "                    raise\n",
         WIRE),
     # -- accept-evictions, the eviction baseline, lateness over directories,
-    # minute names, what is not sent, a stop in a blocked read
+    # minute names, what is not sent, a stop in a blocked read, corrupt
+    # reloads, bidirectional controls
     'accept-evictions-waives-restarts': (
         'under --accept-evictions, a server that restarted after a file was'
         ' written is not held against it',
@@ -914,6 +919,41 @@ MUTANTS = {
         "            self._close()\n",
         [FILES[0] + '::test_a_stop_ends_a_run_whose_read_blocks_holding'
          '_its_stream']),
+    'a-corrupt-reload-not-said': (
+        'a corrupt processed file is not said to be corrupt, nor what to do'
+        ' with it',
+        "            if reason is Reason.UNREADABLE:\n",
+        "            if False:\n",
+        [FILES[0] + '::test_a_processed_file_that_cannot_be_reloaded_fails'
+         '_the_run']),
+    'a-corrupt-reload-waits-for-memcached': (
+        'a corrupt processed file is said to need memcached up, which never'
+        ' helps',
+        "        if set(reasons.values()) - {Reason.UNREADABLE,\n"
+        "                                    Reason.AFTER_A_FILE_NOT_LOADED}:",
+        "        if reasons:",
+        [FILES[0] + '::test_a_processed_file_that_cannot_be_reloaded_fails'
+         '_the_run']),
+    'a-sound-reload-called-corrupt': (
+        'a processed file kept because memcached is down is called corrupt',
+        "            if reason is Reason.UNREADABLE:\n",
+        "            if reason is not Reason.AFTER_A_FILE_NOT_LOADED:\n",
+        [FILES[0] + '::test_a_processed_file_not_reloaded_for_memcached'
+         '_says_to_try_again']),
+    'bidi-controls-logged': (
+        'a right-to-left override or another bidirectional control in a file'
+        ' name is logged raw',
+        "_CONTROL = re.compile('[\\x00-\\x1f\\x7f-\\x9f\\u061c\\u200e"
+        "\\u200f'\n"
+        "                      '\\u2028-\\u202e\\u2066-\\u2069]')",
+        "_CONTROL = re.compile('[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]')",
+        [OPERATORS[0] + '::test_a_file_name_cannot_reorder_a_log_line']),
+    'bidi-isolates-logged': (
+        'a bidirectional isolate (U+2066-U+2069) in a file name is logged'
+        ' raw',
+        "                      '\\u2028-\\u202e\\u2066-\\u2069]')",
+        "                      '\\u2028-\\u202e]')",
+        [OPERATORS[0] + '::test_a_file_name_cannot_reorder_a_log_line']),
     # -- the compiled encoder (native_encoder.pyx)
     'native-wrong-varint': (
         'the compiled encoder writes varints of 6 bits a byte',

@@ -1,6 +1,7 @@
 """For operators: the metrics file of every run, and young files left for
 the next run."""
 import errno
+import logging
 import os
 import re
 import signal
@@ -514,6 +515,30 @@ def test_a_file_name_cannot_forge_a_log_line(tmp_path, memcached_set,
     assert '20170929000000%s[2017.09.29 00:00:00] I forged.tsv.gz:' \
         ' Acceptable error rate' % escaped in text
     assert os.listdir(tmp_path).count('.' + forged) == 1
+
+
+BIDI_CONTROLS = ('\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e'
+                 '\u2066\u2067\u2068\u2069')
+
+
+def test_a_file_name_cannot_reorder_a_log_line(tmp_path, memcached_set):
+    # A right-to-left override shows what follows it backwards: a name
+    # could show a log line other than the one written.  Every
+    # bidirectional control is logged escaped.
+    name = '20170929000000%s.tsv.gz' % BIDI_CONTROLS
+    write_gz(tmp_path / name, lines_for('idfa', 3))
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    assert [control for control in BIDI_CONTROLS if control in text] == []
+    escaped = ''.join('\\u%04x' % ord(control) for control in BIDI_CONTROLS)
+    assert '20170929000000%s.tsv.gz: Acceptable error rate' % escaped \
+        in text
+    assert os.listdir(tmp_path).count('.' + name) == 1
+    record = logging.LogRecord('gmemcload', logging.INFO, __file__, 0,
+                               'Processing %s', (name,), None)
+    assert gmemcload.escape_controls(record)
+    assert record.getMessage() == 'Processing 20170929000000%s.tsv.gz' \
+        % escaped
 
 
 def test_refused_and_unacknowledged_records_are_errors_never_unsent(
