@@ -3332,9 +3332,12 @@ def build_parser():
     return parser
 
 
-# C0 and C1 controls and the Unicode line separators: whatever a reader
-# of the log may take for the end of a line or a terminal command.
-_CONTROL = re.compile('[\x00-\x1f\x7f-\x9f\u2028\u2029]')
+# C0 and C1 controls, the Unicode line separators and the bidirectional
+# controls (U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069):
+# whatever a reader of the log may take for the end of a line or a
+# terminal command, or that shows the text around it in another order.
+_CONTROL = re.compile('[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f'
+                      '\u2028-\u202e\u2066-\u2069]')
 
 
 def escape_controls(record):
@@ -3430,7 +3433,19 @@ def log_summary(loads, max_error_rate, dry=False):
     if kept and not dry:
         log.warning('%d of %d files kept; the next run retries them in'
                     ' order', kept, len(loads))
-        if any(load.reloading and not load.reloaded for load in loads):
+        # A reload kept by an earlier one says nothing of its own.
+        reasons = {load.name: load.kept(max_error_rate).reason
+                   for load in loads if load.reloading and not load.reloaded
+                   and load.kept(max_error_rate) is not None}
+        for name, reason in reasons.items():
+            if reason is Reason.UNREADABLE:
+                log.error('%s: this processed file is corrupt or cannot be'
+                          ' read: loading it again cannot help; restore it'
+                          ' from a copy, or remove it (its records are then'
+                          ' not reloaded), and run with --reload-processed'
+                          ' again', name)
+        if set(reasons.values()) - {Reason.UNREADABLE,
+                                    Reason.AFTER_A_FILE_NOT_LOADED}:
             log.warning('some processed files were not loaded again: run'
                         ' with --reload-processed again once memcached is'
                         ' up')

@@ -26,7 +26,10 @@ It speaks the part of the text protocol the loader and the tests use:
   (a stale batch answered slowly, in parts);
 * answer the next ``garbage_replies`` sets with ``ERROR`` without storing
   them (a reply a ``set`` cannot get), and the next ``extra_replies`` sets
-  with one ``STORED`` too many.
+  with one ``STORED`` too many;
+* run ``before_set[n]()`` once, just before the n-th set of its life is
+  served, for a fault on cue (count evictions, restart); a connection the
+  action dropped (``restart()``) serves nothing more.
 
 It runs as a greenlet server in the test process; use it as a context
 manager so that it always stops.
@@ -57,6 +60,7 @@ class FakeMemcached:
         self.stall_part_seconds = 0.0
         self.garbage_replies = 0
         self.extra_replies = 0
+        self.before_set = {}  # n -> what to do before the n-th set
         self.evictions = 0  # what stats say it evicted
         self.flushes = 0
         self.commands = 0  # commands seen, over all connections
@@ -127,6 +131,12 @@ class FakeMemcached:
                 line = reader.readline()
                 if not line:
                     return
+                action = self.before_set.pop(self.sets + 1, None) \
+                    if line.startswith(b'set ') else None
+                if action is not None:
+                    action()
+                    if sock not in self._open:
+                        return
                 if reset_after is not None and served >= reset_after:
                     _reset(sock)
                     return

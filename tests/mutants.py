@@ -728,8 +728,12 @@ MUTANTS = {
         LOAD),
     'c1-controls-logged': (
         'a C1 control or a line separator in a file name is logged raw',
-        "_CONTROL = re.compile('[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]')",
-        "_CONTROL = re.compile('[\\x00-\\x1f\\x7f]')",
+        "_CONTROL = re.compile('[\\x00-\\x1f\\x7f-\\x9f\\u061c\\u200e"
+        "\\u200f'\n"
+        "                      '\\u2028-\\u202e\\u2066-\\u2069]')",
+        "_CONTROL = re.compile('[\\x00-\\x1f\\x7f'\n"
+        "                      '\\u061c\\u200e\\u200f\\u202a-\\u202e"
+        "\\u2066-\\u2069]')",
         OPERATORS),
     'an-unopened-log-leaves-no-metrics': (
         'a run whose log cannot be opened writes no metrics',
@@ -813,6 +817,195 @@ MUTANTS = {
         " restart\n"
         "                    raise\n",
         WIRE),
+    # -- accept-evictions, the eviction baseline, lateness over directories,
+    # minute names, what is not sent, a stop in a blocked read, corrupt
+    # reloads, bidirectional controls
+    'accept-evictions-waives-restarts': (
+        'under --accept-evictions, a server that restarted after a file was'
+        ' written is not held against it',
+        "                                                     now.dropped)\n",
+        "                                                     now.dropped)\n"
+        "            if self.accept_evictions:\n"
+        "                continue\n",
+        [PROMISE[0] + '::test_accept_evictions_never_renames_a_file_whose'
+         '_server_restarted']),
+    'accept-evictions-waives-the-connection-count': (
+        'under --accept-evictions, a restart that keeps pid and start time'
+        ' is not noticed',
+        "                    or None not in (then.connections,"
+        " now.connections) \\\n",
+        "                    or not self.accept_evictions \\\n"
+        "                    and None not in (then.connections,"
+        " now.connections) \\\n",
+        [PROMISE[0] + '::test_accept_evictions_never_renames_a_file_whose'
+         '_server_restarted']),
+    'accept-evictions-skips-the-check-after-the-rename': (
+        'under --accept-evictions, a restart between the check and the'
+        ' rename is missed',
+        "            verdict = self._confirm(load)  # every server again,"
+        " just after\n",
+        "            verdict = None if self.check.accept_evictions else \\\n"
+        "                self._confirm(load)\n",
+        [PROMISE[0] + '::test_accept_evictions_never_renames_a_file_whose'
+         '_server_restarted']),
+    'accept-evictions-tracks-no-writes': (
+        'under --accept-evictions, the servers a file wrote to are not'
+        ' noted, so none is asked before its rename',
+        "            batch.load.wrote_to(address, identity)\n",
+        "            if not self.settings.accept_evictions:\n"
+        "                batch.load.wrote_to(address, identity)\n",
+        [PROMISE[0] + '::test_accept_evictions_never_renames_a_file_whose'
+         '_server_restarted']),
+    'evictions-from-the-last-write': (
+        'evictions are counted from a file\'s last write, not its first',
+        "            dropped = Dropped(*map(min, dropped, seen.dropped))",
+        "            dropped = Dropped(*map(max, dropped, seen.dropped))",
+        [PROMISE[0] + '::test_evictions_are_counted_from_just_before_a'
+         '_files_first_write']),
+    'evictions-from-the-newest-connection': (
+        'evictions are counted from what the newest batch\'s connection'
+        ' knew, not from the file\'s first write',
+        "        if None not in (dropped, seen.dropped):\n"
+        "            dropped = Dropped(*map(min, dropped, seen.dropped))\n",
+        "",
+        [PROMISE[0] + '::test_evictions_are_counted_from_just_before_a'
+         '_files_first_write']),
+    'evictions-from-the-check': (
+        'evictions are counted from the server\'s count known at the check,'
+        ' not from the file\'s first write',
+        "            self.last_seen[address] = now\n",
+        "            self.last_seen[address] = now\n"
+        "            then = then._replace(dropped=self.servers[address]"
+        ".dropped)\n",
+        [PROMISE[0] + '::test_evictions_are_counted_from_just_before_a'
+         '_files_first_write']),
+    'late-judged-by-the-last-copy-listed': (
+        'of the copies of one minute in several directories, lateness is'
+        ' judged against the last listed, not the last in load order',
+        "    return sorted(found, key=lambda paths: load_order(paths[0]))",
+        "    return sorted(found, key=lambda paths:"
+        " os.path.basename(paths[0]))",
+        [PROMISE[0] + '::test_lateness_is_judged_against_the_newest_copy'
+         '_in_load_order']),
+    'late-judged-by-the-last-directory': (
+        'lateness is judged against the last processed file of the last'
+        ' directory, not the newest in load order',
+        "    return sorted(found, key=lambda paths: load_order(paths[0]))",
+        "    return sorted(found, key=lambda paths: paths[0])",
+        [PROMISE[0] + '::test_lateness_is_judged_against_the_newest_copy'
+         '_in_load_order']),
+    'late-judged-by-the-first-copy-of-the-newest-name': (
+        'lateness is judged against the first copy of the newest minute,'
+        ' not the last in load order',
+        "    return minutes[-1] if minutes else None",
+        "    return max(minutes, key=lambda paths:"
+        " os.path.basename(paths[0])) if minutes else None",
+        [PROMISE[0] + '::test_lateness_is_judged_against_the_newest_copy'
+         '_in_load_order']),
+    'minute-anywhere-in-the-name': (
+        'a name that holds 14 digits anywhere (x2017...) is a minute',
+        "    return MINUTE_NAME.match(name) is not None",
+        "    return MINUTE_NAME.search(name) is not None",
+        [PROMISE[0] + '::test_a_minute_name_begins_with_exactly_fourteen'
+         '_ascii_digits',
+         PROMISE[0] + '::test_names_that_only_hold_a_minute_are_not'
+         '_minutes']),
+    'fifteen-digits-a-minute': (
+        'a name that begins with 15 digits is a minute',
+        "MINUTE_NAME = re.compile(r'[0-9]{14}(?![0-9])')",
+        "MINUTE_NAME = re.compile(r'[0-9]{14}')",
+        [PROMISE[0] + '::test_a_minute_name_begins_with_exactly_fourteen'
+         '_ascii_digits',
+         PROMISE[0] + '::test_names_that_only_hold_a_minute_are_not'
+         '_minutes']),
+    'unicode-digits-a-minute': (
+        'a name that begins with 14 digits other than ASCII ones is a'
+        ' minute',
+        "MINUTE_NAME = re.compile(r'[0-9]{14}(?![0-9])')",
+        "MINUTE_NAME = re.compile(r'\\d{14}(?!\\d)')",
+        [PROMISE[0] + '::test_a_minute_name_begins_with_exactly_fourteen'
+         '_ascii_digits',
+         PROMISE[0] + '::test_names_that_only_hold_a_minute_are_not'
+         '_minutes']),
+    'unacknowledged-counted-as-not-sent': (
+        'records sent and never acknowledged are counted as not sent, not'
+        ' as errors',
+        "        self.errors += refused + unacknowledged\n",
+        "        self.errors += refused\n",
+        [OPERATORS[0] + '::test_refused_and_unacknowledged_records_are'
+         '_errors_never_unsent']),
+    'refusals-counted-as-not-sent': (
+        'records memcached refused are counted as not sent, not as errors',
+        "        self.errors += refused + unacknowledged\n",
+        "        self.errors += unacknowledged\n",
+        [OPERATORS[0] + '::test_refused_and_unacknowledged_records_are'
+         '_errors_never_unsent']),
+    'not-sent-is-what-bad-lines-leave': (
+        'the summary counts refused and unacknowledged records as not sent',
+        "    unsent = lines - stored - errors",
+        "    unsent = lines - stored - sum(load.bad_lines.seen for load in"
+        " loads)",
+        [OPERATORS[0] + '::test_refused_and_unacknowledged_records_are'
+         '_errors_never_unsent']),
+    'stopped-read-closed-at-once': (
+        'a stop closes a stream whose read is blocked, and so waits for'
+        ' that read in the event loop',
+        "        if self.pending is None or self.pending.ready():\n"
+        "            self._close()\n",
+        "        if True:\n"
+        "            self._close()\n",
+        [FILES[0] + '::test_a_stop_ends_a_run_whose_read_blocks_holding'
+         '_its_stream']),
+    'stopped-read-woken-by-closing-its-file': (
+        'a stop closes the file under a blocked read to wake it, and so'
+        ' waits for that read in the event loop',
+        "            self.pending.rawlink(self._close)\n",
+        "            self.raw.close()\n"
+        "            self.pending.rawlink(self._close)\n",
+        [FILES[0] + '::test_a_stop_ends_a_run_whose_read_blocks_holding'
+         '_its_stream']),
+    'stopped-read-awaited': (
+        'a stop waits for a blocked read to return before the file ends',
+        "            self.pending.rawlink(self._close)\n",
+        "            self.pending.wait()\n"
+        "            self._close()\n",
+        [FILES[0] + '::test_a_stop_ends_a_run_whose_read_blocks_holding'
+         '_its_stream']),
+    'a-corrupt-reload-not-said': (
+        'a corrupt processed file is not said to be corrupt, nor what to do'
+        ' with it',
+        "            if reason is Reason.UNREADABLE:\n",
+        "            if False:\n",
+        [FILES[0] + '::test_a_processed_file_that_cannot_be_reloaded_fails'
+         '_the_run']),
+    'a-corrupt-reload-waits-for-memcached': (
+        'a corrupt processed file is said to need memcached up, which never'
+        ' helps',
+        "        if set(reasons.values()) - {Reason.UNREADABLE,\n"
+        "                                    Reason.AFTER_A_FILE_NOT_LOADED}:",
+        "        if reasons:",
+        [FILES[0] + '::test_a_processed_file_that_cannot_be_reloaded_fails'
+         '_the_run']),
+    'a-sound-reload-called-corrupt': (
+        'a processed file kept because memcached is down is called corrupt',
+        "            if reason is Reason.UNREADABLE:\n",
+        "            if reason is not Reason.AFTER_A_FILE_NOT_LOADED:\n",
+        [FILES[0] + '::test_a_processed_file_not_reloaded_for_memcached'
+         '_says_to_try_again']),
+    'bidi-controls-logged': (
+        'a right-to-left override or another bidirectional control in a file'
+        ' name is logged raw',
+        "_CONTROL = re.compile('[\\x00-\\x1f\\x7f-\\x9f\\u061c\\u200e"
+        "\\u200f'\n"
+        "                      '\\u2028-\\u202e\\u2066-\\u2069]')",
+        "_CONTROL = re.compile('[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]')",
+        [OPERATORS[0] + '::test_a_file_name_cannot_reorder_a_log_line']),
+    'bidi-isolates-logged': (
+        'a bidirectional isolate (U+2066-U+2069) in a file name is logged'
+        ' raw',
+        "                      '\\u2028-\\u202e\\u2066-\\u2069]')",
+        "                      '\\u2028-\\u202e]')",
+        [OPERATORS[0] + '::test_a_file_name_cannot_reorder_a_log_line']),
     # -- the compiled encoder (native_encoder.pyx)
     'native-wrong-varint': (
         'the compiled encoder writes varints of 6 bits a byte',

@@ -7,8 +7,9 @@ import pytest
 
 from conftest import (expected_value, files, lines_for, listing, metrics,
                       run, start_patched_loader, stop_within, stored_values,
-                      summary_row, value, wait_for_log, wait_for_renamed,
-                      write_gz)
+                      summary_row, value, wait_for, wait_for_log,
+                      wait_for_renamed, write_gz)
+from daemons import free_port
 
 FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
                         '20170929000200.tsv.gz')
@@ -111,6 +112,69 @@ def test_a_stop_ends_a_run_whose_open_or_read_never_returns(
     assert files(found, 'kept', 'stopped') == 2
 
 
+BLOCK_INSIDE_A_READ = """
+import io
+import os
+
+
+class Silent(io.FileIO):
+    # A pipe whose writer never writes: a read blocks in the kernel,
+    # holding the locks of the streams above it, as a read of a FIFO or
+    # of a hung filesystem does.
+    def readinto(self, buffer):
+        open(%(marker)r, 'w').close()
+        return super().readinto(buffer)
+
+
+writers = []
+opened = gmemcload.open_regular
+
+
+def open_regular(path):
+    found = opened(path)
+    if not path.endswith(%(name)r):
+        return found
+    found.file.close()
+    reader, writer = os.pipe()
+    writers.append(writer)
+    return gmemcload.OpenedFile(io.BufferedReader(Silent(reader)),
+                                found.status)
+
+
+gmemcload.open_regular = open_regular
+"""
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_ends_a_run_whose_read_blocks_holding_its_stream(
+        tmp_path, memcached_set, signum):
+    # The second file's read blocks for good, inside its stream: closing
+    # the stream would wait for that read.  A stop still ends the run at
+    # once, with 128 + the signal and its metrics; the stream is left to
+    # close when its read returns, if ever.
+    first, second, third = write_three(tmp_path)
+    marker = tmp_path / 'reading'
+    metrics_file = str(tmp_path / 'gmemcload.prom')
+    loader = start_patched_loader(
+        tmp_path, memcached_set, BLOCK_INSIDE_A_READ % {
+            'marker': str(marker), 'name': SECOND},
+        '--metrics-file', metrics_file)
+    try:
+        wait_for_renamed(tmp_path, FIRST)
+        wait_for(marker.exists)  # the read is blocked
+        assert stop_within(loader, signum, 5) == 128 + signum
+    finally:
+        loader.kill()
+    assert listing(tmp_path) == ['.' + FIRST, SECOND, THIRD]
+    assert stored_values(memcached_set, keys_of(first)) == dict(
+        map(expected_value, first))
+    assert memcached_set['idfa'].get_many(keys_of(second + third)) == {}
+    found = metrics(metrics_file)
+    assert value(found, 'last_run_exit_status') == 128 + signum
+    assert files(found, 'renamed') == 1
+    assert files(found, 'kept', 'stopped') == 2
+
+
 def test_reload_processed_refills_a_restarted_memcached_newest_wins(
         tmp_path, memcached_set):
     # Two files processed, then memcached restarts empty and a third file
@@ -146,20 +210,46 @@ def test_reload_processed_refills_a_restarted_memcached_newest_wins(
 def test_a_processed_file_that_cannot_be_reloaded_fails_the_run(
         tmp_path, memcached_set):
     # A processed file is corrupt: it stays as it is, the run exits 1 and
-    # says to reload again, and the new file after it is loaded but kept.
+    # says to restore or remove it, and the new file after it is loaded
+    # but kept.
     write_gz(tmp_path / ('.' + FIRST), lines_for('idfa', 10))
     (tmp_path / ('.' + SECOND)).write_bytes(b'not gzip')
     third = lines_for('gaid', 10)
     write_gz(tmp_path / THIRD, third)
-    status, text = run(tmp_path, memcached_set, '--reload-processed')
+    metrics_file = str(tmp_path / 'gmemcload.prom')
+    status, text = run(tmp_path, memcached_set, '--reload-processed',
+                       '--metrics-file', metrics_file)
     assert status == 1, text
     assert listing(tmp_path) == ['.' + FIRST, '.' + SECOND, THIRD]
     assert '.%s: Failed load: unreadable' % SECOND in text
-    assert 'run with --reload-processed again' in text
+    # Corrupt: no memcached coming up helps, only the file restored or
+    # removed.
+    assert '.%s: this processed file is corrupt or cannot be read: loading' \
+        ' it again cannot help; restore it from a copy, or remove it' \
+        % SECOND in text
+    assert 'once memcached is up' not in text
+    found = metrics(metrics_file)
+    assert files(found, 'kept', 'unreadable') == 1
+    assert files(found, 'reloaded') == 1
     assert summary_row(text, THIRD) == (10, 10, 0)
     assert stored_values(memcached_set, keys_of(third)) == dict(
         map(expected_value, third))
     assert (tmp_path / ('.' + SECOND)).read_bytes() == b'not gzip'
+
+
+def test_a_processed_file_not_reloaded_for_memcached_says_to_try_again(
+        tmp_path, memcached_set):
+    # The file is sound and its server is down: a later run, once
+    # memcached is up, loads it; nothing calls it corrupt.
+    nowhere = type('Nowhere', (), {'address': '127.0.0.1:%d' % free_port()})
+    write_gz(tmp_path / ('.' + FIRST), lines_for('dvid', 10))
+    status, text = run(tmp_path, dict(memcached_set, dvid=nowhere),
+                       '--reload-processed', '--retries', '0')
+    assert status == 1, text
+    assert '.%s: Failed load: 10 records not acknowledged' % FIRST in text
+    assert 'run with --reload-processed again once memcached is up' in text
+    assert 'corrupt' not in text
+    assert listing(tmp_path) == ['.' + FIRST]
 
 
 def test_without_reload_processed_processed_files_are_not_loaded(

@@ -1,6 +1,7 @@
 """For operators: the metrics file of every run, and young files left for
 the next run."""
 import errno
+import logging
 import os
 import re
 import signal
@@ -13,8 +14,8 @@ import gmemcload
 from conftest import (address_args, catches, expected_value, files,
                       hold_lock, lines_for, listing, metrics, run,
                       start_loader, start_patched_loader, stop_within,
-                      summary_row,
-                      value, wait_for, wait_for_log, write_gz)
+                      summary_row, value, wait_for, wait_for_log, write_gz)
+from daemons import free_port
 
 FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
                         '20170929000200.tsv.gz')
@@ -514,6 +515,57 @@ def test_a_file_name_cannot_forge_a_log_line(tmp_path, memcached_set,
     assert '20170929000000%s[2017.09.29 00:00:00] I forged.tsv.gz:' \
         ' Acceptable error rate' % escaped in text
     assert os.listdir(tmp_path).count('.' + forged) == 1
+
+
+BIDI_CONTROLS = ('\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e'
+                 '\u2066\u2067\u2068\u2069')
+
+
+def test_a_file_name_cannot_reorder_a_log_line(tmp_path, memcached_set):
+    # A right-to-left override shows what follows it backwards: a name
+    # could show a log line other than the one written.  Every
+    # bidirectional control is logged escaped.
+    name = '20170929000000%s.tsv.gz' % BIDI_CONTROLS
+    write_gz(tmp_path / name, lines_for('idfa', 3))
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    assert [control for control in BIDI_CONTROLS if control in text] == []
+    escaped = ''.join('\\u%04x' % ord(control) for control in BIDI_CONTROLS)
+    assert '20170929000000%s.tsv.gz: Acceptable error rate' % escaped \
+        in text
+    assert os.listdir(tmp_path).count('.' + name) == 1
+    record = logging.LogRecord('gmemcload', logging.INFO, __file__, 0,
+                               'Processing %s', (name,), None)
+    assert gmemcload.escape_controls(record)
+    assert record.getMessage() == 'Processing 20170929000000%s.tsv.gz' \
+        % escaped
+
+
+def test_refused_and_unacknowledged_records_are_errors_never_unsent(
+        tmp_path, memcached_set, memcached_factory):
+    # Of 106 lines: 100 stored, 2 too large for memcached (refused), 3
+    # never acknowledged (their server is down), 1 bad.  Every record was
+    # sent, or is a bad line: 6 errors, and none "not sent".
+    small = memcached_factory(max_item='512k')
+    nowhere = type('Nowhere', (), {'address': '127.0.0.1:%d' % free_port()})
+    huge = ','.join(map(str, range(1000000, 1200000)))  # 600 kB packed
+    lines = lines_for('idfa', 100) + [
+        'idfa\thuge%d\t1\t1\t%s' % (number, huge) for number in range(2)] \
+        + lines_for('dvid', 3) + ['idfa\tbad\tx\t1\t1']
+    write_gz(tmp_path / FIRST, lines)
+    status, text = run(tmp_path, dict(memcached_set, idfa=small,
+                                      dvid=nowhere), '--retries', '0')
+    assert status == 1, text
+    assert 'idfa:huge1 not stored: SERVER_ERROR object too large' in text
+    assert '%s: Failed load: 3 records not acknowledged by memcached' \
+        % FIRST in text
+    assert summary_row(text, FIRST) == (106, 100, 6)
+    assert 'total: 1 files, 106 lines, 100 stored, 6 errors; 0 renamed' \
+        in text
+    assert 'not sent' not in text
+    want = dict(map(expected_value, lines[:100]))
+    assert small.get_many(list(want) + [b'idfa:huge0', b'idfa:huge1']) \
+        == want
 
 
 SLOW_READS = '''

@@ -14,10 +14,10 @@ import pytest
 from isal import igzip
 
 import gmemcload
-from conftest import (expected_state, expected_value, files, lines_for,
-                      listing, metrics, run, same_server, start_loader,
-                      stop_within, stored_values, summary_row, value,
-                      wait_for, wait_for_log, write_gz)
+from conftest import (assert_all_in_fake, expected_state, expected_value,
+                      files, lines_for, listing, metrics, run, same_server,
+                      start_loader, stop_within, stored_values, summary_row,
+                      value, wait_for, wait_for_log, write_gz)
 from daemons import free_port
 
 FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
@@ -418,6 +418,127 @@ def test_items_the_slab_mover_drops_keep_the_file(
     assert len(idfa.get_many(keys)) == len(lines)
 
 
+@pytest.mark.parametrize('accept', [False, True])
+def test_evictions_are_counted_from_just_before_a_files_first_write(
+        tmp_path, fake_memcached, memcached_set, monkeypatch, accept):
+    # Ten batches of ten idfa records on one lane.  The server evicts 7
+    # items just before the file's third write, and resets the lane's
+    # connection in the second batch: the new connection, the later
+    # batches and the check all find the 7 counted already.  They came
+    # after the file's first write, so they may be its records: a count
+    # taken from any later moment (its last write, the check) misses them.
+    monkeypatch.setattr(gmemcload, 'READ_CHUNK', 220)  # ten lines a chunk
+    lines = ['idfa\tk%03d\t1.5\t2.5\t1,2' % i for i in range(100)]
+    assert {len(line) + 1 for line in lines} == {22}
+    write_gz(tmp_path / FIRST, lines)
+    fake = fake_memcached
+    fake.before_set[3] = lambda: setattr(fake, 'evictions', 7)
+    fake.reset_after = 16  # stats, ten sets, five of the next ten
+    fake.resets = 1
+    extra = ['--accept-evictions'] if accept else []
+    status, text = run(tmp_path, dict(memcached_set, idfa=fake),
+                       '--uploaders', '1', '--batch-size', '1', *extra)
+    assert 'retry 1/5 of a batch of 10' in text  # the reset happened
+    assert summary_row(text, FIRST) == (100, 100, 0)
+    assert_all_in_fake(fake, lines)
+    words = 'memcached %s dropped items while %s (7 items evicted, 0' \
+        ' flushes, 0 items lost in slab moves)'
+    if accept:
+        assert status == 0, text
+        assert listing(tmp_path) == ['.' + FIRST]
+        assert '%s: %s; renamed on --accept-evictions' % (
+            FIRST, words % (fake.address, 'it was written and checked')) \
+            in text
+    else:
+        assert status == 1, text
+        assert listing(tmp_path) == [FIRST]
+        assert '%s: Failed load: %s' % (FIRST, words % (
+            fake.address, 'this file was written and checked')) in text
+
+
+RESTARTS = {
+    # when idfa restarts: the words that keep the file
+    'after its writes': 'restarted after this file was written',
+    'between its writes': 'restarted while this file loaded',
+    'between the check and the rename':
+        'restarted after this file was written',
+    'keeping pid and start time': 'restarted after this file was written',
+}
+
+
+@pytest.mark.parametrize('when', sorted(RESTARTS))
+def test_accept_evictions_never_renames_a_file_whose_server_restarted(
+        tmp_path, memcached_set, fake_memcached, monkeypatch, when):
+    # --accept-evictions waives items evicted and flushes, never a
+    # restart: a restarted memcached lost the file's records.  Kept, it
+    # is loaded whole by the next run.
+    daemons = dict(memcached_set)
+    if when == 'keeping pid and start time':
+        daemons['idfa'] = fake_memcached
+        fake_memcached.connections = 50  # what the first instance counted
+    gaid, idfa = daemons['gaid'], daemons['idfa']
+    lines = lines_for('gaid', 100) + lines_for('idfa', 100)
+    path = write_gz(tmp_path / FIRST, lines)
+    keys = [expected_value(line)[0] for line in lines[100:]]
+    extra = ['--accept-evictions', '--retries', '10']
+    batches = []  # the size of each idfa batch sent
+    if when == 'between its writes':
+        monkeypatch.setattr(gmemcload, 'READ_CHUNK', 512)
+        real_exchange = gmemcload.Connection.exchange
+
+        def exchange(connection, payload, count):
+            if connection.address == idfa.address:
+                batches.append(count)
+                if len(batches) == 2:  # the first batch is acknowledged
+                    idfa.restart()
+            return real_exchange(connection, payload, count)
+
+        monkeypatch.setattr(gmemcload.Connection, 'exchange', exchange)
+        status, text = run(tmp_path, daemons, '--uploaders', '1',
+                           '--batch-size', '1', *extra)
+    elif when == 'between the check and the rename':
+        real_rename = gmemcload.rename_noreplace
+
+        def restart_then_rename(source, target):
+            if source == path:
+                idfa.restart()
+            real_rename(source, target)
+
+        monkeypatch.setattr(gmemcload, 'rename_noreplace',
+                            restart_then_rename)
+        status, text = run(tmp_path, daemons, *extra)
+    else:
+        # The rename waits for gaid while idfa restarts.
+        with loading_while_paused(tmp_path, daemons, gaid,
+                                  *extra) as loader:
+            if when == 'after its writes':
+                wait_for(lambda: all_stored(idfa, lines[100:]))
+                idfa.restart()
+            else:
+                wait_for(lambda: fake_memcached.sets >= 100)
+                fake_memcached.restart(same_identity=True)
+        status, text = loader.get(timeout=60)
+    assert status == 1, text
+    assert listing(tmp_path) == [FIRST]
+    assert '%s: Failed load: memcached %s %s' % (
+        FIRST, idfa.address, RESTARTS[when]) in text
+    assert summary_row(text, FIRST) == (200, 200, 0)
+    # What the restart cost: the first batch, or every idfa record.
+    lost = batches[0] if batches else 100
+    still = fake_memcached.data if idfa is fake_memcached else \
+        idfa.get_many(keys)
+    assert len([key for key in keys if key in still]) == 100 - lost
+    monkeypatch.undo()
+    status, text = run(tmp_path, daemons, '--accept-evictions')
+    assert status == 0, text
+    assert listing(tmp_path) == ['.' + FIRST]
+    want = dict(map(expected_value, lines))
+    if idfa is fake_memcached:
+        assert_all_in_fake(fake_memcached, lines[100:])
+        want = dict(map(expected_value, lines[:100]))
+    assert stored_values(daemons, want) == want
+
+
 @contextlib.contextmanager
 def silent_at_rename(tmp_path, memcached_set, *extra):
     """Load a file whose idfa writes are acknowledged and whose rename then
@@ -669,6 +790,47 @@ def test_lateness_is_judged_against_the_newest_processed_file(
     assert memcached_set['idfa'].get_many(late) == {}
 
 
+@pytest.mark.parametrize('order', ['sorted', 'reversed', 'shuffled'])
+def test_lateness_is_judged_against_the_newest_copy_in_load_order(
+        tmp_path, memcached_set, monkeypatch, order):
+    # SECOND was processed in a/ and in c/, FIRST in d/: the newest in
+    # load order (name, then path) is c/SECOND, whatever order the
+    # directories and their entries are listed in.  b/SECOND comes before
+    # it: late.  Loaded, its values would overwrite c/SECOND's.
+    for each in 'abcd':
+        (tmp_path / each).mkdir()
+    write_gz(tmp_path / 'a' / SECOND, ['idfa\tk\t1\t1\t1', 'idfa\ta\t1\t1\t1'])
+    write_gz(tmp_path / 'c' / SECOND, ['idfa\tk\t3\t3\t3'])
+    write_gz(tmp_path / 'd' / FIRST, ['idfa\tk\t0\t0\t0', 'idfa\td\t0\t0\t0'])
+    pattern = str(tmp_path / '*' / '*.tsv.gz')
+    status, text = run(tmp_path, memcached_set, '--pattern', pattern)
+    assert status == 0, text
+    write_gz(tmp_path / 'b' / SECOND, ['idfa\tk\t2\t2\t2', 'idfa\tb\t2\t2\t2'])
+
+    def reorder(entries):
+        entries = sorted(entries)
+        if order == 'reversed':
+            entries.reverse()
+        elif order == 'shuffled':
+            random.Random(3).shuffle(entries)
+        return entries
+
+    real_listdir, real_glob = os.listdir, gmemcload.glob.glob
+    monkeypatch.setattr(os, 'listdir',
+                        lambda path='.': reorder(real_listdir(path)))
+    monkeypatch.setattr(gmemcload.glob, 'glob',
+                        lambda *args, **kwargs: reorder(
+                            real_glob(*args, **kwargs)))
+    status, text = run(tmp_path, memcached_set, '--pattern', pattern)
+    assert status == 1, text
+    assert '%s: kept: late: %s, a newer file' % (
+        SECOND, tmp_path / 'c' / ('.' + SECOND)) in text
+    assert listing(tmp_path / 'b') == [SECOND]
+    want = dict(expected_value(line) for line in (
+        'idfa\tk\t3\t3\t3', 'idfa\ta\t1\t1\t1', 'idfa\td\t0\t0\t0'))
+    assert stored_values(memcached_set, list(want) + [b'idfa:b']) == want
+
+
 @pytest.mark.parametrize('directory, name', [('west', FIRST),
                                              ('aaa', SECOND)])
 def test_a_late_file_in_another_directory_is_late_too(
@@ -741,6 +903,52 @@ def test_names_that_are_not_minutes_are_never_judged_late(tmp_path,
     assert status == 1, text
     assert '20170928235900.tsv.gz: kept: late: %s' % (
         tmp_path / ('.' + FIRST)) in text
+
+
+@pytest.mark.parametrize('name, minute', [
+    ('20170929000000.tsv.gz', True),
+    ('20170929000000', True),
+    ('20170929000000-b.tsv.gz', True),
+    ('x20170929000000.tsv.gz', False),
+    ('a-20170929000000', False),
+    (' 20170929000000.tsv.gz', False),
+    ('201709290000001.tsv.gz', False),  # 15 digits
+    ('2017092900000.tsv.gz', False),  # 13
+    ('\uff12\uff10\uff11\uff17\uff10\uff19\uff12\uff19\uff10\uff10\uff10'
+     '\uff10\uff10\uff10.tsv.gz', False),  # digits, not ASCII ones
+    ('\u0662' * 14, False),
+])
+def test_a_minute_name_begins_with_exactly_fourteen_ascii_digits(name,
+                                                                 minute):
+    assert gmemcload.is_minute_name(name) is minute
+
+
+def test_names_that_only_hold_a_minute_are_not_minutes(tmp_path,
+                                                       memcached_set):
+    # Processed files whose names hold 14 digits not at their start, or
+    # 15, or digits that are not ASCII, all sort after SECOND: taken for
+    # minutes, they would make it late.  A pending +2017... sorts before
+    # the processed FIRST: taken for a minute, it would be late itself.
+    write_gz(tmp_path / FIRST, ['idfa\tk\t1\t1\t1'])
+    assert run(tmp_path, memcached_set)[0] == 0
+    processed = ['.x20170929000500.tsv.gz', '.a-20170929000500.tsv.gz',
+                 '.201709290005000.tsv.gz',
+                 '.\uff12\uff10\uff11\uff17\uff10\uff19\uff12\uff19\uff10'
+                 '\uff10\uff10\uff15\uff10\uff10.tsv.gz']
+    for name in processed:
+        write_gz(tmp_path / name, ['idfa\tk\t9\t9\t9'])
+    plus = '+20170929000000.tsv.gz'
+    write_gz(tmp_path / plus, ['idfa\tplus\t3\t3\t3'])
+    write_gz(tmp_path / SECOND, ['idfa\tk\t2\t2\t2'])
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    assert 'kept: late' not in text
+    assert '%s: not a minute name' % plus in text
+    assert listing(tmp_path) == sorted(processed + [
+        '.' + FIRST, '.' + SECOND, '.' + plus])
+    want = dict([expected_value('idfa\tk\t2\t2\t2'),
+                 expected_value('idfa\tplus\t3\t3\t3')])
+    assert stored_values(memcached_set, want) == want
 
 
 def test_the_lock_file_is_not_a_processed_file(tmp_path, memcached_set):
