@@ -174,11 +174,11 @@ MUTANTS = {
     'native-dropped-apps-are-errors': (
         'the compiled encoder counts a line with dropped app ids as an'
         ' error',
-        "                    if encoded.dropped_apps:\n"
-        "                        dropped += 1\n",
-        "                    if encoded.dropped_apps:\n"
-        "                        dropped += 1\n"
-        "                        errors += 1\n",
+        "                if encoded.dropped_apps:\n"
+        "                    dropped += 1\n",
+        "                if encoded.dropped_apps:\n"
+        "                    dropped += 1\n"
+        "                    errors += 1\n",
         NATIVE + LOAD),
     'error-rate-limit-exclusive': (
         'a file exactly at --max-error-rate is not loaded',
@@ -765,13 +765,20 @@ MUTANTS = {
         NATIVE),
     'native-a-line-lost': (
         'the compiled encoder takes a chunk\'s second line for blank',
-        "                    if end == start:\n",
-        "                    if end == start or index == 1:\n",
+        "                        if end > start:\n",
+        "                        if end > start and lines != 1:\n",
         NATIVE),
     'native-slow-lines-out-of-order': (
-        'lines handed to the Python contract come back in reverse order',
-        "                    commands.append(command)\n",
-        "                    commands.insert(0, command)\n",
+        'a line handed to the Python contract goes before the earlier'
+        ' lines of its lane',
+        ("from libc.string cimport memcpy, memcmp, memchr\n",
+         "                memcpy(outs[lane].data + outs[lane].size,\n"
+         "                       PyBytes_AS_STRING(command), length)\n"),
+        ("from libc.string cimport memcpy, memcmp, memchr, memmove\n",
+         "                memmove(outs[lane].data + length, outs[lane].data,\n"
+         "                        outs[lane].size)\n"
+         "                memcpy(outs[lane].data,\n"
+         "                       PyBytes_AS_STRING(command), length)\n"),
         NATIVE),
     'native-lat-for-lon': (
         'the compiled encoder writes lon where lat goes',
