@@ -166,10 +166,23 @@ READ_CHUNK = 1 << 20  # decompressed bytes read at a time
 MAX_LINE_BYTES = 8 << 20  # at least READ_CHUNK: a line within a chunk fits
 OVERSIZED_PREFIX = 4096  # what is kept of such a line, to log it
 QUEUED_BATCHES_PER_LANE = 4  # back-pressure: bounds memory per lane
+# A batch is cut before its commands pass this many bytes (or at
+# --batch-size records): a record bigger than this is a batch of its own.
+BATCH_BYTES = 2 << 20
+# The writer's bytes, whatever the records' size or number of lanes: its
+# pending batches together hold at most PENDING_BYTES (past it, the
+# largest are sent early), and batches handed to the lanes and not yet
+# done at most LANE_BYTES (or one batch alone, bigger): the writer waits.
+PENDING_BYTES = 8 << 20
+LANE_BYTES = 32 << 20
+# Decompressed bytes of chunks between the reader and the writer (being
+# encoded, or encoded and not yet taken), at most, or one chunk alone,
+# bigger: whatever --workers, this bounds the encoders' memory.
+CHUNK_BYTES = 8 << 20
 # Files queued to be renamed behind the one whose rename is awaited: at
 # most OPEN_FILES + 1 files are read and not yet renamed or kept.
 OPEN_FILES = 3
-ENCODER_CHUNKS = 2  # chunks in flight per encoder thread
+ENCODER_CHUNKS = 2  # chunks in flight per encoder thread (see CHUNK_BYTES)
 # An mtime further ahead of this clock is clock skew, not a file still
 # being written (--min-age).
 FUTURE_MTIME_TOLERANCE = 60.0
@@ -445,6 +458,7 @@ def read_chunks(read):
                 held, held_bytes = [], 0
         # Empty inside a long line: the caller still gets its turn.
         yield Chunk(pieces, oversized)
+        pieces = None  # the caller's: not held here while the next read
     if skipped is not None:
         yield Chunk([], [skipped])
     elif held:
@@ -637,6 +651,29 @@ def iter_commands(payload):
         position = start + int(length) + 2
 
 
+def cut_commands(commands, count, limit):
+    """Yield ``(count, commands)`` parts of ``count`` joined ``set``
+    commands, in order, cut between two commands: each part is at most
+    ``limit`` bytes, or one command alone.  Whole commands within the
+    limit are yielded as they are, uncut and uncopied."""
+    if len(commands) <= limit:
+        yield count, commands
+        return
+    start = position = taken = 0
+    while position < len(commands):
+        header_end = commands.index(b'\r\n', position)
+        length = int(commands[commands.rindex(b' ', position, header_end)
+                              + 1:header_end])
+        end = header_end + 2 + length + 2
+        if taken and end - start > limit:
+            yield taken, commands[start:position]
+            start, taken = position, 0
+        taken += 1
+        position = end
+    if taken:
+        yield taken, commands[start:]
+
+
 # -- 3. the encoders: in the event loop, or in threads -----------------------
 
 def in_thread(pool, function, *args):
@@ -688,8 +725,13 @@ class InProcessEncoder(Encoder):
         self.encode = encode
 
     def submit(self, pieces):
+        """The encoder's failure (MemoryError, say) is the result's, as
+        in a thread: the writer decides what it means."""
         result = gevent.event.AsyncResult()
-        result.set(self.encode(b''.join(pieces)))
+        try:
+            result.set(self.encode(b''.join(pieces)))
+        except Exception as exc:
+            result.set_exception(exc)
         return result
 
 
@@ -1296,13 +1338,16 @@ class Lane:
     its retries) finished before the next is taken, so writes of one key
     keep their order.  A failed batch is sent again on a fresh connection,
     after a backoff, up to --retries times; then the server is down for the
-    rest of the run and its batches fail at once.
+    rest of the run and its batches fail at once.  ``released(batch)``, if
+    given, is called once for every batch taken, once it is done with,
+    whatever its outcome.
     """
 
-    def __init__(self, server, settings, stopping):
+    def __init__(self, server, settings, stopping, released=None):
         self.server = server
         self.settings = settings
         self.stopping = stopping
+        self.released = released
         self.queue = gevent.queue.Queue(QUEUED_BATCHES_PER_LANE)
         self.connection = Connection(server.address, settings.timeout,
                                      server.check_instance)
@@ -1340,6 +1385,13 @@ class Lane:
                         self.connection.abandon()
                         batch.load.batch_done(0, 0, batch.count,
                                               str(STOPPED))
+                except MemoryError:  # the batch's failure, not a bug
+                    log.error('%s: out of memory while sending a batch',
+                              self.server.address)
+                    self.connection.abandon()
+                    if batch is not None:
+                        batch.load.batch_done(0, 0, batch.count,
+                                              'out of memory')
                 except Exception:
                     log.exception('%s: uploader failed on a batch',
                                   self.server.address)
@@ -1347,6 +1399,9 @@ class Lane:
                     if batch is not None:
                         batch.load.batch_done(0, 0, batch.count,
                                               'internal error')
+                finally:
+                    if batch is not None and self.released is not None:
+                        self.released(batch)
         finally:
             # Not after a stop: a stop abandons connections at once.
             self.connection.close(settle=not self.stopping.is_set())
@@ -1397,10 +1452,12 @@ class Lane:
 
 
 class DryLane:
-    """Stands in for a Lane under --dry: logs each record, sends nothing."""
+    """Stands in for a Lane under --dry: logs each record, sends nothing;
+    ``released`` as for a Lane."""
 
-    def __init__(self, server):
+    def __init__(self, server, released=None):
         self.server = server
+        self.released = released
 
     def run(self):
         pass
@@ -1417,6 +1474,8 @@ class DryLane:
                       key.decode('ascii', 'backslashreplace'),
                       describe_value(value))
         batch.load.batch_done(batch.count, 0)
+        if self.released is not None:
+            self.released(batch)
 
 
 # -- 6. files: matching, choosing, late files --------------------------------
@@ -2639,12 +2698,39 @@ class Settings:
         self.encoder = choose_encoder()
 
 
+class ByteBudget:
+    """Bytes held by one stage of the pipeline, at most ``limit``, or one
+    holding alone that is bigger: ``take(size)`` waits while other bytes
+    are held and ``size`` more would pass the limit; ``give(size)`` gives
+    them back.  Greenlets only; one taker waits at a time."""
+
+    __slots__ = ('limit', 'held', 'freed')
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.held = 0
+        self.freed = gevent.event.Event()
+
+    def take(self, size):
+        while self.held and self.held + size > self.limit:
+            self.freed.clear()
+            self.freed.wait()
+        self.held += size
+
+    def give(self, size):
+        self.held -= size
+        self.freed.set()
+
+
 class ChunkInFlight(NamedTuple):
     """A chunk of ``load`` on its way to the writer: the encoder's
-    AsyncResult for it, and the prefixes of its oversized lines."""
+    AsyncResult for it, the prefixes of its oversized lines, and its size
+    (what it holds of the Loader's chunk budget until the writer took
+    it)."""
     load: 'FileLoad'
     result: gevent.event.AsyncResult
     oversized: List[bytes]
+    size: int
 
 
 class FileEnd(NamedTuple):
@@ -2681,20 +2767,30 @@ class Loader:
             server = self.servers.get(address)
             if server is None:
                 server = self.servers[address] = Server(address)
-            lane = DryLane(server) if settings.dry else \
-                Lane(server, settings, self.stopping)
+            lane = DryLane(server, self._released) if settings.dry else \
+                Lane(server, settings, self.stopping, self._released)
             server.lanes.append(lane)
             self.lanes.append(lane)
         # In file order: a ChunkInFlight per chunk, and a FileEnd after a
         # file's chunks.  Room for every encoder to have its chunks in
-        # flight, and two more.
+        # flight, and two more; and at most CHUNK_BYTES of them (or one
+        # bigger chunk) from submit until the writer took the result.
         self.ordered = gevent.queue.Queue(
             settings.workers * ENCODER_CHUNKS + 2)
-        # The writer's: the commands of each lane's next batch (joined per
-        # chunk) and their number.  A batch has at least --batch-size
-        # records, cut at the end of a chunk, or is a file's last.
+        self.chunk_bytes = ByteBudget(CHUNK_BYTES)
+        # The writer's: the commands of each lane's next batch and their
+        # number and bytes, all of one file (the writer empties them at
+        # each file's end).  A batch is cut at --batch-size records (at
+        # the end of a chunk), before it would pass BATCH_BYTES (a record
+        # bigger is a batch of its own), at PENDING_BYTES for all lanes
+        # together (the largest first), or at a file's end.
         self.pending = [[] for _ in self.lanes]
         self.pending_count = [0] * len(self.lanes)
+        self.pending_bytes = [0] * len(self.lanes)
+        self.pending_total = 0
+        # Batches handed to the lanes and not yet done with (Lane's
+        # ``released``): queued or in flight.
+        self.lane_bytes = ByteBudget(LANE_BYTES)
         self.current = None  # the FileLoad being read, for progress
 
     def stop(self, signum=None):
@@ -2756,6 +2852,10 @@ class Loader:
                 ending = STOPPED
             except (OSError, Unreadable) as exc:
                 ending = Verdict(Reason.UNREADABLE, exc)
+            except MemoryError:  # the file's failure, not a bug
+                log.error('%s: out of memory while reading', load.name)
+                ending = Verdict(Reason.NOT_READ_TO_END,
+                                 'out of memory while reading')
             except Exception:
                 log.exception('%s: failed while reading', load.name)
                 ending = Verdict(Reason.NOT_READ_TO_END,
@@ -2785,10 +2885,16 @@ class Loader:
                 load.bytes_read = ahead.position
                 if self.stopping.is_set():
                     raise Interrupted()
+                if load.verdict is not None and \
+                        load.verdict.reason is Reason.NOT_READ_TO_END:
+                    return  # failed (out of memory, say): read no more
                 if chunk.pieces or chunk.oversized:
+                    size = sum(map(len, chunk.pieces))
+                    self.chunk_bytes.take(size)
                     self.ordered.put(ChunkInFlight(
                         load, self.encoder.submit(chunk.pieces),
-                        chunk.oversized))
+                        chunk.oversized, size))
+                del chunk  # only the encoder's copy stays
                 gevent.sleep(0)  # signals, progress, lanes: a turn
             load.bytes_read = load.size
 
@@ -2797,19 +2903,31 @@ class Loader:
     def _write(self):
         """Take encoded chunks in file order and hand them to the lanes;
         at each file's end flush its last batches (dropped if it was
-        stopped).  A bug here fails the file, and the writer goes on: a
-        file must always end, or the run would wait for it forever."""
+        stopped).  A file that fails here (out of memory, or a bug, which
+        is logged with its traceback) fails alone: its pending records
+        count as not acknowledged, none is left for the next file, and
+        the writer goes on: a file must always end, or the run would wait
+        for it forever."""
         for item in iter(self.ordered.get, None):
             load = item.load
             try:
                 if isinstance(item, FileEnd):
                     self._end_file(load, item.ending)
                 else:
-                    self._append_chunk(load, item.result, item.oversized)
-            except Exception:
-                log.exception('%s: failed while writing', load.name)
-                load.fail(Verdict(Reason.NOT_READ_TO_END,
-                                  'internal error while writing'))
+                    try:
+                        self._append_chunk(load, item.result,
+                                           item.oversized)
+                    finally:
+                        self.chunk_bytes.give(item.size)
+            except Exception as exc:
+                if isinstance(exc, MemoryError):
+                    log.error('%s: out of memory while writing', load.name)
+                    words = 'out of memory while writing'
+                else:
+                    log.exception('%s: failed while writing', load.name)
+                    words = 'internal error while writing'
+                load.fail(Verdict(Reason.NOT_READ_TO_END, words))
+                self._drop_pending(load, words)
                 if isinstance(item, FileEnd) \
                         and not load.acks.enqueuing_done:
                     load.acks.finish()
@@ -2827,35 +2945,99 @@ class Loader:
             load.add_lines(1, 1, [BadSample(MALFORMED, 'line longer than %d'
                                             ' bytes' % MAX_LINE_BYTES,
                                             prefix)])
-        pending, pending_count = self.pending, self.pending_count
-        for batch in chunk.batches:
-            pending[batch.lane].append(batch.commands)
-            pending_count[batch.lane] += batch.count
-            if pending_count[batch.lane] >= self.settings.batch_size:
-                self._flush(batch.lane, load)
+        # Records counted in lines and not yet pending or sent: if this
+        # fails half way, they count as not acknowledged, so that lines
+        # are always stored + errors (+ what a stop left unsent).
+        unplaced = sum(batch.count for batch in chunk.batches)
+        try:
+            for batch in chunk.batches:
+                number = batch.lane
+                for count, commands in cut_commands(
+                        batch.commands, batch.count, BATCH_BYTES):
+                    if self.pending_count[number] and \
+                            self.pending_bytes[number] + len(commands) \
+                            > BATCH_BYTES:
+                        self._flush(number, load)
+                    self._add(number, count, commands)
+                    unplaced -= count
+                    if self.pending_count[number] >= self.settings.batch_size \
+                            or self.pending_bytes[number] >= BATCH_BYTES:
+                        self._flush(number, load)
+            while self.pending_total > PENDING_BYTES:
+                sizes = self.pending_bytes
+                self._flush(max(range(len(sizes)), key=sizes.__getitem__),
+                            load)
+        except Exception as exc:
+            self._lose(load, unplaced, 'out of memory' if isinstance(
+                exc, MemoryError) else 'internal error')
+            raise
+
+    def _add(self, number, count, commands):
+        """Add ``count`` joined commands to lane ``number``'s pending
+        batch."""
+        self.pending[number].append(commands)
+        self.pending_count[number] += count
+        self.pending_bytes[number] += len(commands)
+        self.pending_total += len(commands)
 
     def _end_file(self, load, ending):
         """Flush the file's last batches, or drop them if it was stopped;
         ``ending`` is the Verdict of a file that failed, or None."""
         stopped = self.stopping.is_set() or ending is not None \
             and ending.reason is Reason.STOPPED
-        for number, commands in enumerate(self.pending):
-            if commands and not stopped:
+        for number, count in enumerate(self.pending_count):
+            if count and not stopped:
                 self._flush(number, load)
-            self.pending[number] = []
-            self.pending_count[number] = 0
+        self._clear_pending()  # a stop's: left unsent, and said so
         load.fail(ending or (STOPPED if stopped else None))
         load.acks.finish()
 
+    def _clear_pending(self):
+        self.pending = [[] for _ in self.lanes]
+        self.pending_count = [0] * len(self.lanes)
+        self.pending_bytes = [0] * len(self.lanes)
+        self.pending_total = 0
+
+    def _drop_pending(self, load, because):
+        """Empty every lane's pending batch (all of ``load``), its records
+        counted as not acknowledged ``because`` (words)."""
+        lost = sum(self.pending_count)
+        self._clear_pending()
+        self._lose(load, lost, because)
+
+    @staticmethod
+    def _lose(load, count, because):
+        """Count ``count`` records of ``load`` that will never be sent as
+        not acknowledged ``because`` (words)."""
+        if count:
+            load.acks.enqueued()
+            load.batch_done(0, 0, count, because)
+
     def _flush(self, number, load):
-        """Hand lane ``number``'s pending batch to it (blocks while its
-        queue is full)."""
-        batch = Batch(load, b''.join(self.pending[number]),
-                      self.pending_count[number])
+        """Hand lane ``number``'s pending batch to it: blocks while its
+        queue is full, or while the lanes hold LANE_BYTES."""
+        commands, count = self.pending[number], self.pending_count[number]
+        # Taken out first: whatever fails below, none of it is left
+        # pending for a later batch, or for the next file.
+        self.pending_total -= self.pending_bytes[number]
         self.pending[number] = []
         self.pending_count[number] = 0
+        self.pending_bytes[number] = 0
+        try:
+            batch = Batch(load, b''.join(commands), count)
+        except Exception as exc:
+            self._lose(load, count, 'out of memory' if isinstance(
+                exc, MemoryError) else 'internal error')
+            raise
+        del commands
         load.acks.enqueued()
+        self.lane_bytes.take(len(batch.payload))
         self.lanes[number].submit(batch)
+
+    def _released(self, batch):
+        """A lane is done with ``batch``: its bytes are the lanes' no
+        more."""
+        self.lane_bytes.give(len(batch.payload))
 
 
 class Progress:
@@ -3230,9 +3412,13 @@ _at_most_workers = bounded(int, high=MAX_WORKERS)
 
 def _workers(text):
     """--workers: a count of encoder threads, or auto (the CPUs this
-    process may use, at most MAX_WORKERS)."""
+    process may use, its affinity, not the host's; at most MAX_WORKERS)."""
     if text == 'auto':
-        return min(MAX_WORKERS, len(os.sched_getaffinity(0)))
+        try:
+            usable = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # no affinity on this platform
+            usable = os.cpu_count() or 1
+        return min(MAX_WORKERS, usable)
     _positive_int(text)
     return _at_most_workers(text)
 

@@ -28,6 +28,12 @@ keeps it inside its buffers: every write of a command goes through
 command the bytes written are checked against the size reserved (a
 mismatch fails the chunk, an AssertionError).  ``boundscheck`` stays on
 for the few Python-level and memoryview indexings, off the hot loop.
+
+What a call holds besides its input: each lane's commands, written once
+in that lane's own buffer as the lines are encoded (no table of lines, no
+scratch of app ids), and their copies into the result's bytes; so its
+memory grows with the commands it makes, never with the number of lines
+(a chunk of blank lines takes none).
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
@@ -57,6 +63,9 @@ cdef enum:
     # The most a contract's key length, samples or prefix may be: far past
     # any real one (memcached's keys are 250 bytes), within every C type.
     MAX_LIMIT = 1 << 30
+    # A lane's buffer starts at this much (or its first command): small,
+    # as a chunk may touch many lanes.
+    FIRST_CAPACITY = 256
 
 cdef uint64_t UINT32_MAX = 4294967295UL  # apps are uint32
 # The lanes this encoder can number; gmemcload.MAX_LANES, which bounds a
@@ -64,13 +73,6 @@ cdef uint64_t UINT32_MAX = 4294967295UL  # apps are uint32
 LANE_LIMIT = MAX_LANES
 # Set once at import, never changed: read by every thread.
 cdef locale_t C_LOCALE = newlocale(LC_ALL_MASK, b"C", NULL)
-
-# The line kinds of the first pass.
-cdef enum:
-    BLANK = 0
-    FAST = 1
-    SLOW = 2
-
 
 cdef struct Output:
     char *data
@@ -85,8 +87,8 @@ cdef int reserve(Output *out, size_t more) noexcept nogil:
     cdef char *grown
     if wanted <= capacity:
         return 0
-    if capacity < 4096:
-        capacity = 4096
+    if capacity < FIRST_CAPACITY:
+        capacity = FIRST_CAPACITY
     while capacity < wanted:
         capacity *= 2
     grown = <char *>realloc(out.data, capacity)
@@ -95,13 +97,6 @@ cdef int reserve(Output *out, size_t more) noexcept nogil:
     out.data = grown
     out.capacity = capacity
     return 0
-
-
-cdef struct Entry:
-    int kind          # BLANK, FAST or SLOW
-    int lane          # FAST: its lane
-    size_t start      # FAST: its command in the output; SLOW: the line
-    size_t length
 
 
 cdef struct Route:
@@ -204,13 +199,13 @@ cdef inline bint is_key_byte(uint8_t byte) noexcept nogil:
 
 cdef int encode_fast(const uint8_t *line, size_t length,
                      const DeviceType *types, Py_ssize_t type_count,
-                     Output *out, Entry *entry, uint32_t *apps,
-                     size_t max_key, uint64_t max_app_id) noexcept nogil:
-    """Encode one line (``length`` > 0) the fast way into ``out`` and fill
-    ``entry``; 0 if done, 1 if the line is not one to be sure of (the
-    caller hands it to the Python contract), -1 with no memory, -2 if the
-    command's size was computed wrong (a bug).  ``apps`` has room for
-    length / 2 + 1 ids."""
+                     Output *outs, int *lane_of, size_t max_key,
+                     uint64_t max_app_id) noexcept nogil:
+    """Encode one line (``length`` > 0) the fast way: its command appended
+    to its lane's buffer ``outs[lane]``, the lane in ``lane_of``; 0 if
+    done, 1 if the line is not one to be sure of (the caller hands it to
+    the Python contract; nothing written), -1 with no memory, -2 if the
+    command's size was computed wrong (a bug)."""
     cdef size_t tabs[4]
     cdef size_t found = 0
     cdef size_t at
@@ -225,6 +220,7 @@ cdef int encode_fast(const uint8_t *line, size_t length,
     cdef uint32_t hash_value
     cdef int server, lane
     cdef const Route *route
+    cdef Output *out
     cdef char *to
     cdef uint64_t lat_bits, lon_bits
 
@@ -261,6 +257,8 @@ cdef int encode_fast(const uint8_t *line, size_t length,
     if not plain_decimal(field, field_length):
         return 1
     lon = parse_decimal(field, field_length)
+    # The apps, checked and measured here, and read again as they are
+    # written: no scratch that grows with the line.
     field = line + tabs[3] + 1
     field_length = length - tabs[3] - 1
     if field_length:
@@ -276,7 +274,6 @@ cdef int encode_fast(const uint8_t *line, size_t length,
                 at += 1
             if digits == 0 or value > max_app_id:
                 return 1
-            apps[app_count] = <uint32_t>value  # max_app_id <= UINT32_MAX
             app_count += 1
             packed_size += varint_size(value)
             if at == field_length:
@@ -285,6 +282,24 @@ cdef int encode_fast(const uint8_t *line, size_t length,
                 return 1
             at += 1
 
+    # The lane: python-memcached's server for the key, then crc32 mod the
+    # server's lanes (gmemcload.lane_for); crc32 of the key's parts in
+    # turn is crc32 of the key.
+    hash_value = <uint32_t>crc32(0, <const unsigned char *>dev_type.name,
+                                 <unsigned int>dev_type.length)
+    hash_value = <uint32_t>crc32(hash_value,
+                                 <const unsigned char *>b":", 1)
+    hash_value = <uint32_t>crc32(hash_value, dev_id,
+                                 <unsigned int>dev_id_length)
+    route = &dev_type.route
+    server = 0
+    if route.servers > 1:
+        server = ((hash_value >> 16) & 0x7fff) % route.servers
+    lane = route.lanes[route.first_lane[server]]
+    if route.lanes_of[server] > 1:
+        lane = route.lanes[route.first_lane[server]
+                           + hash_value % <uint32_t>route.lanes_of[server]]
+
     # The value: UserApps, its fields in number order, as protobuf
     # serializes them: 1 (packed apps, only if any), 2 (lat), 3 (lon).
     value_size = 18
@@ -292,6 +307,7 @@ cdef int encode_fast(const uint8_t *line, size_t length,
         value_size += 1 + varint_size(packed_size) + packed_size
     command_size = (4 + key_length + 5 + decimal_size(value_size) + 2
                     + value_size + 2)
+    out = &outs[lane]
     if reserve(out, command_size) < 0:
         return -1
     # From here to the size check, at most command_size bytes are written.
@@ -318,8 +334,15 @@ cdef int encode_fast(const uint8_t *line, size_t length,
         to[0] = 0x0a
         to += 1
         to += write_varint(to, packed_size)
+        # Checked above: items of digits, one comma between two.
+        at = 0
         for index in range(app_count):
-            to += write_varint(to, apps[index])
+            value = 0
+            while at < field_length and field[at] != b',':
+                value = value * 10 + (field[at] - c'0')
+                at += 1
+            at += 1
+            to += write_varint(to, value)
     memcpy(&lat_bits, &lat, 8)
     memcpy(&lon_bits, &lon, 8)
     to[0] = 0x11
@@ -334,24 +357,8 @@ cdef int encode_fast(const uint8_t *line, size_t length,
     to += 2
     if <size_t>(to - (out.data + out.size)) != command_size:
         return -2  # a size computed wrong: never write past it unseen
-
-    # The lane: python-memcached's server for the key, then crc32 mod the
-    # server's lanes (gmemcload.lane_for).
-    route = &dev_type.route
-    hash_value = <uint32_t>crc32(0, <const unsigned char *>(out.data
-                                 + out.size + 4), <unsigned int>key_length)
-    server = 0
-    if route.servers > 1:
-        server = ((hash_value >> 16) & 0x7fff) % route.servers
-    lane = route.lanes[route.first_lane[server]]
-    if route.lanes_of[server] > 1:
-        lane = route.lanes[route.first_lane[server]
-                           + hash_value % <uint32_t>route.lanes_of[server]]
-    entry.kind = FAST
-    entry.lane = lane
-    entry.start = out.size
-    entry.length = command_size
     out.size += command_size
+    lane_of[0] = lane
     return 0
 
 
@@ -488,165 +495,127 @@ cdef class ChunkEncoder:
 
     def encode_chunk(self, data):
         """gmemcload.encode_chunk(data, routes), compiled: ``data`` is
-        whole lines (bytes-like); an EncodedChunk of the contract."""
+        whole lines (bytes-like); an EncodedChunk of the contract.
+
+        The lines are taken in order: runs of them without the GIL, each
+        line it is not sure of in its place, with the GIL, through
+        encode_line.  Each command goes to its lane's buffer as it is
+        made, so every lane's commands are in line order."""
         cdef const uint8_t[::1] view = data
         cdef const uint8_t *text = (&view[0] if view.shape[0]
                                     else <const uint8_t *>b"")
         cdef size_t size = view.shape[0]
-        cdef size_t line_count = 1, at = 0, start, end, index
+        cdef size_t start = 0, end = 0, length
         cdef const uint8_t *newline
-        cdef Output out
-        cdef Entry *entries = NULL
-        cdef uint32_t *apps = NULL
-        cdef int status = 0
+        cdef bint last = False
+        cdef int status = 0, lane = 0, used = 0, index
+        cdef int lanes = self.lane_count or 1  # calloc(0) may give NULL
+        # Per lane: its commands so far, and their number; the lanes in
+        # order of first use.
+        cdef Output *outs = <Output *>calloc(lanes, sizeof(Output))
+        cdef Py_ssize_t *counts = <Py_ssize_t *>calloc(lanes,
+                                                       sizeof(Py_ssize_t))
+        cdef int *order = <int *>calloc(lanes, sizeof(int))
+        cdef Py_ssize_t lines = 0, errors = 0, dropped = 0
+        cdef list bad = []
+        cdef list dropped_samples = []
+        cdef bytes command
         # Read-only after construction: safe to read without the GIL.
         cdef const DeviceType *types = self.types
         cdef Py_ssize_t type_count = self.type_count
         cdef size_t max_key = self.max_key
         cdef uint64_t max_app_id = self.max_app_id
-
-        out.data = NULL
-        out.size = 0
-        out.capacity = 0
         try:
-            with nogil:
-                # Lines are what data.split(b'\n') gives: one more than
-                # the newlines.
-                while at < size:
-                    newline = <const uint8_t *>memchr(text + at, b'\n',
-                                                      size - at)
-                    if newline == NULL:
-                        break
-                    line_count += 1
-                    at = newline - text + 1
-            entries = <Entry *>malloc(line_count * sizeof(Entry))
-            # The longest line has at most size / 2 + 1 app ids.
-            apps = <uint32_t *>malloc((size // 2 + 1) * sizeof(uint32_t))
-            if entries == NULL or apps == NULL:
+            if outs == NULL or counts == NULL or order == NULL:
                 raise MemoryError()
-            with nogil:
-                start = 0
-                for index in range(line_count):
-                    newline = NULL
-                    if start < size:
-                        newline = <const uint8_t *>memchr(
-                            text + start, b'\n', size - start)
-                    end = size if newline == NULL \
-                        else <size_t>(newline - text)
-                    entries[index].start = start
-                    entries[index].length = end - start
-                    if end == start:
-                        entries[index].kind = BLANK
-                    else:
-                        status = encode_fast(
-                            text + start, end - start, types, type_count,
-                            &out, &entries[index], apps, max_key,
-                            max_app_id)
-                        if status < 0:
+            # Lines are what data.split(b'\n') gives: the last one is what
+            # follows the last newline (blank if nothing does).
+            while not last:
+                with nogil:
+                    while True:
+                        newline = NULL
+                        if start < size:
+                            newline = <const uint8_t *>memchr(
+                                text + start, b'\n', size - start)
+                        if newline == NULL:
+                            end = size
+                            last = True
+                        else:
+                            end = <size_t>(newline - text)
+                        if end > start:
+                            status = encode_fast(
+                                text + start, end - start, types,
+                                type_count, outs, &lane, max_key,
+                                max_app_id)
+                            if status != 0:
+                                break
+                            lines += 1
+                            if counts[lane] == 0:
+                                order[used] = lane
+                                used += 1
+                            counts[lane] += 1
+                        start = end + 1
+                        if last:
                             break
-                        if status > 0:
-                            entries[index].kind = SLOW
-                            entries[index].start = start
-                            entries[index].length = end - start
-                    start = end + 1
+                if status < 0:
+                    break
+                if status == 0:  # the last line was blank or fast
+                    continue
+                # A line the fast path is not sure of, in its place.
+                status = 0
+                line = PyBytes_FromStringAndSize(
+                    <const char *>(text + start), end - start)
+                start = end + 1
+                try:
+                    encoded = self.encode_line(line, self.routes)
+                except self.bad_line as exc:
+                    lines += 1
+                    errors += 1
+                    if len(bad) < self.logged:
+                        bad.append(self.bad_sample(
+                            exc.kind, str(exc), line[:self.prefix]))
+                    continue
+                if encoded is None:
+                    continue
+                encoded_lane = encoded.lane
+                if not 0 <= encoded_lane < self.lane_count:
+                    raise AssertionError('a lane outside the routes')
+                lane = encoded_lane
+                command = encoded.command
+                if encoded.dropped_apps:
+                    dropped += 1
+                    if len(dropped_samples) < self.logged:
+                        dropped_samples.append(self.dropped_sample(
+                            encoded.dropped_apps, line[:self.prefix]))
+                length = len(command)
+                if reserve(&outs[lane], length) < 0:
+                    raise MemoryError()
+                memcpy(outs[lane].data + outs[lane].size,
+                       PyBytes_AS_STRING(command), length)
+                outs[lane].size += length
+                lines += 1
+                if counts[lane] == 0:
+                    order[used] = lane
+                    used += 1
+                counts[lane] += 1
             if status == -2:
                 raise AssertionError('a command of the wrong size')
             if status < 0:
                 raise MemoryError()
-            return self._gather(text, entries, line_count, &out)
-        finally:
-            free(entries)
-            free(apps)
-            free(out.data)
-
-    cdef object _gather(self, const uint8_t *text, Entry *entries,
-                        size_t line_count, Output *out):
-        """With the GIL: the slow lines through encode_line, then every
-        lane's commands joined in line order, the lanes in order of first
-        use, and the counts and samples, as the reference builds them."""
-        cdef Py_ssize_t lines = 0, errors = 0, dropped = 0
-        cdef size_t index, length
-        cdef Entry *entry
-        cdef int lane
-        cdef int lanes = self.lane_count or 1  # calloc(0) may give NULL
-        cdef size_t *sizes = <size_t *>calloc(lanes, sizeof(size_t))
-        cdef Py_ssize_t *counts = <Py_ssize_t *>calloc(lanes,
-                                                       sizeof(Py_ssize_t))
-        cdef char **ends = <char **>calloc(lanes, sizeof(char *))
-        cdef list order = []  # lanes, in order of first use
-        cdef list commands = []  # of the slow lines, in line order
-        cdef list bad = []
-        cdef list dropped_samples = []
-        cdef bytes command
-        try:
-            if sizes == NULL or counts == NULL or ends == NULL:
-                raise MemoryError()
-            for index in range(line_count):
-                entry = &entries[index]
-                if entry.kind == BLANK:
-                    continue
-                if entry.kind == SLOW:
-                    line = PyBytes_FromStringAndSize(
-                        <const char *>(text + entry.start), entry.length)
-                    try:
-                        encoded = self.encode_line(line, self.routes)
-                    except self.bad_line as exc:
-                        lines += 1
-                        errors += 1
-                        if len(bad) < self.logged:
-                            bad.append(self.bad_sample(
-                                exc.kind, str(exc), line[:self.prefix]))
-                        entry.kind = BLANK
-                        continue
-                    if encoded is None:
-                        entry.kind = BLANK
-                        continue
-                    encoded_lane = encoded.lane
-                    if not 0 <= encoded_lane < self.lane_count:
-                        raise AssertionError('a lane outside the routes')
-                    command = encoded.command
-                    if encoded.dropped_apps:
-                        dropped += 1
-                        if len(dropped_samples) < self.logged:
-                            dropped_samples.append(self.dropped_sample(
-                                encoded.dropped_apps, line[:self.prefix]))
-                    commands.append(command)
-                    entry.lane = encoded_lane
-                    entry.length = len(command)
-                lines += 1
-                lane = entry.lane
-                if counts[lane] == 0:
-                    order.append(lane)
-                counts[lane] += 1
-                sizes[lane] += entry.length
-            joined = {}
-            for lane in order:
-                joined[lane] = PyBytes_FromStringAndSize(NULL, sizes[lane])
-                ends[lane] = PyBytes_AS_STRING(joined[lane])
-            slow = 0
-            for index in range(line_count):
-                entry = &entries[index]
-                if entry.kind == BLANK:
-                    continue
-                lane = entry.lane
-                length = entry.length
-                if sizes[lane] < length:
-                    raise AssertionError('a lane\'s commands overrun it')
-                sizes[lane] -= length
-                if entry.kind == FAST:
-                    if entry.start + length > out.size:
-                        raise AssertionError('a command outside the output')
-                    memcpy(ends[lane], out.data + entry.start, length)
-                else:
-                    command = commands[slow]
-                    slow += 1
-                    memcpy(ends[lane], PyBytes_AS_STRING(command), length)
-                ends[lane] += length
-            batches = [self.lane_batch(lane, counts[lane], joined[lane])
-                       for lane in order]
+            batches = []
+            for index in range(used):
+                lane = order[index]
+                batches.append(self.lane_batch(
+                    lane, counts[lane], PyBytes_FromStringAndSize(
+                        outs[lane].data, outs[lane].size)))
+                free(outs[lane].data)  # copied: the chunk's peak shrinks
+                outs[lane].data = NULL
             return self.encoded_chunk(lines, errors, batches, bad, dropped,
                                       dropped_samples)
         finally:
-            free(sizes)
+            if outs != NULL:
+                for index in range(lanes):
+                    free(outs[index].data)
+            free(outs)
             free(counts)
-            free(ends)
+            free(order)

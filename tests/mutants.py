@@ -76,6 +76,16 @@ ENCODERS = ['tests/test_encoders.py']
 FILES = ['tests/test_files.py']
 NATIVE = ['tests/test_native.py']
 ACROSS = ['tests/test_across_runs.py']
+MEMORY_BATCHES = ['tests/test_memory.py::test_batches_are_cut_by_bytes_'
+                  'and_a_bigger_record_goes_alone']
+MEMORY_PAUSED = ['tests/test_memory.py::'
+                 'test_memory_stays_bounded_while_memcached_is_paused']
+MEMORY_BLANK = ['tests/test_memory.py::'
+                'test_blank_lines_take_no_memory_per_line_with_64_threads']
+MEMORY_7_MB = ['tests/test_memory.py::'
+               'test_lines_of_7_mb_load_byte_for_byte_within_the_bound']
+MEMORY_RUNNING_OUT = ['tests/test_memory.py::'
+                      'test_memory_running_out_fails_only_its_file']
 MUTANTS = {
     # -- the wire
     'no-in-doubt-settling': (
@@ -175,11 +185,11 @@ MUTANTS = {
     'native-dropped-apps-are-errors': (
         'the compiled encoder counts a line with dropped app ids as an'
         ' error',
-        "                    if encoded.dropped_apps:\n"
-        "                        dropped += 1\n",
-        "                    if encoded.dropped_apps:\n"
-        "                        dropped += 1\n"
-        "                        errors += 1\n",
+        "                if encoded.dropped_apps:\n"
+        "                    dropped += 1\n",
+        "                if encoded.dropped_apps:\n"
+        "                    dropped += 1\n"
+        "                    errors += 1\n",
         NATIVE + LOAD),
     'error-rate-limit-exclusive': (
         'a file exactly at --max-error-rate is not loaded',
@@ -1016,13 +1026,20 @@ MUTANTS = {
         NATIVE),
     'native-a-line-lost': (
         'the compiled encoder takes a chunk\'s second line for blank',
-        "                    if end == start:\n",
-        "                    if end == start or index == 1:\n",
+        "                        if end > start:\n",
+        "                        if end > start and lines != 1:\n",
         NATIVE),
     'native-slow-lines-out-of-order': (
-        'lines handed to the Python contract come back in reverse order',
-        "                    commands.append(command)\n",
-        "                    commands.insert(0, command)\n",
+        'a line handed to the Python contract goes before the earlier'
+        ' lines of its lane',
+        ("from libc.string cimport memcpy, memcmp, memchr\n",
+         "                memcpy(outs[lane].data + outs[lane].size,\n"
+         "                       PyBytes_AS_STRING(command), length)\n"),
+        ("from libc.string cimport memcpy, memcmp, memchr, memmove\n",
+         "                memmove(outs[lane].data + length, outs[lane].data,\n"
+         "                        outs[lane].size)\n"
+         "                memcpy(outs[lane].data,\n"
+         "                       PyBytes_AS_STRING(command), length)\n"),
         NATIVE),
     'native-lat-for-lon': (
         'the compiled encoder writes lon where lat goes',
@@ -1076,14 +1093,15 @@ MUTANTS = {
         'the writer takes chunks in the order they are encoded, not read',
         "                    self.ordered.put(ChunkInFlight(\n"
         "                        load, self.encoder.submit(chunk.pieces),\n"
-        "                        chunk.oversized))",
+        "                        chunk.oversized, size))",
         "                    gevent.spawn(\n"
         "                        lambda result=self.encoder.submit("
         "chunk.pieces),\n"
-        "                        load=load, oversized=chunk.oversized: (\n"
+        "                        load=load, oversized=chunk.oversized,\n"
+        "                        size=size: (\n"
         "                            result.wait(),\n"
         "                            self.ordered.put(ChunkInFlight(\n"
-        "                                load, result, oversized))))",
+        "                                load, result, oversized, size))))",
         ENCODERS),
     'an-encoder-out-of-memory-is-a-bug': (
         'an encoder out of memory is an internal error, not the file\'s'
@@ -1093,6 +1111,99 @@ MUTANTS = {
         "        except ZeroDivisionError:\n"
         "            load.fail(Verdict(Reason.NOT_READ_TO_END,",
         ENCODERS),
+    # -- memory
+    'batches-not-cut-by-bytes': (
+        'a lane\'s batch grows past BATCH_BYTES before it is cut',
+        "                    if self.pending_count[number] and \\\n"
+        "                            self.pending_bytes[number]"
+        " + len(commands) \\\n"
+        "                            > BATCH_BYTES:\n",
+        "                    if False:\n",
+        MEMORY_BATCHES),
+    'lane-batches-not-cut': (
+        'a chunk\'s commands for a lane are one piece, however big',
+        "    if len(commands) <= limit:\n"
+        "        yield count, commands\n",
+        "    if True:\n"
+        "        yield count, commands\n",
+        MEMORY_BATCHES),
+    'no-pending-byte-bound': (
+        'the pending batches of all lanes together grow without a bound in'
+        ' bytes',
+        "            while self.pending_total > PENDING_BYTES:\n",
+        "            while False:\n",
+        ['tests/test_memory.py::'
+         'test_pending_batches_of_many_lanes_are_bounded_in_bytes']),
+    'no-lane-byte-budget': (
+        'the writer hands batches to the lanes whatever bytes they hold',
+        "        self.lane_bytes.take(len(batch.payload))\n",
+        "",
+        MEMORY_PAUSED),
+    'no-chunk-byte-budget': (
+        'chunks in flight are bounded by --workers only, not in bytes',
+        "                    self.chunk_bytes.take(size)\n",
+        "",
+        MEMORY_BLANK + MEMORY_7_MB),
+    'native-a-table-per-line': (
+        'the compiled encoder fills a table of 32 bytes a line, blank lines'
+        ' included',
+        ("        cdef int *order = <int *>calloc(lanes, sizeof(int))\n",
+         "                        start = end + 1\n"),
+        ("        cdef int *order = <int *>calloc(lanes + 8 * size + 8,"
+         " sizeof(int))\n",
+         "                        order[lanes + 8 * start] = 1\n"
+         "                        start = end + 1\n"),
+        MEMORY_BLANK),
+    'pending-left-for-the-next-file': (
+        'a file that fails while writing leaves its pending records to be'
+        ' sent with the next file\'s',
+        "                self._drop_pending(load, words)\n",
+        "",
+        MEMORY_RUNNING_OUT),
+    'out-of-memory-while-writing-is-a-bug': (
+        'memory running out in the writer is logged as an internal error',
+        "                if isinstance(exc, MemoryError):\n"
+        "                    log.error('%s: out of memory while writing',"
+        " load.name)\n",
+        "                if False:\n"
+        "                    log.error('%s: out of memory while writing',"
+        " load.name)\n",
+        MEMORY_RUNNING_OUT),
+    'lost-records-not-counted': (
+        'records a failure drops are counted nowhere, so the total says'
+        ' they were stopped',
+        "        if count:\n"
+        "            load.acks.enqueued()\n",
+        "        if False:\n"
+        "            load.acks.enqueued()\n",
+        MEMORY_RUNNING_OUT),
+    'out-of-memory-while-reading-is-a-bug': (
+        'memory running out in the reader is logged as an internal error',
+        "            except MemoryError:  # the file's failure, not a bug\n",
+        "            except ZeroDivisionError:\n",
+        MEMORY_RUNNING_OUT),
+    'out-of-memory-while-sending-is-a-bug': (
+        'memory running out in a lane is logged as an internal error',
+        "                except MemoryError:  # the batch's failure, not a"
+        " bug\n",
+        "                except ZeroDivisionError:\n",
+        MEMORY_RUNNING_OUT),
+    'in-process-encoder-fails-the-reader': (
+        'with --workers 1 the encoder\'s failure is raised in the reader,'
+        ' not given to the writer as the chunk\'s result',
+        "        try:\n"
+        "            result.set(self.encode(b''.join(pieces)))\n"
+        "        except Exception as exc:\n"
+        "            result.set_exception(exc)\n",
+        "        result.set(self.encode(b''.join(pieces)))\n",
+        MEMORY_RUNNING_OUT),
+    'auto-counts-the-host': (
+        '--workers auto counts the host\'s CPUs, not the ones the process'
+        ' may use',
+        "            usable = len(os.sched_getaffinity(0))\n",
+        "            usable = os.cpu_count()\n",
+        ['tests/test_memory.py::'
+         'test_workers_auto_takes_the_cpus_the_process_may_use']),
 }
 
 

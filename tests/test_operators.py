@@ -578,12 +578,13 @@ gmemcload.igzip.IGzipFile.read = slow_read
 
 
 def test_after_a_stop_the_summary_adds_up(tmp_path, memcached_set):
-    # One batch per file (--batch-size above its lines), read slowly: a
-    # stop while it is read leaves every line read unsent, and the total
-    # says how many.
+    # One batch per file (--batch-size above its lines, and no cut by
+    # bytes), read slowly: a stop while it is read leaves every line read
+    # unsent, and the total says how many.
     write_gz(tmp_path / FIRST, lines_for('idfa', 300000))
-    loader = start_patched_loader(tmp_path, memcached_set, SLOW_READS,
-                                  '--batch-size', '1000000')
+    loader = start_patched_loader(
+        tmp_path, memcached_set, SLOW_READS + 'gmemcload.BATCH_BYTES ='
+        ' gmemcload.PENDING_BYTES = 1 << 30\n', '--batch-size', '1000000')
     try:
         wait_for_log(tmp_path, 'Processing')
         time.sleep(0.7)
