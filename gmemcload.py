@@ -101,9 +101,11 @@ import fcntl  # noqa: E402
 import fnmatch  # noqa: E402
 import functools  # noqa: E402
 import glob  # noqa: E402
+import hashlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import random  # noqa: E402
 import re  # noqa: E402
 import resource  # noqa: E402
 import socket  # noqa: E402
@@ -192,6 +194,9 @@ MAX_WORKERS = 64
 # Lanes of a run, at most: each lane is a connection and a greenlet, and
 # the compiled encoder numbers lanes in 16 bits.
 MAX_LANES = 1 << 16
+# Of the last commands of a batch, how many a read-back sample is chosen
+# from (choose_samples).
+READ_BACK_LAST = 8
 SUMMARY_ROWS = 100  # past this many files the summary lists only kept ones
 BACKOFF_FIRST = 0.25  # seconds before the first retry; doubles per retry
 BACKOFF_MAX = 4.0
@@ -274,6 +279,9 @@ class Reason(enum.Enum):
     EVICTED = 'evicted', 'memcached %s dropped items while this file was' \
         ' written and checked (%s): some of its records may be gone (give' \
         ' memcached more memory, or load anyway with --accept-evictions)'
+    READ_BACK = 'read_back', 'memcached %s does not hold this file\'s' \
+        ' records as written: %s (a delayed flush_all, or a drop no counter' \
+        ' shows): some of its records are gone'
     SERVER_NOT_CHECKABLE = 'server_not_checkable', \
         'cannot check memcached %s before the rename: %s'
     CHANGED = 'changed', 'changed while loading (replaced or written to):' \
@@ -915,6 +923,45 @@ def server_identity(sock):
                           else None, dropped_from(stats))
 
 
+def read_back(sock, keys):
+    """Ask the server for ``keys`` (bytes) with one ``get``: a dict of the
+    keys it holds, key -> value.  Raises ProtocolError for any answer but
+    values and END, ConnectionError if the stream ends first."""
+    sock.sendall(b'get %b\r\n' % b' '.join(keys))
+    found = {}
+    buffer = bytearray()
+    position = 0
+    while True:
+        header_end = buffer.find(b'\r\n', position)
+        if header_end < 0:
+            if len(buffer) - position > 1024:
+                raise ProtocolError('answer to get: a line too long')
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError('connection closed by memcached')
+            buffer += chunk
+            continue
+        header = bytes(buffer[position:header_end])
+        if header == b'END':
+            return found
+        parts = header.split(b' ')
+        if len(parts) != 4 or parts[0] != b'VALUE' \
+                or not parts[3].isdigit():
+            raise ProtocolError('answer to get: %s' % header[:200].decode(
+                'ascii', 'replace'))
+        start = header_end + 2
+        end = start + int(parts[3])
+        while len(buffer) < end + 2:
+            chunk = sock.recv(max(1 << 20, end + 2 - len(buffer)))
+            if not chunk:
+                raise ConnectionError('connection closed by memcached')
+            buffer += chunk
+        if buffer[end:end + 2] != b'\r\n':
+            raise ProtocolError('answer to get: a value not ended')
+        found[parts[1]] = bytes(buffer[start:end])
+        position = end + 2
+
+
 class Connection:
     """A lane's connection to one memcached server.  It knows nothing of
     retries: a failed exchange raises, and the caller abandons it.
@@ -1084,7 +1131,7 @@ class FileLoad:
                  'unacknowledged', 'verdict', 'unacknowledged_because',
                  'renamed', 'reloading', 'reloaded', 'bytes_read', 'size',
                  'started', 'seconds', 'identity', 'instances', 'acks',
-                 'bad_lines', 'dropped_apps', 'refusals')
+                 'bad_lines', 'dropped_apps', 'refusals', 'samples')
 
     def __init__(self, path, name=None, reloading=False):
         self.path = path
@@ -1115,6 +1162,9 @@ class FileLoad:
                                     'lines with dropped app ids')
         self.refusals = Samples(logging.ERROR,
                                 'records memcached did not store')
+        # Lane -> [oldest, latest]: Samples to read back at the rename
+        # (choose_samples)
+        self.samples = {}
 
     def track(self):
         self.acks = Acknowledgements(self._acknowledged)
@@ -1223,6 +1273,102 @@ class FileLoad:
     def log_unshown(self):
         for samples in (self.bad_lines, self.dropped_apps, self.refusals):
             samples.log_unshown(self.name)
+
+
+class Sample(NamedTuple):
+    """A record of a file as a lane had it acknowledged, to read back at
+    the file's rename: its key and value, its lane, and the lane's count
+    of acknowledged batches (``acked``) once it was.  While that count has
+    not moved, nothing this run sent can have changed the key (a key
+    always travels through one lane), so its value must be exactly this."""
+    key: bytes
+    digest: bytes  # value_digest of its value: a big value is not held
+    lane: 'Lane'
+    acked: int
+
+
+def value_digest(value):
+    """What a Sample keeps of a value to compare it with what memcached
+    gives back: a 128-bit BLAKE2b digest."""
+    return hashlib.blake2b(value, digest_size=16).digest()
+
+
+def command_at(payload, position):
+    """The ``set`` command that begins at ``position`` of ``payload``:
+    ``(key, value, where the next begins)``, or None if none begins
+    there."""
+    header_end = payload.find(b'\r\n', position,
+                              position + MAX_KEY_LENGTH + 32)
+    if header_end < 0:
+        return None
+    parts = payload[position:header_end].split(b' ')
+    if len(parts) != 5 or parts[0] != b'set' or parts[2:4] != [b'0', b'0'] \
+            or not parts[4].isdigit():
+        return None
+    start = header_end + 2
+    end = start + int(parts[4])
+    if payload[end:end + 2] != b'\r\n':
+        return None
+    return parts[1], payload[start:end], end + 2
+
+
+def last_commands(payload, most=READ_BACK_LAST):
+    """The last commands of ``payload`` (at most ``most``), in order, as
+    ``(key, value)``: found from its end, each boundary proven by parsing
+    every command after it to the payload's exact end (a value may hold
+    any bytes, "\\r\\nset " too)."""
+    found = []
+    end = len(payload)
+    search = end
+    while len(found) < most and search > 0:
+        position = payload.rfind(b'\r\nset ', 0, search) + 2
+        if position == 1:  # none: the payload's first command
+            position = 0
+        search = position - 2
+        command = command_at(payload, position)
+        if command is None or command[2] != end:
+            if position == 0:
+                break
+            continue
+        found.insert(0, command[:2])
+        end = position
+    return found
+
+
+def choose_samples(load, lane, batch, refused):
+    """Keep, of an acknowledged ``batch`` of ``load`` on ``lane``, the
+    records to read back at its rename: its first record if it is the
+    file's first batch on the lane (the oldest, evicted first), and one
+    of its last records, at random, that no later record of the batch
+    rewrites (``load.samples[lane]``: [oldest, latest]).  Records refused
+    (``refused``, Refusals) are never chosen."""
+    refused_at = {refusal.index for refusal in refused}
+    kept = load.samples.get(lane)
+    if kept is None:
+        kept = load.samples[lane] = [None, None]
+        command = command_at(batch.payload, 0)
+        if command is not None and 0 not in refused_at:
+            kept[0] = Sample(command[0], value_digest(command[1]), lane,
+                             lane.acked)
+    last = last_commands(batch.payload)
+    first_index = batch.count - len(last)
+    later = set()
+    choices = []
+    for offset in range(len(last) - 1, -1, -1):
+        key, value = last[offset]
+        if key not in later and first_index + offset not in refused_at:
+            choices.append((key, value))
+        later.add(key)
+    if choices:
+        key, value = random.choice(choices)
+        kept[1] = Sample(key, value_digest(value), lane, lane.acked)
+
+
+def samples_on(load, address):
+    """The Samples of ``load`` to read back from ``address``."""
+    return [sample for lane, kept in load.samples.items()
+            if lane.server.address == address
+            for sample in kept if sample is not None]
 
 
 class Batch:
@@ -1352,6 +1498,7 @@ class Lane:
         self.connection = Connection(server.address, settings.timeout,
                                      server.check_instance)
         self.greenlet = None  # the uploader, once it runs
+        self.acked = 0  # batches acknowledged: see Sample
 
     def submit(self, batch):
         """Queue a batch for upload; blocks while the queue is full."""
@@ -1437,6 +1584,8 @@ class Lane:
                     and known_dropped is not None:
                 identity = identity._replace(dropped=known_dropped)
             batch.load.wrote_to(address, identity)
+            self.acked += 1
+            choose_samples(batch.load, self, batch, refused)
             batch.load.batch_done(count - len(refused), len(refused))
             return
         if self.server.down:  # another lane gave up on it meanwhile
@@ -1933,15 +2082,17 @@ class InstanceCheck:
             else:
                 wrote.append((address, seen))
         asking = gevent.pool.Group()
-        answers = [asking.spawn(self._ask, address) for address, _ in wrote]
+        answers = [asking.spawn(self._ask, address, samples_on(load, address))
+                   for address, _ in wrote]
         try:
             asking.join()
         finally:
             asking.kill(block=False)  # after abort(): no question goes on
         for (address, then), asked in zip(wrote, answers):
-            now, error = asked.value  # an Attempt
+            answer, error = asked.value  # an Attempt
             if error is not None:
                 return Verdict(Reason.SERVER_NOT_CHECKABLE, address, error)
+            now, found = answer
             self.last_seen[address] = now
             if address in self.servers:
                 self.servers[address].check_instance(now.instance,
@@ -1954,30 +2105,43 @@ class InstanceCheck:
                     'after this file was written (now %s, wrote to %s): its'
                     ' records there are gone'
                     % (describe_identity(now), describe_identity(then)))
-            if None in (then.dropped, now.dropped):
-                continue  # a server that does not count them
-            dropped = now.dropped.since(then.dropped)
-            if not any(dropped):
-                continue
-            if not accept_evictions:
-                return Verdict(Reason.EVICTED, address, dropped.describe())
-            if (load.path, address) not in self.warned:
-                self.warned.add((load.path, address))
-                log.warning('%s: memcached %s dropped items while it was'
-                            ' written and checked (%s); renamed on'
-                            ' --accept-evictions: some of its records may'
-                            ' be gone', load.name, address,
-                            dropped.describe())
+            # A server that does not count them drops nothing it says.
+            dropped = None if None in (then.dropped, now.dropped) \
+                else now.dropped.since(then.dropped)
+            if dropped is not None and any(dropped):
+                if not accept_evictions:
+                    return Verdict(Reason.EVICTED, address,
+                                   dropped.describe())
+                if (load.path, address) not in self.warned:
+                    self.warned.add((load.path, address))
+                    log.warning('%s: memcached %s dropped items while it'
+                                ' was written and checked (%s); renamed on'
+                                ' --accept-evictions: some of its records'
+                                ' may be gone', load.name, address,
+                                dropped.describe())
+            verdict = read_back_problem(
+                address, samples_on(load, address), found,
+                accepted=accept_evictions and dropped is not None
+                and any(dropped))
+            if verdict is not None:
+                return verdict
         return None
 
-    def _ask(self, address):
-        """An Attempt: server_identity's answer, or why it gave none after
+    def _ask(self, address, samples=()):
+        """An Attempt: server_identity's answer and, of ``samples``, the
+        values the server holds (read_back), or why it gave none after
         every retry of the policy."""
+        keys = sorted({sample.key for sample in samples})
+
+        def question(sock):
+            identity = server_identity(sock)
+            return identity, read_back(sock, keys) if keys else {}
+
         def ask():
             sock = self.connections.pop(address, None)
             if sock is not None:  # kept from an earlier check
                 try:
-                    answer = server_identity(sock)
+                    answer = question(sock)
                 except (OSError, ProtocolError):
                     sock.close()  # it may have died with a restart
                 else:
@@ -1985,7 +2149,7 @@ class InstanceCheck:
                     return answer
             sock = connect(memcache._Host(address), self.timeout)
             try:
-                answer = server_identity(sock)
+                answer = question(sock)
             except BaseException:
                 sock.close()
                 raise
@@ -2115,6 +2279,7 @@ class Journal:
                                       'at': entry['at'], 'servers': servers}
             elif file in self.renames:
                 self.renames[file]['state'] = state
+                self.renames[file]['read_back'] = entry.get('read_back', {})
                 self._replay_servers(servers, entry['at'])
         elif 'undone' in entry:
             self.renames.pop(entry['undone'], None)
@@ -2176,7 +2341,8 @@ class Journal:
                             'servers': entry['servers']})
             if entry['state'] == 'proven':
                 entries.append({'proven': entry['file'], 'at': entry['at'],
-                                'servers': {}})
+                                'servers': {}, 'read_back':
+                                entry.get('read_back', {})})
         entries += [dict(lost=address, **loss)
                     for address, loss in sorted(self.lost.items())]
         temporary = self.path + '.new'
@@ -2214,13 +2380,21 @@ class Journal:
                                   for address, identity
                                   in sorted(load.instances.items())}})
 
-    def proven(self, path, identities):
+    def proven(self, path, identities, samples=None):
         """Note that the rename of ``path`` is proven by ``identities``
-        (address -> ServerIdentity, asked after it)."""
+        (address -> ServerIdentity, asked after it) and by ``samples``
+        (address -> the Samples read back there)."""
         self._append({'proven': self._file(path), 'at': time.time(),
                       'servers': {address: identity_record(identity)
                                   for address, identity
-                                  in sorted(identities.items())}})
+                                  in sorted(identities.items())},
+                      'read_back': {
+                          address: [[sample.key.decode('ascii',
+                                                       'backslashreplace'),
+                                     sample.digest.hex()]
+                                    for sample in kept]
+                          for address, kept in sorted(
+                              (samples or {}).items())}})
 
     def undone(self, path):
         """Forget the last rename of ``path``: it was put back."""
@@ -2245,6 +2419,21 @@ class Journal:
         """The renames whose check after them never finished."""
         return [entry for entry in self.renames.values()
                 if entry['state'] == 'renaming']
+
+    def last_read_back(self, address):
+        """The Samples the last proven rename that wrote to ``address``
+        read back there, as Samples with no lane (presence only)."""
+        for entry in reversed(list(self.renames.values())):
+            if entry['state'] == 'proven' and address in entry['servers']:
+                try:
+                    return entry['file'], [
+                        Sample(key.encode('ascii'), bytes.fromhex(digest),
+                               None, 0)
+                        for key, digest in entry.get('read_back', {}).get(
+                            address, [])]
+                except (TypeError, ValueError, UnicodeEncodeError):
+                    return entry['file'], []
+        return None, []
 
     def files_on(self, address):
         """The proven renames that wrote to ``address``: file names."""
@@ -2301,14 +2490,27 @@ def identity_from_record(record):
 
 
 class _JournalledFile:
-    """What InstanceCheck.problem needs of a file the journal names."""
+    """What InstanceCheck.problem needs of a file the journal names: its
+    servers' identities, and the Samples its rename read back (a Sample's
+    lane is None: a later run may have rewritten the key, so only its
+    presence is asked)."""
 
-    __slots__ = ('path', 'name', 'instances')
+    __slots__ = ('path', 'name', 'instances', 'samples')
 
-    def __init__(self, path, instances):
+    def __init__(self, path, instances, samples=None):
         self.path = path
         self.name = os.path.basename(path)
         self.instances = instances
+        self.samples = _JournalledLanes(samples or {})
+
+
+class _JournalledLanes(dict):
+    """Journalled Samples by address, shaped as FileLoad.samples is for
+    samples_on: a lane whose server's address is the key."""
+
+    def items(self):
+        return [(types.SimpleNamespace(server=types.SimpleNamespace(
+            address=address)), kept) for address, kept in super().items()]
 
 
 def prove_unfinished(journal, check):
@@ -2368,8 +2570,10 @@ def losses_between_runs(journal, check, addresses):
             then = identity_from_record(journal.servers[address])
         except ValueError:
             continue
+        file, samples = journal.last_read_back(address)
         verdict = check.problem(_JournalledFile(
-            journal.path, {address: then}), accept_evictions=False)
+            journal.path, {address: then}, {address: samples}),
+            accept_evictions=False)
         if verdict is None:
             continue
         if verdict.reason is Reason.SERVER_NOT_CHECKABLE:
@@ -2384,10 +2588,16 @@ def losses_between_runs(journal, check, addresses):
                 and then.dropped is not None:
             lost = now.dropped.since(then.dropped)
             dropped = max(0, lost.evictions) + max(0, lost.moved_out)
-        why = ('restarted since the last run proved it (now %s, then %s)'
-               % (describe_identity(now), describe_identity(then))
-               if restarted else 'dropped items since the last run proved'
-               ' it (%s)' % now.dropped.since(then.dropped).describe())
+        if restarted:
+            why = 'restarted since the last run proved it (now %s, then' \
+                ' %s)' % (describe_identity(now), describe_identity(then))
+        elif verdict.reason is Reason.READ_BACK:
+            why = 'does not hold what %s wrote there, though it counts no' \
+                ' drop since (a delayed flush_all?): %s' % (
+                    file, verdict.details[1])
+        else:
+            why = 'dropped items since the last run proved it (%s)' \
+                % now.dropped.since(then.dropped).describe()
         log.error('memcached %s %s: the records there of %d processed'
                   ' files%s are gone or may be', address, why, len(files),
                   ' (%s to %s)' % (files[0], files[-1]) if files else '')
@@ -2395,6 +2605,34 @@ def losses_between_runs(journal, check, addresses):
         journal.note_server(address, now)
         found.append(Loss(address, why, len(files), restarted, dropped))
     return found
+
+
+def read_back_problem(address, samples, found, accepted=False):
+    """The Verdict (READ_BACK) that the Samples a file wrote to
+    ``address`` are not what the server holds (``found``: key -> value),
+    or None.  A sample missing keeps the file, unless ``accepted``
+    (--accept-evictions, and the server counted drops since); a value
+    that differs keeps it when nothing this run sent since can have
+    rewritten the key (see Sample)."""
+    missing = sorted(sample.key for sample in samples
+                     if sample.key not in found)
+    differs = sorted(sample.key for sample in samples
+                     if sample.key in found and sample.lane is not None
+                     and sample.lane.acked == sample.acked
+                     and value_digest(found[sample.key]) != sample.digest)
+    if missing and not accepted:
+        return Verdict(Reason.READ_BACK, address, '%d of the %d records'
+                       ' read back are missing (%s)' % (
+                           len(missing), len(samples),
+                           b', '.join(missing[:3]).decode(
+                               'ascii', 'backslashreplace')))
+    if differs:
+        return Verdict(Reason.READ_BACK, address, '%d of the %d records'
+                       ' read back hold another value (%s)' % (
+                           len(differs), len(samples),
+                           b', '.join(differs[:3]).decode(
+                               'ascii', 'backslashreplace')))
+    return None
 
 
 def describe_identity(identity):
@@ -2485,7 +2723,9 @@ class RenameInOrder:
                 self.journal.proven(load.path, {
                     address: self.check.last_seen[address]
                     for address in load.instances
-                    if address in self.check.last_seen})
+                    if address in self.check.last_seen}, {
+                    address: samples_on(load, address)
+                    for address in load.instances})
             else:
                 self.journal.undone(load.path)
         return verdict

@@ -339,6 +339,49 @@ MUTANTS = {
         "",
         ['tests/test_rename_promise.py::'
          'test_items_the_slab_mover_drops_keep_the_file']),
+    'no-read-back': (
+        'nothing is read back at a rename: a delayed flush or a drop no'
+        ' counter shows goes unseen',
+        "        keys = sorted({sample.key for sample in samples})\n",
+        "        keys = []\n",
+        [PROMISE[0] + '::test_a_delayed_flush_whose_deadline_falls_before'
+         '_the_rename_keeps_it']),
+    'read-back-values-not-compared': (
+        'a record read back counts if it is there, whatever its value',
+        "                     and value_digest(found[sample.key]) !="
+        " sample.digest)\n",
+        "                     and False)\n",
+        [PROMISE[0] + '::test_a_record_changed_behind_the_loaders_back'
+         '_keeps_the_file']),
+    'no-read-back-between-runs': (
+        'a run does not read back what the last proven file wrote, so a'
+        ' delayed flush that struck after it goes unseen',
+        "        file, samples = journal.last_read_back(address)\n",
+        "        file, samples = None, []\n",
+        ACROSS),
+    'the-first-boundary-found-trusted': (
+        'a batch\'s last commands are cut at the first "\\r\\nset " found'
+        ' from its end, even inside a value',
+        "        if command is None or command[2] != end:\n",
+        "        if command is None:\n",
+        ['tests/test_wire.py::test_the_last_commands_of_a_batch_are_found'
+         '_whatever_its_values_hold']),
+    'refused-records-read-back': (
+        'a record memcached refused may be chosen to read back, and keeps'
+        ' a file that is within --max-error-rate',
+        "        if key not in later and first_index + offset not in"
+        " refused_at:\n",
+        "        if key not in later:\n",
+        [PROMISE[0] + '::test_a_record_memcached_refused_is_never_read'
+         '_back']),
+    'a-rewritten-sample-compared': (
+        'a record read back is compared with a value a later record of'
+        ' the same batch rewrote',
+        "        if key not in later and first_index + offset not in"
+        " refused_at:\n",
+        "        if first_index + offset not in refused_at:\n",
+        [PROMISE[0] + '::test_a_record_a_later_one_of_its_batch_rewrote_is'
+         '_not_read_back']),
     'no-journal-before-the-rename': (
         'a rename is not noted before it happens, so a run killed before'
         ' its check leaves nothing for the next run to prove',

@@ -5,6 +5,8 @@ proven."""
 import json
 import os
 import signal
+import socket
+import time
 
 import pytest
 
@@ -160,6 +162,37 @@ def test_a_flush_between_two_runs_is_seen_as_a_loss(tmp_path,
     assert 'memcached %s dropped items since the last run proved it (0' \
         ' items evicted, 1 flushes, 0 items lost in slab moves)' \
         % gaid.address in text
+    status, text = run(tmp_path, memcached_set, '--refill-after-loss')
+    assert status == 0, text
+    stored, want = stored_state(tmp_path, memcached_set, [FIRST])
+    assert stored == want
+
+
+def test_a_delayed_flush_that_empties_the_cache_after_a_run_is_seen_next(
+        tmp_path, memcached_set):
+    # flush_all 3 before the run: cmd_flush moves before the file's first
+    # write, the run renames the file within the 3 s, and the deadline
+    # then empties idfa with no counter moving.  The next run reads back
+    # what the last proven file wrote there.
+    idfa = memcached_set['idfa']
+    lines = all_lines(['idfa'], 500)
+    write_gz(tmp_path / FIRST, lines)
+    with socket.create_connection(('127.0.0.1', idfa.port)) as sock:
+        sock.sendall(b'flush_all 3\r\n')
+        assert sock.recv(100) == b'OK\r\n'
+        flushed_at = time.monotonic()
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    assert time.monotonic() - flushed_at < 3, 'too slow to test this'
+    stored, want = stored_state(tmp_path, memcached_set, [FIRST])
+    assert stored == want
+    time.sleep(max(0, flushed_at + 4 - time.monotonic()))
+    assert stored_state(tmp_path, memcached_set, [FIRST])[0] == {}
+    status, text = run(tmp_path, memcached_set)
+    assert status == 1, text
+    assert 'memcached %s does not hold what %s wrote there, though it' \
+        ' counts no drop since (a delayed flush_all?)' % (idfa.address,
+                                                          FIRST) in text
     status, text = run(tmp_path, memcached_set, '--refill-after-loss')
     assert status == 0, text
     stored, want = stored_state(tmp_path, memcached_set, [FIRST])

@@ -539,6 +539,92 @@ def test_accept_evictions_never_renames_a_file_whose_server_restarted(
     assert stored_values(daemons, want) == want
 
 
+def test_a_delayed_flush_whose_deadline_falls_before_the_rename_keeps_it(
+        tmp_path, memcached_set):
+    # flush_all 2, issued before the run: cmd_flush moves then, never
+    # during the file's window, and at the deadline every record written
+    # before it is gone.  The rename waits for gaid (paused) past it: the
+    # records read back are missing, and the file is kept.
+    idfa, gaid = memcached_set['idfa'], memcached_set['gaid']
+    lines = lines_for('idfa', 2000) + lines_for('gaid', 10)
+    write_gz(tmp_path / FIRST, lines)
+    with socket.create_connection(('127.0.0.1', idfa.port)) as sock:
+        sock.sendall(b'flush_all 2\r\n')
+        assert sock.recv(100) == b'OK\r\n'
+    with loading_while_paused(tmp_path, memcached_set, gaid,
+                              '--retries', '10') as loader:
+        wait_for(lambda: all_stored(idfa, lines[:2000]))
+        gevent.sleep(3)  # past the deadline
+    status, text = loader.get(timeout=60)
+    assert status == 1, text
+    assert '%s: Failed load: memcached %s does not hold this file\'s' \
+        ' records as written: ' % (FIRST, idfa.address) in text
+    assert 'records read back are missing' in text
+    assert listing(tmp_path) == [FIRST]
+    keys = [expected_value(line)[0] for line in lines[:2000]]
+    assert idfa.get_many(keys) == {}
+    status, text = run(tmp_path, memcached_set)  # the flush is past
+    assert status == 0, text
+    assert stored_values(memcached_set, [
+        expected_value(line)[0] for line in lines]) == dict(
+            map(expected_value, lines))
+
+
+def test_a_record_changed_behind_the_loaders_back_keeps_the_file(
+        tmp_path, memcached_set, monkeypatch):
+    # A server that holds another value than the one acknowledged (a
+    # client writing the same keys, a server that lies): no counter shows
+    # it; the values read back do.
+    idfa = memcached_set['idfa']
+    lines = lines_for('idfa', 50)
+    write_gz(tmp_path / FIRST, lines)
+    problem = gmemcload.InstanceCheck._problem
+
+    def overwritten_first(check, load, accept):
+        for key, _ in map(expected_value, lines):
+            idfa.client().set(key.decode(), b'other')
+        return problem(check, load, accept)
+    monkeypatch.setattr(gmemcload.InstanceCheck, '_problem',
+                        overwritten_first)
+    status, text = run(tmp_path, memcached_set)
+    assert status == 1, text
+    assert 'records read back hold another value' in text
+    assert listing(tmp_path) == [FIRST]
+
+
+@pytest.mark.parametrize('uploaders', ['1', '2'])
+def test_a_record_memcached_refused_is_never_read_back(
+        tmp_path, memcached_set, uploaders):
+    # The last record of each lane's only batch, and the first, are too
+    # large for memcached (SERVER_ERROR): errors within --max-error-rate,
+    # and never among the records read back.
+    huge = 'idfa\thuge%d\t1\t2\t' + ','.join(['4000000000'] * 250000)
+    lines = [huge % 0] + lines_for('idfa', 60) + [huge % 1, huge % 2]
+    write_gz(tmp_path / FIRST, lines)
+    status, text = run(tmp_path, memcached_set, '--max-error-rate', '0.1',
+                       '--uploaders', uploaders)
+    assert status == 0, text
+    assert summary_row(text, FIRST) == (63, 60, 3)
+    assert listing(tmp_path) == ['.' + FIRST]
+
+
+def test_a_record_a_later_one_of_its_batch_rewrote_is_not_read_back(
+        tmp_path, memcached_set, monkeypatch):
+    # The file's last lines set one key again and again: only its last
+    # value is in memcached, and only that one may be read back.  The
+    # choice among the candidates is made to fall on the earliest.
+    lines = lines_for('idfa', 20) + [
+        'idfa\tsame\t1\t2\t%d' % version for version in range(8)]
+    write_gz(tmp_path / FIRST, lines)
+    monkeypatch.setattr(gmemcload.random, 'choice',
+                        lambda choices: choices[-1])
+    status, text = run(tmp_path, memcached_set, '--uploaders', '1')
+    assert status == 0, text
+    assert listing(tmp_path) == ['.' + FIRST]
+    assert memcached_set['idfa'].get_many([b'idfa:same']) == {
+        b'idfa:same': expected_value(lines[-1])[1]}
+
+
 @contextlib.contextmanager
 def silent_at_rename(tmp_path, memcached_set, *extra):
     """Load a file whose idfa writes are acknowledged and whose rename then

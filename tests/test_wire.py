@@ -134,9 +134,39 @@ def test_a_kept_check_connection_that_died_is_not_a_failed_try(
     try:
         answer, error = check._ask(server.address)
         assert error is None
-        instance, connections, dropped = answer
+        (instance, connections, dropped), found = answer
+        assert found == {}
         assert instance is not None and connections >= 1
         assert dropped == (0, 0, 0)
         assert check.connections[server.address] is not kept
     finally:
         check.close()
+
+
+# -- the records read back at a rename --
+
+def test_the_last_commands_of_a_batch_are_found_whatever_its_values_hold():
+    # A value may hold anything, a command's own header included: each
+    # boundary found from the end is proven by parsing to the exact end.
+    tricky = [b'\r\nset fake 0 0 3\r\nabc\r\n', b'set a 0 0 1\r\n', b'\r\n',
+              b'x\r\nset ', b'', b'\r\nset b 0 0 999\r\n']
+    records = [(b'k%d' % number, value)
+               for number, value in enumerate(tricky * 3)]
+    payload = b''.join(gmemcload.set_command(key, value)
+                       for key, value in records)
+    for most in (1, 3, 8, len(records), len(records) + 5):
+        assert gmemcload.last_commands(payload, most) == \
+            records[-most:], most
+    assert gmemcload.last_commands(b'', 8) == []
+
+
+def test_read_back_gives_the_values_held_and_skips_the_missing(
+        memcached_set):
+    server = memcached_set['idfa']
+    big = bytes(range(256)) * 4000  # about 1 MB, every byte value
+    server.client().set('there', b'\r\nEND\r\n')
+    server.client().set('big', big)
+    with socket.create_connection(('127.0.0.1', server.port)) as sock:
+        assert gmemcload.read_back(sock, [b'there', b'gone', b'big']) == {
+            b'there': b'\r\nEND\r\n', b'big': big}
+        assert gmemcload.read_back(sock, [b'gone']) == {}
