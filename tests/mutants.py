@@ -316,14 +316,14 @@ MUTANTS = {
         PROMISE),
     'evictions-ignored': (
         'a file whose server evicted items while it loaded is renamed',
-        "                return Verdict(Reason.EVICTED, address,"
-        " dropped.describe())",
-        "                continue",
+        "                    return Verdict(Reason.EVICTED, address,\n"
+        "                                   dropped.describe())\n",
+        "                    pass\n",
         PROMISE),
     'flushes-ignored': (
         'a file whose server was flushed while it loaded is renamed',
-        "            dropped = now.dropped.since(then.dropped)\n",
-        "            dropped = now.dropped.since(then.dropped)._replace("
+        "                else now.dropped.since(then.dropped)\n",
+        "                else now.dropped.since(then.dropped)._replace("
         "flushes=0)\n",
         PROMISE),
     'evictions-not-counted': (
@@ -599,9 +599,9 @@ MUTANTS = {
         OPERATORS),
     'check-restarts-not-counted': (
         'a restart seen only by the rename-time check is not counted',
-        "            self.servers[address].check_instance(now.instance,"
-        " now.dropped)\n",
-        "",
+        "                self.servers[address].check_instance(now.instance,\n"
+        "                                                     now.dropped)\n",
+        "                pass\n",
         OPERATORS),
     'lane-restarts-not-counted': (
         'a restart seen only by a lane\'s new connection is not counted',
