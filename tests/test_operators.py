@@ -21,7 +21,7 @@ FIRST, SECOND, THIRD = ('20170929000000.tsv.gz', '20170929000100.tsv.gz',
                         '20170929000200.tsv.gz')
 # The reason labels of kept files, as the README's table gives them.
 REASONS = ('not_read_to_its_end', 'unreadable', 'stopped', 'unacknowledged',
-           'error_rate', 'server_restarted', 'evicted',
+           'error_rate', 'server_restarted', 'evicted', 'read_back',
            'server_not_checkable', 'changed', 'not_renamed', 'future_mtime',
            'late', 'redelivered', 'after_a_file_not_loaded')
 

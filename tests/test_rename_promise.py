@@ -6,6 +6,7 @@ import gzip
 import io
 import os
 import random
+import re
 import signal
 import socket
 
@@ -408,9 +409,13 @@ def test_items_the_slab_mover_drops_keep_the_file(
     assert len(idfa.get_many(keys)) == len(lines) - lost
     assert status == 1, text
     assert listing(tmp_path) == [FIRST]
-    assert '%s: Failed load: memcached %s dropped items while this file was' \
-        ' written and checked (0 items evicted, 0 flushes, %d items lost in' \
-        ' slab moves)' % (FIRST, idfa.address, lost) in text
+    # Pages may still move after the check that kept the file.
+    seen = re.search(r'%s: Failed load: memcached %s dropped items while'
+                     r' this file was written and checked \(0 items'
+                     r' evicted, 0 flushes, (\d+) items lost in slab'
+                     r' moves\)' % (re.escape(FIRST), re.escape(idfa.address)),
+                     text)
+    assert seen and 0 < int(seen.group(1)) <= lost, text
     # Without the mover, the next run loads it whole.
     status, text = run(tmp_path, memcached_set)
     assert status == 0, text
