@@ -339,6 +339,14 @@ MUTANTS = {
         "",
         ['tests/test_rename_promise.py::'
          'test_items_the_slab_mover_drops_keep_the_file']),
+    'reload-by-change-time': (
+        '--reload-processed orders the processed files by their change'
+        ' times, which a restore of the spool rewrites',
+        "        return [dotted for _, dotted in unknown + known]",
+        "        return [dotted for _, dotted in sorted(\n"
+        "            processed,\n"
+        "            key=lambda paths: os.stat(paths[1]).st_ctime)]",
+        ACROSS),
     'no-read-back': (
         'nothing is read back at a rename: a delayed flush or a drop no'
         ' counter shows goes unseen',

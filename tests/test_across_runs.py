@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 
 import pytest
@@ -256,20 +257,30 @@ def test_a_reload_follows_the_journal_not_change_times(tmp_path,
                                                        memcached_set):
     # Names that are not minutes load in name order within a run, so
     # across runs the journal alone knows that b came before a.
+    spool = tmp_path / 'spool'
+    spool.mkdir()
     for name, version in (('b.tsv.gz', 0), ('a.tsv.gz', 1)):
-        write_gz(tmp_path / name, all_lines(['idfa'], 50, version=version))
-        status, text = run(tmp_path, memcached_set)
+        write_gz(spool / name, all_lines(['idfa'], 50, version=version))
+        status, text = run(spool, memcached_set)
         assert status == 0, text
-    # A restore of the spool rewrites every change time, in name order.
-    for name in ('.a.tsv.gz', '.b.tsv.gz'):
-        os.chmod(tmp_path / name, 0o644)
+    # The spool restored elsewhere: tar rewrites every change time, in the
+    # order of its archive.
+    restored = tmp_path / 'restored'
+    restored.mkdir()
+    archive = subprocess.run(['tar', 'c', '-C', str(spool), '.'], check=True,
+                             stdout=subprocess.PIPE).stdout
+    subprocess.run(['tar', 'x', '-C', str(restored)], input=archive,
+                   check=True)
+    os.chmod(restored / '.b.tsv.gz', 0o600)  # b changed last
     memcached_set['idfa'].restart()
-    status, text = run(tmp_path, memcached_set, '--reload-processed')
+    status, text = run(restored, memcached_set, '--reload-processed')
     assert status == 0, text
-    stored, want = stored_state(tmp_path, memcached_set,
+    stored, want = stored_state(restored, memcached_set,
                                 ['b.tsv.gz', 'a.tsv.gz'])
     assert stored == want  # a's values, the newest
     assert 'not in the journal' not in text
+    assert text.index('Processing %s' % (restored / '.b.tsv.gz')) \
+        < text.index('Processing %s' % (restored / '.a.tsv.gz'))
 
 
 def test_processed_files_the_journal_does_not_know_come_first_in_name_order(
