@@ -1348,8 +1348,9 @@ def choose_samples(load, lane, batch, refused):
         kept = load.samples[lane] = [None, None]
         command = command_at(batch.payload, 0)
         if command is not None and 0 not in refused_at:
-            kept[0] = Sample(command[0], value_digest(command[1]), lane,
-                             lane.acked)
+            # Presence only (acked -1): a later record of the file may
+            # rewrite it, in this batch or the next.
+            kept[0] = Sample(command[0], value_digest(command[1]), lane, -1)
     last = last_commands(batch.payload)
     first_index = batch.count - len(last)
     later = set()
@@ -2576,11 +2577,19 @@ def losses_between_runs(journal, check, addresses):
             accept_evictions=False)
         if verdict is None:
             continue
+        now = check.last_seen.get(address)
+        if verdict.reason is Reason.EVICTED and check.accept_evictions:
+            # Accepted as within a run; a restart, or a record gone with
+            # no drop counted, never is.
+            log.warning('memcached %s dropped items since the last run'
+                        ' proved it (%s); accepted on --accept-evictions',
+                        address, verdict.details[1])
+            journal.note_server(address, now)
+            continue
         if verdict.reason is Reason.SERVER_NOT_CHECKABLE:
             log.warning('%s: cannot check it against the last run: %s',
                         address, verdict)
             continue
-        now = check.last_seen.get(address)
         files = journal.files_on(address)
         restarted = verdict.reason is Reason.SERVER_RESTARTED
         dropped = 0

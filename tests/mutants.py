@@ -390,6 +390,23 @@ MUTANTS = {
         "        if first_index + offset not in refused_at:\n",
         [PROMISE[0] + '::test_a_record_a_later_one_of_its_batch_rewrote_is'
          '_not_read_back']),
+    'the-oldest-record-compared': (
+        'the oldest record read back must hold its first value, though a'
+        ' later record of the file rewrote it',
+        "            kept[0] = Sample(command[0], value_digest(command[1]),"
+        " lane, -1)",
+        "            kept[0] = Sample(command[0], value_digest(command[1]),"
+        " lane,\n"
+        "                             lane.acked)",
+        [PROMISE[0] + '::test_a_files_first_record_rewritten_later_in_its'
+         '_batch_is_no_fault']),
+    'evictions-between-runs-never-accepted': (
+        'under --accept-evictions, evictions between two runs still count'
+        ' as a loss, and every run exits 1',
+        "        if verdict.reason is Reason.EVICTED and"
+        " check.accept_evictions:\n",
+        "        if False:\n",
+        ACROSS),
     'no-journal-before-the-rename': (
         'a rename is not noted before it happens, so a run killed before'
         ' its check leaves nothing for the next run to prove',

@@ -200,6 +200,32 @@ def test_a_delayed_flush_that_empties_the_cache_after_a_run_is_seen_next(
     assert stored == want
 
 
+def test_under_accept_evictions_evictions_between_runs_are_no_loss(
+        tmp_path, memcached_set, memcached_factory):
+    small = memcached_factory(memory_mb=1, max_item='512k')
+    daemons = dict(memcached_set, idfa=small)
+    write_gz(tmp_path / FIRST, all_lines(['idfa'], 100))
+    status, text = run(tmp_path, daemons, '--accept-evictions')
+    assert status == 0, text
+    client = small.client()
+    for number in range(20000):  # another client fills the cache
+        client.set('other%d' % number, 'x' * 100)
+    assert int(client.get_stats()[0][1]['evictions']) > 1000
+    write_gz(tmp_path / SECOND, all_lines(['gaid'], 10))
+    status, text = run(tmp_path, daemons, '--accept-evictions')
+    assert status == 0, text
+    assert 'memcached %s dropped items since the last run proved it (' \
+        % small.address in text
+    assert 'accepted on --accept-evictions' in text
+    assert 'lost records' not in text
+    for number in range(20000):
+        client.set('more%d' % number, 'x' * 100)
+    status, text = run(tmp_path, daemons)  # without it, a loss
+    assert status == 1, text
+    assert 'memcached %s dropped items since the last run proved it' \
+        % small.address in text
+
+
 # -- the last window: killed between a rename and the check after it --
 
 KILLED_AFTER_THE_RENAME = '''

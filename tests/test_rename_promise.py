@@ -630,6 +630,21 @@ def test_a_record_a_later_one_of_its_batch_rewrote_is_not_read_back(
         b'idfa:same': expected_value(lines[-1])[1]}
 
 
+def test_a_files_first_record_rewritten_later_in_its_batch_is_no_fault(
+        tmp_path, memcached_set):
+    # The first record a lane carries is read back as the oldest; a later
+    # record of the same batch (not among its last) gives its key a newer
+    # value, the one memcached holds.
+    lines = ['idfa\tsame\t1\t2\t1'] + lines_for('idfa', 10) + [
+        'idfa\tsame\t1\t2\t2'] + lines_for('idfa', 20, 'later')
+    write_gz(tmp_path / FIRST, lines)
+    status, text = run(tmp_path, memcached_set, '--uploaders', '1')
+    assert status == 0, text
+    assert listing(tmp_path) == ['.' + FIRST]
+    assert memcached_set['idfa'].get_many([b'idfa:same']) == {
+        b'idfa:same': expected_value(lines[11])[1]}
+
+
 @contextlib.contextmanager
 def silent_at_rename(tmp_path, memcached_set, *extra):
     """Load a file whose idfa writes are acknowledged and whose rename then
