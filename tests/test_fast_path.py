@@ -440,7 +440,11 @@ ZEROS = [b'', b'', b'0', b'00', b'0' * 9, b'0' * 10, b'0' * 20]
 JUNK_APPS = [b'', b' 1', b'1 ', b'+1', b'-1', b'1_0', b'0x1', b'1.0',
              b'1e3', b'\r', b'\x0b1', b'x', b'\x00', b'\xd9\xa3',
              b'\xef\xbc\x91', b'1\x002']
+# The values at which the fast path's reading of an item turns, bare.
+TURNING_APPS = [2 ** 32 - 1, 2 ** 32, 2 ** 32 + 1, 9999999999, 10 ** 10,
+                2 ** 64, 2 ** 64 + 5]
 edge_app = st.one_of(
+    st.sampled_from(TURNING_APPS).map(b'%d'.__mod__),
     st.tuples(st.sampled_from(ZEROS),
               st.one_of(st.sampled_from(BOUNDARY_APPS + LARGE_APPS
                                         + WRAPPING_APPS),
