@@ -83,7 +83,7 @@ test: install memcached lint  ## lint, then run every test
 
 fuzz: install  ## run the property tests with many more examples (slow)
 	HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/pytest -q tests/test_properties.py \
-		tests/test_native.py
+		tests/test_native.py tests/test_fast_path.py
 
 bench: install memcached  ## measure speed and correctness (BENCH_FILES, BENCH_LINES, BENCH_REAL)
 	$(PY) tests/bench.py --files $(BENCH_FILES) --lines $(BENCH_LINES) \

@@ -86,6 +86,7 @@ MEMORY_7_MB = ['tests/test_memory.py::'
                'test_lines_of_7_mb_load_byte_for_byte_within_the_bound']
 MEMORY_RUNNING_OUT = ['tests/test_memory.py::'
                       'test_memory_running_out_fails_only_its_file']
+FAST_PATH = ['tests/test_fast_path.py']
 MUTANTS = {
     # -- the wire
     'no-in-doubt-settling': (
@@ -1140,6 +1141,121 @@ MUTANTS = {
         "        if dev_id[at] <= 0x20 or dev_id[at] >= 0x7f:",
         "        if dev_id[at] < 0x20 or dev_id[at] >= 0x7f:",
         NATIVE),
+    # -- the compiled encoder's fast path, at each of its boundaries
+    'native-float-trailing-bytes': (
+        'a lat or lon with bytes after its digits ("1.5x", "1.5.2",'
+        ' "1.5e") is stored as the number they follow',
+        "    return digits > 0 and at == length\n",
+        "    return digits > 0\n",
+        FAST_PATH),
+    'native-float-as-strtod-reads-it': (
+        'every lat or lon C\'s strtod reads whole is a plain decimal: hex'
+        ' floats and nan payloads stored, not refused',
+        "    cdef size_t digits = 0\n"
+        "    if length == 0 or length > MAX_FLOAT_BYTES:\n"
+        "        return False\n",
+        "    cdef size_t digits = 0\n"
+        "    cdef char buffer[MAX_FLOAT_BYTES + 1]\n"
+        "    cdef char *end\n"
+        "    if length == 0 or length > MAX_FLOAT_BYTES:\n"
+        "        return False\n"
+        "    memcpy(buffer, text, length)\n"
+        "    buffer[length] = 0\n"
+        "    strtod_l(buffer, &end, C_LOCALE)\n"
+        "    return end == buffer + length\n",
+        FAST_PATH),
+    'native-lone-sign-is-zero': (
+        'a lat or lon of a sign alone ("-") is stored as 0.0',
+        "    if digits == 0:\n"
+        "        return False\n"
+        "    if at == length:\n",
+        "    if at == length:\n",
+        FAST_PATH),
+    'native-any-decimal-point': (
+        'any byte after a number\'s digits is taken for its point ("1x5"'
+        ' stored as 1.0)',
+        "    if text[at] != b'.':\n"
+        "        return False\n",
+        "",
+        FAST_PATH),
+    'native-app-digits-wrap': (
+        'an app item of more than 10 digits wraps in 64 bits'
+        ' (18446744073709551621 stored as app 5)',
+        "                if digits == MAX_APP_DIGITS:\n"
+        "                    return 1\n",
+        "",
+        FAST_PATH),
+    'native-app-of-20-digits': (
+        'app items of up to 20 digits are read in 64 bits, so 2^64 + 5'
+        ' wraps to 5',
+        "    MAX_APP_DIGITS = 10\n",
+        "    MAX_APP_DIGITS = 20\n",
+        FAST_PATH),
+    'native-empty-app-item-is-zero': (
+        'an empty app item ("1,,2", "1,") is stored as app 0, not dropped',
+        "            if digits == 0 or value > max_app_id:",
+        "            if value > max_app_id:",
+        FAST_PATH),
+    'native-any-app-separator': (
+        'any byte between app ids separates them ("1x2" stored as 1 and 2)',
+        "            if field[at] != b',':\n"
+        "                return 1\n",
+        "",
+        FAST_PATH),
+    'native-type-by-its-prefix': (
+        'a device type is matched by its prefix ("idfax", "idfa " stored as'
+        ' idfa:ID)',
+        "        if types[index].fast and types[index].length == length \\\n"
+        "                and memcmp(types[index].name, text, length) == 0:",
+        "        if types[index].fast and types[index].length <= length \\\n"
+        "                and memcmp(types[index].name, text,\n"
+        "                           types[index].length) == 0:",
+        FAST_PATH),
+    'native-type-a-prefix-of-the-real-one': (
+        'a line\'s type that is a prefix of a real one ("idf") is taken for'
+        ' it',
+        "        if types[index].fast and types[index].length == length \\\n",
+        "        if types[index].fast and types[index].length >= length \\\n",
+        FAST_PATH),
+    'native-empty-id': (
+        'an empty dev_id is stored under the key "idfa:"',
+        "    if dev_id_length == 0:\n"
+        "        return 1\n",
+        "",
+        FAST_PATH),
+    'native-del-in-an-id': (
+        'a dev_id with DEL (0x7f) in it is stored, not refused',
+        "        if dev_id[at] <= 0x20 or dev_id[at] >= 0x7f:",
+        "        if dev_id[at] <= 0x20 or dev_id[at] > 0x7f:",
+        FAST_PATH),
+    # The fast path's own edges, inclusive: a weaker one only hands clean
+    # lines to Python (the same records, slower).
+    'native-largest-app-slow': (
+        'a line with the app 2^32-1 is left to Python',
+        "            if digits == 0 or value > max_app_id:",
+        "            if digits == 0 or value >= max_app_id:",
+        FAST_PATH),
+    'native-ten-digit-app-slow': (
+        'a line with an app item of 10 digits is left to Python',
+        "                if digits == MAX_APP_DIGITS:\n",
+        "                if digits == MAX_APP_DIGITS - 1:\n",
+        FAST_PATH),
+    'native-31-byte-float-slow': (
+        'a line with a lat or lon of 31 bytes is left to Python',
+        "    if length == 0 or length > MAX_FLOAT_BYTES:",
+        "    if length == 0 or length >= MAX_FLOAT_BYTES:",
+        FAST_PATH),
+    'native-250-byte-key-slow': (
+        'a line with a key of 250 bytes is left to Python',
+        "    if key_length > max_key:",
+        "    if key_length >= max_key:",
+        FAST_PATH),
+    'native-negative-numbers-slow': (
+        'a line with a negative lat or lon is left to Python',
+        "    if text[0] == b'-':\n"
+        "        at = 1\n",
+        "",
+        FAST_PATH),
     # -- the process: gevent's patches
     'patched-at-import': (
         'importing gmemcload monkey-patches the importer\'s process',
