@@ -197,6 +197,9 @@ MAX_LANES = 1 << 16
 # Of the last commands of a batch, how many a read-back sample is chosen
 # from (choose_samples).
 READ_BACK_LAST = 8
+# Records read back from one server at a check, at most: with many lanes,
+# the oldest of each come first.
+READ_BACK_PER_SERVER = 8
 SUMMARY_ROWS = 100  # past this many files the summary lists only kept ones
 BACKOFF_FIRST = 0.25  # seconds before the first retry; doubles per retry
 BACKOFF_MAX = 4.0
@@ -923,10 +926,17 @@ def server_identity(sock):
                           else None, dropped_from(stats))
 
 
+def value_digest(value):
+    """What a value read back is compared by with the one sent (see
+    Sample): a 128-bit BLAKE2b digest."""
+    return hashlib.blake2b(value, digest_size=16).digest()
+
+
 def read_back(sock, keys):
     """Ask the server for ``keys`` (bytes) with one ``get``: a dict of the
-    keys it holds, key -> value.  Raises ProtocolError for any answer but
-    values and END, ConnectionError if the stream ends first."""
+    keys it holds, key -> value_digest of the value (one value at a time
+    is held).  Raises ProtocolError for any answer but values and END,
+    ConnectionError if the stream ends first."""
     sock.sendall(b'get %b\r\n' % b' '.join(keys))
     found = {}
     buffer = bytearray()
@@ -936,7 +946,7 @@ def read_back(sock, keys):
         if header_end < 0:
             if len(buffer) - position > 1024:
                 raise ProtocolError('answer to get: a line too long')
-            chunk = sock.recv(1 << 20)
+            chunk = sock.recv(65536)
             if not chunk:
                 raise ConnectionError('connection closed by memcached')
             buffer += chunk
@@ -952,14 +962,17 @@ def read_back(sock, keys):
         start = header_end + 2
         end = start + int(parts[3])
         while len(buffer) < end + 2:
-            chunk = sock.recv(max(1 << 20, end + 2 - len(buffer)))
+            # What is still to come, so that many checks at once hold no
+            # more than their values.
+            chunk = sock.recv(min(1 << 20, end + 2 - len(buffer)))
             if not chunk:
                 raise ConnectionError('connection closed by memcached')
             buffer += chunk
         if buffer[end:end + 2] != b'\r\n':
             raise ProtocolError('answer to get: a value not ended')
-        found[parts[1]] = bytes(buffer[start:end])
-        position = end + 2
+        found[parts[1]] = value_digest(memoryview(buffer)[start:end])
+        del buffer[:end + 2]
+        position = 0
 
 
 class Connection:
@@ -1278,19 +1291,15 @@ class FileLoad:
 class Sample(NamedTuple):
     """A record of a file as a lane had it acknowledged, to read back at
     the file's rename: its key and value, its lane, and the lane's count
-    of acknowledged batches (``acked``) once it was.  While that count has
-    not moved, nothing this run sent can have changed the key (a key
-    always travels through one lane), so its value must be exactly this."""
+    of batches sent (``sent``) once it was.  While that count has not
+    moved, nothing this run sent can have changed the key (a key always
+    travels through one lane, whose connections in doubt are settled
+    before it sends anything newer), so its value must be exactly this;
+    -1: it only has to be there."""
     key: bytes
     digest: bytes  # value_digest of its value: a big value is not held
     lane: 'Lane'
-    acked: int
-
-
-def value_digest(value):
-    """What a Sample keeps of a value to compare it with what memcached
-    gives back: a 128-bit BLAKE2b digest."""
-    return hashlib.blake2b(value, digest_size=16).digest()
+    sent: int
 
 
 def command_at(payload, position):
@@ -1348,7 +1357,7 @@ def choose_samples(load, lane, batch, refused):
         kept = load.samples[lane] = [None, None]
         command = command_at(batch.payload, 0)
         if command is not None and 0 not in refused_at:
-            # Presence only (acked -1): a later record of the file may
+            # Presence only (sent -1): a later record of the file may
             # rewrite it, in this batch or the next.
             kept[0] = Sample(command[0], value_digest(command[1]), lane, -1)
     last = last_commands(batch.payload)
@@ -1362,14 +1371,18 @@ def choose_samples(load, lane, batch, refused):
         later.add(key)
     if choices:
         key, value = random.choice(choices)
-        kept[1] = Sample(key, value_digest(value), lane, lane.acked)
+        kept[1] = Sample(key, value_digest(value), lane, lane.sent)
 
 
 def samples_on(load, address):
-    """The Samples of ``load`` to read back from ``address``."""
-    return [sample for lane, kept in load.samples.items()
-            if lane.server.address == address
-            for sample in kept if sample is not None]
+    """The Samples of ``load`` to read back from ``address``: of each of
+    its lanes there, the oldest and the latest, at most
+    READ_BACK_PER_SERVER (the oldest first: any flush takes them)."""
+    kept = [kept for lane, kept in load.samples.items()
+            if lane.server.address == address]
+    chosen = [oldest for oldest, _ in kept if oldest is not None] \
+        + [latest for _, latest in kept if latest is not None]
+    return chosen[:READ_BACK_PER_SERVER]
 
 
 class Batch:
@@ -1499,7 +1512,7 @@ class Lane:
         self.connection = Connection(server.address, settings.timeout,
                                      server.check_instance)
         self.greenlet = None  # the uploader, once it runs
-        self.acked = 0  # batches acknowledged: see Sample
+        self.sent = 0  # batches sent, each try counted: see Sample
 
     def submit(self, batch):
         """Queue a batch for upload; blocks while the queue is full."""
@@ -1572,8 +1585,12 @@ class Lane:
             log.warning('%s: %s; retry %d/%d of a batch of %d in %.2fs',
                         address, error, retry, policy.retries, count, delay)
 
+        def send():
+            self.sent += 1  # before: memcached may run what it never acks
+            return self.connection.exchange(batch.payload, count)
+
         refused, error = policy.call(
-            lambda: self.connection.exchange(batch.payload, count),
+            send,
             announce, on_failure=self.connection.abandon,
             giving_up=lambda: self.stopping.is_set() or self.server.down,
             wait=self.stopping.wait)  # a backoff a signal cuts short
@@ -1585,7 +1602,6 @@ class Lane:
                     and known_dropped is not None:
                 identity = identity._replace(dropped=known_dropped)
             batch.load.wrote_to(address, identity)
-            self.acked += 1
             choose_samples(batch.load, self, batch, refused)
             batch.load.batch_done(count - len(refused), len(refused))
             return
@@ -2627,8 +2643,8 @@ def read_back_problem(address, samples, found, accepted=False):
                      if sample.key not in found)
     differs = sorted(sample.key for sample in samples
                      if sample.key in found and sample.lane is not None
-                     and sample.lane.acked == sample.acked
-                     and value_digest(found[sample.key]) != sample.digest)
+                     and sample.lane.sent == sample.sent
+                     and found[sample.key] != sample.digest)
     if missing and not accepted:
         return Verdict(Reason.READ_BACK, address, '%d of the %d records'
                        ' read back are missing (%s)' % (
