@@ -200,6 +200,7 @@ READ_BACK_LAST = 8
 # Records read back from one server at a check, at most: with many lanes,
 # the oldest of each come first.
 READ_BACK_PER_SERVER = 8
+REFUSED_KEYS_KEPT = 100000  # refused keys a lane remembers, at most
 SUMMARY_ROWS = 100  # past this many files the summary lists only kept ones
 BACKOFF_FIRST = 0.25  # seconds before the first retry; doubles per retry
 BACKOFF_MAX = 4.0
@@ -1349,24 +1350,32 @@ def choose_samples(load, lane, batch, refused):
     records to read back at its rename: its first record if it is the
     file's first batch on the lane (the oldest, evicted first), and one
     of its last records, at random, that no later record of the batch
-    rewrites (``load.samples[lane]``: [oldest, latest]).  Records refused
-    (``refused``, Refusals) are never chosen."""
+    rewrites (``load.samples[lane]``: [oldest, latest]).  A key memcached
+    refused (``refused``, Refusals) is never chosen: a refused ``set``
+    unlinks the item it would replace, so the lane notes the key
+    (``refused_keys``), and no sample of it is asked for (see
+    askable)."""
     refused_at = {refusal.index for refusal in refused}
+    if refused and lane.refused_keys is not None:
+        lane.refused_keys.update(
+            key for index, (key, _) in enumerate(iter_commands(batch.payload))
+            if index in refused_at)
+        if len(lane.refused_keys) > REFUSED_KEYS_KEPT:
+            lane.refused_keys = None  # too many: nothing is read back
     kept = load.samples.get(lane)
     if kept is None:
         kept = load.samples[lane] = [None, None]
         command = command_at(batch.payload, 0)
-        if command is not None and 0 not in refused_at:
+        if command is not None and askable(lane, command[0]):
             # Presence only (sent -1): a later record of the file may
             # rewrite it, in this batch or the next.
             kept[0] = Sample(command[0], value_digest(command[1]), lane, -1)
     last = last_commands(batch.payload)
-    first_index = batch.count - len(last)
     later = set()
     choices = []
     for offset in range(len(last) - 1, -1, -1):
         key, value = last[offset]
-        if key not in later and first_index + offset not in refused_at:
+        if key not in later and askable(lane, key):
             choices.append((key, value))
         later.add(key)
     if choices:
@@ -1374,11 +1383,19 @@ def choose_samples(load, lane, batch, refused):
         kept[1] = Sample(key, value_digest(value), lane, lane.sent)
 
 
+def askable(lane, key):
+    """Whether a record of ``key`` sent on ``lane`` may be asked back:
+    not if memcached refused a record of that key on it in this run."""
+    return lane.refused_keys is not None and key not in lane.refused_keys
+
+
 def samples_on(load, address):
     """The Samples of ``load`` to read back from ``address``: of each of
     its lanes there, the oldest and the latest, at most
     READ_BACK_PER_SERVER (the oldest first: any flush takes them)."""
-    kept = [kept for lane, kept in load.samples.items()
+    kept = [[sample if sample is None or askable(lane, sample.key) else None
+             for sample in kept]
+            for lane, kept in load.samples.items()
             if lane.server.address == address]
     chosen = [oldest for oldest, _ in kept if oldest is not None] \
         + [latest for _, latest in kept if latest is not None]
@@ -1513,6 +1530,9 @@ class Lane:
                                      server.check_instance)
         self.greenlet = None  # the uploader, once it runs
         self.sent = 0  # batches sent, each try counted: see Sample
+        # Keys of the records memcached refused on this lane (None: more
+        # than REFUSED_KEYS_KEPT): see choose_samples.
+        self.refused_keys = set()
 
     def submit(self, batch):
         """Queue a batch for upload; blocks while the queue is full."""
@@ -2527,7 +2547,8 @@ class _JournalledLanes(dict):
 
     def items(self):
         return [(types.SimpleNamespace(server=types.SimpleNamespace(
-            address=address)), kept) for address, kept in super().items()]
+            address=address), refused_keys=set()), kept)
+            for address, kept in super().items()]
 
 
 def prove_unfinished(journal, check):

@@ -378,17 +378,15 @@ MUTANTS = {
     'refused-records-read-back': (
         'a record memcached refused may be chosen to read back, and keeps'
         ' a file that is within --max-error-rate',
-        "        if key not in later and first_index + offset not in"
-        " refused_at:\n",
+        "        if key not in later and askable(lane, key):\n",
         "        if key not in later:\n",
         [PROMISE[0] + '::test_a_record_memcached_refused_is_never_read'
          '_back']),
     'a-rewritten-sample-compared': (
         'a record read back is compared with a value a later record of'
         ' the same batch rewrote',
-        "        if key not in later and first_index + offset not in"
-        " refused_at:\n",
-        "        if first_index + offset not in refused_at:\n",
+        "        if key not in later and askable(lane, key):\n",
+        "        if askable(lane, key):\n",
         [PROMISE[0] + '::test_a_record_a_later_one_of_its_batch_rewrote_is'
          '_not_read_back']),
     'the-oldest-record-compared': (
@@ -408,6 +406,13 @@ MUTANTS = {
         " check.accept_evictions:\n",
         "        if False:\n",
         ACROSS),
+    'a-refused-key-read-back': (
+        'a key memcached refused later (which unlinks it) is still read'
+        ' back from an earlier record, and keeps a sound file',
+        "    return lane.refused_keys is not None and key not in"
+        " lane.refused_keys\n",
+        "    return True\n",
+        [PROMISE[0] + '::test_a_key_refused_later_is_not_read_back']),
     'no-journal-before-the-rename': (
         'a rename is not noted before it happens, so a run killed before'
         ' its check leaves nothing for the next run to prove',

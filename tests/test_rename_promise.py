@@ -645,6 +645,23 @@ def test_a_files_first_record_rewritten_later_in_its_batch_is_no_fault(
         b'idfa:same': expected_value(lines[11])[1]}
 
 
+def test_a_key_refused_later_is_not_read_back(tmp_path, memcached_set):
+    # memcached unlinks the item a refused set would replace: the file's
+    # first record is then gone, rightly, and must not be read back.
+    huge = 'idfa\tkey1\t1\t2\t' + ','.join(['4000000000'] * 300000)
+    lines = ['idfa\tkey1\t1\t2\t1,2,3'] + lines_for('idfa', 300) + [huge]
+    write_gz(tmp_path / FIRST, lines)
+    for _ in range(2):
+        (tmp_path / 'run.log').unlink(missing_ok=True)
+        status, text = run(tmp_path, memcached_set, '--uploaders', '1')
+        assert status == 0, text
+        assert listing(tmp_path) == ['.' + FIRST]
+        os.rename(tmp_path / ('.' + FIRST), tmp_path / FIRST)
+        os.unlink(tmp_path / gmemcload.JOURNAL_FILE_NAME)
+    assert summary_row(text, FIRST) == (302, 301, 1)
+    assert memcached_set['idfa'].get_many([b'idfa:key1']) == {}
+
+
 @contextlib.contextmanager
 def silent_at_rename(tmp_path, memcached_set, *extra):
     """Load a file whose idfa writes are acknowledged and whose rename then
