@@ -1392,7 +1392,11 @@ def askable(lane, key):
 def samples_on(load, address):
     """The Samples of ``load`` to read back from ``address``: of each of
     its lanes there, the oldest and the latest, at most
-    READ_BACK_PER_SERVER (the oldest first: any flush takes them)."""
+    READ_BACK_PER_SERVER (the oldest first: any flush takes them); for a
+    file the journal names, what it says to read back."""
+    journalled = getattr(load, 'read_back', None)
+    if journalled is not None:
+        return journalled.get(address, [])
     kept = [[sample if sample is None or askable(lane, sample.key) else None
              for sample in kept]
             for lane, kept in load.samples.items()
@@ -2084,8 +2088,10 @@ class InstanceCheck:
         # accepted and logged
         self.warned = set()
         self.greenlet = None  # the check in flight, for abort()
-        # address -> the ServerIdentity its last answer gave
+        # address -> the ServerIdentity its last answer gave, and the
+        # keys it held of those asked (key -> value_digest)
         self.last_seen = {}
+        self.last_found = {}
 
     def problem(self, load, accept_evictions=None):
         """The Verdict that ``load``'s records are not proven to be in
@@ -2131,6 +2137,7 @@ class InstanceCheck:
                 return Verdict(Reason.SERVER_NOT_CHECKABLE, address, error)
             now, found = answer
             self.last_seen[address] = now
+            self.last_found[address] = found
             if address in self.servers:
                 self.servers[address].check_instance(now.instance,
                                                      now.dropped)
@@ -2310,24 +2317,40 @@ class Journal:
             servers = entry['servers']
             if not isinstance(file, str) or not isinstance(servers, dict):
                 raise ValueError('not a rename: %r' % (entry,))
+            read_back = entry.get('read_back', {})
+            samples_from(read_back)  # ValueError unless it is samples
+            for record in servers.values():
+                identity_from_record(record)  # ValueError unless one
             if state == 'renaming':
                 self.renames.pop(file, None)  # it moves to the end
                 self.renames[file] = {'file': file, 'state': state,
-                                      'at': entry['at'], 'servers': servers}
+                                      'at': float(entry['at']),
+                                      'servers': servers,
+                                      'read_back': read_back}
             elif file in self.renames:
                 self.renames[file]['state'] = state
-                self.renames[file]['read_back'] = entry.get('read_back', {})
+                if read_back:
+                    self.renames[file]['read_back'] = read_back
                 self._replay_servers(servers, entry['at'])
         elif 'undone' in entry:
             self.renames.pop(entry['undone'], None)
         elif 'server' in entry:
+            if not isinstance(entry['server'], str):
+                raise ValueError('not a server: %r' % (entry,))
+            identity_from_record(entry['identity'])
             self._replay_servers({entry['server']: entry['identity']},
                                  entry['at'])
         elif 'lost' in entry:
+            if not isinstance(entry['lost'], str) \
+                    or not isinstance(entry['why'], str) \
+                    or not isinstance(entry['files'], int):
+                raise ValueError('not a loss: %r' % (entry,))
             self.lost[entry['lost']] = {'why': entry['why'],
                                         'files': entry['files'],
-                                        'at': entry['at']}
+                                        'at': float(entry['at'])}
         elif 'answered' in entry:
+            if not isinstance(entry['answered'], list):
+                raise ValueError('not an answer: %r' % (entry,))
             for address in entry['answered']:
                 self.lost.pop(address, None)
         else:
@@ -2375,7 +2398,8 @@ class Journal:
                     for address, record in sorted(self.servers.items())]
         for entry in list(self.renames.values())[-JOURNAL_RENAMES:]:
             entries.append({'renaming': entry['file'], 'at': entry['at'],
-                            'servers': entry['servers']})
+                            'servers': entry['servers'],
+                            'read_back': entry.get('read_back', {})})
             if entry['state'] == 'proven':
                 entries.append({'proven': entry['file'], 'at': entry['at'],
                                 'servers': {}, 'read_back':
@@ -2410,12 +2434,14 @@ class Journal:
     def _file(self, path):
         return os.path.relpath(path, self.directory)
 
-    def renaming(self, load):
-        """Note, before it happens, that ``load`` is being renamed."""
+    def renaming(self, load, samples):
+        """Note, before it happens, that ``load`` is being renamed, with
+        the Samples the check before it found (address -> Samples)."""
         self._append({'renaming': self._file(load.path), 'at': time.time(),
                       'servers': {address: identity_record(identity)
                                   for address, identity
-                                  in sorted(load.instances.items())}})
+                                  in sorted(load.instances.items())},
+                      'read_back': samples_record(samples)})
 
     def proven(self, path, identities, samples=None):
         """Note that the rename of ``path`` is proven by ``identities``
@@ -2425,13 +2451,7 @@ class Journal:
                       'servers': {address: identity_record(identity)
                                   for address, identity
                                   in sorted(identities.items())},
-                      'read_back': {
-                          address: [[sample.key.decode('ascii',
-                                                       'backslashreplace'),
-                                     sample.digest.hex()]
-                                    for sample in kept]
-                          for address, kept in sorted(
-                              (samples or {}).items())}})
+                      'read_back': samples_record(samples or {})})
 
     def undone(self, path):
         """Forget the last rename of ``path``: it was put back."""
@@ -2457,20 +2477,20 @@ class Journal:
         return [entry for entry in self.renames.values()
                 if entry['state'] == 'renaming']
 
-    def last_read_back(self, address):
-        """The Samples the last proven rename that wrote to ``address``
-        read back there, as Samples with no lane (presence only)."""
-        for entry in reversed(list(self.renames.values())):
-            if entry['state'] == 'proven' and address in entry['servers']:
-                try:
-                    return entry['file'], [
-                        Sample(key.encode('ascii'), bytes.fromhex(digest),
-                               None, 0)
-                        for key, digest in entry.get('read_back', {}).get(
-                            address, [])]
-                except (TypeError, ValueError, UnicodeEncodeError):
-                    return entry['file'], []
-        return None, []
+    def to_read_back(self, address):
+        """What the next run reads back from ``address``: the Samples
+        (no lane: presence only) that the first and the last proven
+        renames still in the journal that wrote there read back (any
+        delayed flush that struck since takes the first, a drop may take
+        either), and the names of those files."""
+        proven = [entry for entry in self.renames.values()
+                  if entry['state'] == 'proven'
+                  and address in entry['servers']]
+        chosen = proven[:1] + proven[-1:] if len(proven) > 1 else proven
+        return [entry['file'] for entry in chosen], [
+            sample for entry in chosen
+            for sample in samples_from(entry.get('read_back', {})).get(
+                address, [])]
 
     def files_on(self, address):
         """The proven renames that wrote to ``address``: file names."""
@@ -2495,6 +2515,28 @@ class Journal:
                      ' before it, or it was lost): they come first, in name'
                      ' order', len(unknown))
         return [dotted for _, dotted in unknown + known]
+
+
+def samples_record(samples):
+    """Samples (address -> Samples) as the journal keeps them: each key
+    (as Latin-1, so any byte comes back) and the hex of its digest."""
+    return {address: [[sample.key.decode('latin-1'), sample.digest.hex()]
+                      for sample in kept]
+            for address, kept in sorted(samples.items()) if kept}
+
+
+def samples_from(record):
+    """The Samples (address -> Samples with no lane) a journal's record
+    holds; raises ValueError if it holds anything else."""
+    try:
+        return {address: [Sample(key.encode('latin-1'),
+                                 bytes.fromhex(digest), None, 0)
+                          for key, digest in kept]
+                for address, kept in record.items()
+                if isinstance(address, str)}
+    except (AttributeError, TypeError, ValueError,
+            UnicodeEncodeError) as exc:
+        raise ValueError('not records read back: %r' % (record,)) from exc
 
 
 def identity_record(identity):
@@ -2528,27 +2570,18 @@ def identity_from_record(record):
 
 class _JournalledFile:
     """What InstanceCheck.problem needs of a file the journal names: its
-    servers' identities, and the Samples its rename read back (a Sample's
-    lane is None: a later run may have rewritten the key, so only its
-    presence is asked)."""
+    servers' identities, and the Samples to read back (``read_back``:
+    address -> Samples with no lane: a later run may have rewritten their
+    keys, so only their presence is asked)."""
 
-    __slots__ = ('path', 'name', 'instances', 'samples')
+    __slots__ = ('path', 'name', 'instances', 'samples', 'read_back')
 
-    def __init__(self, path, instances, samples=None):
+    def __init__(self, path, instances, read_back=None):
         self.path = path
         self.name = os.path.basename(path)
         self.instances = instances
-        self.samples = _JournalledLanes(samples or {})
-
-
-class _JournalledLanes(dict):
-    """Journalled Samples by address, shaped as FileLoad.samples is for
-    samples_on: a lane whose server's address is the key."""
-
-    def items(self):
-        return [(types.SimpleNamespace(server=types.SimpleNamespace(
-            address=address), refused_keys=set()), kept)
-            for address, kept in super().items()]
+        self.samples = {}  # no lanes
+        self.read_back = read_back or {}
 
 
 def prove_unfinished(journal, check):
@@ -2564,15 +2597,16 @@ def prove_unfinished(journal, check):
         try:
             instances = {address: identity_from_record(record)
                          for address, record in entry['servers'].items()}
+            samples = samples_from(entry.get('read_back', {}))
         except (AttributeError, ValueError) as exc:
             verdict = 'its journal entry is damaged (%s)' % exc
         else:
-            found = check.problem(_JournalledFile(path, instances))
+            found = check.problem(_JournalledFile(path, instances, samples))
             verdict = None if found is None else str(found)
         if verdict is None:
             journal.proven(path, {address: check.last_seen[address]
                                   for address in instances
-                                  if address in check.last_seen})
+                                  if address in check.last_seen}, samples)
             log.info('%s: its rename was not proven when the last run'
                      ' ended; proven now', entry['file'])
             continue
@@ -2596,9 +2630,12 @@ class Loss(NamedTuple):
 
 
 def losses_between_runs(journal, check, addresses):
-    """At start: ask each server of ``addresses`` that the journal proved
-    before; a server restarted, flushed or dropping items since then has
-    lost processed files' records.  Each is logged and kept in the
+    """At start, and again at the end of a run: ask each server of
+    ``addresses`` that the journal proved before, and read back what the
+    first and the last proven file the journal holds wrote there
+    (Journal.to_read_back); a server restarted, flushed, dropping items
+    or missing those records since then has lost processed files'
+    records.  Each is logged and kept in the
     journal's ``lost`` until a reload is proven; the journal's identity
     of it becomes the current one, so one change is counted once.
     Returns the new Losses."""
@@ -2608,7 +2645,7 @@ def losses_between_runs(journal, check, addresses):
             then = identity_from_record(journal.servers[address])
         except ValueError:
             continue
-        file, samples = journal.last_read_back(address)
+        files_read, samples = journal.to_read_back(address)
         verdict = check.problem(_JournalledFile(
             journal.path, {address: then}, {address: samples}),
             accept_evictions=False)
@@ -2618,8 +2655,8 @@ def losses_between_runs(journal, check, addresses):
         if verdict.reason is Reason.EVICTED and check.accept_evictions:
             # Accepted as within a run; a restart, or a record gone with
             # no drop counted, never is.
-            log.warning('memcached %s dropped items since the last run'
-                        ' proved it (%s); accepted on --accept-evictions',
+            log.warning('memcached %s dropped items since it was last'
+                        ' proven (%s); accepted on --accept-evictions',
                         address, verdict.details[1])
             journal.note_server(address, now)
             continue
@@ -2635,14 +2672,14 @@ def losses_between_runs(journal, check, addresses):
             lost = now.dropped.since(then.dropped)
             dropped = max(0, lost.evictions) + max(0, lost.moved_out)
         if restarted:
-            why = 'restarted since the last run proved it (now %s, then' \
+            why = 'restarted since it was last proven (now %s, then' \
                 ' %s)' % (describe_identity(now), describe_identity(then))
         elif verdict.reason is Reason.READ_BACK:
             why = 'does not hold what %s wrote there, though it counts no' \
                 ' drop since (a delayed flush_all?): %s' % (
-                    file, verdict.details[1])
+                    ' or '.join(files_read), verdict.details[1])
         else:
-            why = 'dropped items since the last run proved it (%s)' \
+            why = 'dropped items since it was last proven (%s)' \
                 % now.dropped.since(then.dropped).describe()
         log.error('memcached %s %s: the records there of %d processed'
                   ' files%s are gone or may be', address, why, len(files),
@@ -2759,8 +2796,8 @@ class RenameInOrder:
             return verdict
         if load.reloading:  # the same checks, and no rename
             return still_there(load)
-        if self.journal is not None:
-            self.journal.renaming(load)  # fsynced before the rename
+        if self.journal is not None:  # fsynced before the rename
+            self.journal.renaming(load, self._found(load))
         verdict = rename_loaded(load.path, load.identity)
         if verdict is None:
             verdict = self._confirm(load)  # every server again, just after
@@ -2769,12 +2806,19 @@ class RenameInOrder:
                 self.journal.proven(load.path, {
                     address: self.check.last_seen[address]
                     for address in load.instances
-                    if address in self.check.last_seen}, {
-                    address: samples_on(load, address)
-                    for address in load.instances})
+                    if address in self.check.last_seen}, self._found(load))
             else:
                 self.journal.undone(load.path)
         return verdict
+
+    def _found(self, load):
+        """The Samples of ``load`` that the last check found, by address:
+        what a later run may ask again (one missing and accepted under
+        --accept-evictions is not)."""
+        return {address: [sample for sample in samples_on(load, address)
+                          if sample.key in self.check.last_found.get(
+                              address, ())]
+                for address in load.instances}
 
     def _confirm(self, load):
         """Ask the servers again once the file is renamed: an answer of the
@@ -3428,6 +3472,17 @@ def load_files(settings, locks, journal):
         return RunResult(settings, waiting=chosen.waiting,
                          servers=servers.values(), lost=lost)
     _, signum = load_in_order(settings, chosen.to_load, journal, servers)
+    if not settings.dry and signum is None:
+        # What struck after a file's own check, during the rest of the
+        # run: seen now, not by the next run.  (A restart is counted by
+        # the check itself, whose Servers know the instance.)
+        check = InstanceCheck(settings, servers)
+        try:
+            for loss in losses_between_runs(journal, check, servers):
+                servers[loss.address].evictions += loss.dropped
+        finally:
+            check.close()
+        lost = sorted(journal.lost)
     reloads = [load for load in chosen.loads if load.reloading]
     if lost and (settings.reload_processed or refill) \
             and signum is None and all(load.reloaded for load in reloads):

@@ -365,8 +365,8 @@ MUTANTS = {
     'no-read-back-between-runs': (
         'a run does not read back what the last proven file wrote, so a'
         ' delayed flush that struck after it goes unseen',
-        "        file, samples = journal.last_read_back(address)\n",
-        "        file, samples = None, []\n",
+        "        files_read, samples = journal.to_read_back(address)\n",
+        "        files_read, samples = [], []\n",
         ACROSS),
     'the-first-boundary-found-trusted': (
         'a batch\'s last commands are cut at the first "\\r\\nset " found'
@@ -416,14 +416,13 @@ MUTANTS = {
     'no-journal-before-the-rename': (
         'a rename is not noted before it happens, so a run killed before'
         ' its check leaves nothing for the next run to prove',
-        "            self.journal.renaming(load)  # fsynced before the"
-        " rename\n",
+        "            self.journal.renaming(load, self._found(load))\n",
         "            pass\n",
         ACROSS),
     'an-unfinished-rename-trusted': (
         'a rename that a killed run left unproven is taken as proven',
-        "            found = check.problem(_JournalledFile(path,"
-        " instances))\n",
+        "            found = check.problem(_JournalledFile(path, instances,"
+        " samples))\n",
         "            found = None\n",
         ACROSS),
     'no-check-between-runs': (

@@ -122,7 +122,7 @@ def test_a_restart_between_two_runs_is_seen_named_counted_and_refilled(
     status, text = run(tmp_path, memcached_set,
                        '--metrics-file', metrics_file)
     assert status == 1, text
-    assert 'memcached %s restarted since the last run proved it' \
+    assert 'memcached %s restarted since it was last proven' \
         % idfa.address in text
     assert 'the records there of 1 processed files (%s to %s) are gone' \
         % (FIRST, FIRST) in text
@@ -160,7 +160,7 @@ def test_a_flush_between_two_runs_is_seen_as_a_loss(tmp_path,
     gaid.client().flush_all()
     status, text = run(tmp_path, memcached_set)
     assert status == 1, text
-    assert 'memcached %s dropped items since the last run proved it (0' \
+    assert 'memcached %s dropped items since it was last proven (0' \
         ' items evicted, 1 flushes, 0 items lost in slab moves)' \
         % gaid.address in text
     status, text = run(tmp_path, memcached_set, '--refill-after-loss')
@@ -214,7 +214,7 @@ def test_under_accept_evictions_evictions_between_runs_are_no_loss(
     write_gz(tmp_path / SECOND, all_lines(['gaid'], 10))
     status, text = run(tmp_path, daemons, '--accept-evictions')
     assert status == 0, text
-    assert 'memcached %s dropped items since the last run proved it (' \
+    assert 'memcached %s dropped items since it was last proven (' \
         % small.address in text
     assert 'accepted on --accept-evictions' in text
     assert 'lost records' not in text
@@ -222,7 +222,7 @@ def test_under_accept_evictions_evictions_between_runs_are_no_loss(
         client.set('more%d' % number, 'x' * 100)
     status, text = run(tmp_path, daemons)  # without it, a loss
     assert status == 1, text
-    assert 'memcached %s dropped items since the last run proved it' \
+    assert 'memcached %s dropped items since it was last proven' \
         % small.address in text
 
 
