@@ -108,6 +108,7 @@ import os  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
 import resource  # noqa: E402
+import shutil  # noqa: E402
 import socket  # noqa: E402
 import stat  # noqa: E402
 import time  # noqa: E402
@@ -2240,9 +2241,11 @@ class Journal:
     JOURNAL_RENAMES renames, once it has grown past twice that.
 
     A missing journal starts empty.  A torn last line (a run killed while
-    appending it) is ignored; any other line that cannot be read makes
-    the journal corrupt: that is said plainly, it is set aside
-    (``.corrupt``), and the run goes on as if it were missing.  A line
+    appending it) is ignored.  Any other line that cannot be read is
+    skipped and said plainly, the journal as it was is copied aside
+    (``.corrupt``) and written again from the other lines; a journal
+    whose first line is not its header is set aside whole, and the run
+    goes on as if it were missing.  A line
     that cannot be written is logged once, and the run goes on: the
     checks of this run still hold.  Under --dry nothing is written.
     """
@@ -2274,20 +2277,25 @@ class Journal:
                     or header.get('version') != JOURNAL_VERSION:
                 raise ValueError('not a gmemcload journal of version %d'
                                  % JOURNAL_VERSION)
-            for number, line in enumerate(lines[1:], 2):
-                try:
-                    self._replay(json.loads(line))
-                except (ValueError, KeyError, TypeError,
-                        AttributeError) as exc:
-                    raise ValueError('line %d: %s' % (number, exc)) from None
         except FileNotFoundError:
             log.info('%s: no journal yet: this run starts it', self.path)
             return False
         except (OSError, ValueError) as exc:
             self._set_aside(exc)
             return False
+        damaged = []  # (line number, why) of the lines skipped
+        for number, line in enumerate(lines[1:], 2):
+            try:
+                entry = json.loads(line)
+                if not isinstance(entry, dict):
+                    raise ValueError('not an object')
+                self._replay(entry)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                damaged.append((number, exc))
         self.lines = len(lines)
-        if torn:
+        if damaged:
+            self._salvage(damaged)
+        elif torn:
             log.warning('%s: its last line is incomplete (a run was killed'
                         ' while writing it): ignored', self.path)
             self._rewrite()
@@ -2297,17 +2305,39 @@ class Journal:
         return True
 
     def _set_aside(self, exc):
+        """The journal is no journal at all: start again, saying so."""
         aside = self.path + '.corrupt'
-        log.error('%s: the journal cannot be read (%s); set aside as %s and'
-                  ' started again: renames it left unproven are not proven'
-                  ' again, and --reload-processed goes by name order',
-                  self.path, exc, aside)
+        log.error('%s: the journal cannot be read (%s); %s and started'
+                  ' again: renames it left unproven are not proven again,'
+                  ' a loss it recorded is forgotten (if a server lost'
+                  ' records, run once with --reload-processed), and'
+                  ' --reload-processed goes by name order', self.path, exc,
+                  'kept as it is under --dry' if self.dry
+                  else 'set aside as %s' % aside)
         self.renames, self.servers, self.lost = {}, {}, {}
         if not self.dry:
             try:
                 os.replace(self.path, aside)
             except OSError:
                 pass
+
+    def _salvage(self, damaged):
+        """Some lines cannot be read: keep what the others say, copy the
+        journal aside as it was, and write it again without them."""
+        aside = self.path + '.corrupt'
+        number, exc = damaged[0]
+        log.error('%s: %d lines cannot be read (line %d: %s): skipped; a'
+                  ' rename, a loss or its answer they recorded may be'
+                  ' forgotten (if a server lost records, run once with'
+                  ' --reload-processed); %s', self.path, len(damaged),
+                  number, exc, 'kept as it is under --dry' if self.dry
+                  else 'the journal as it was is copied to %s' % aside)
+        if not self.dry:
+            try:
+                shutil.copyfile(self.path, aside)
+            except OSError:
+                pass
+            self._rewrite()
 
     def _replay(self, entry):
         """Apply one line's entry (a dict) to the state."""

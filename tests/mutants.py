@@ -357,8 +357,7 @@ MUTANTS = {
          '_the_rename_keeps_it']),
     'read-back-values-not-compared': (
         'a record read back counts if it is there, whatever its value',
-        "                     and value_digest(found[sample.key]) !="
-        " sample.digest)\n",
+        "                     and found[sample.key] != sample.digest)\n",
         "                     and False)\n",
         [PROMISE[0] + '::test_a_record_changed_behind_the_loaders_back'
          '_keeps_the_file']),
@@ -413,6 +412,65 @@ MUTANTS = {
         " lane.refused_keys\n",
         "    return True\n",
         [PROMISE[0] + '::test_a_key_refused_later_is_not_read_back']),
+    'no-check-at-the-end-of-a-run': (
+        'what strikes after a file\'s own check, later in the run, is left'
+        ' for the next run to see',
+        "    if not settings.dry and signum is None:\n"
+        "        # What struck after a file's own check, during the rest of"
+        " the\n",
+        "    if False:\n"
+        "        # What struck after a file's own check, during the rest of"
+        " the\n",
+        [ACROSS[0] + '::test_a_delayed_flush_that_strikes_later_in_the_run'
+         '_is_seen_at_its_end']),
+    'only-the-last-file-read-back-next': (
+        'the next run reads back only the last proven file, which a flush'
+        ' that struck before it spared',
+        "        chosen = proven[:1] + proven[-1:] if len(proven) > 1 else"
+        " proven\n",
+        "        chosen = proven[-1:]\n",
+        [ACROSS[0] + '::test_a_delayed_flush_that_strikes_later_in_the_run'
+         '_is_seen_at_its_end']),
+    'an-unfinished-rename-not-read-back': (
+        'a rename a killed run left unproven is proven by its servers\''
+        ' identities alone',
+        "            found = check.problem(_JournalledFile(path, instances,"
+        " samples))\n",
+        "            found = check.problem(_JournalledFile(path,"
+        " instances))\n",
+        [ACROSS[0] + '::test_an_unfinished_rename_is_read_back_before_it_is'
+         '_proven']),
+    'records-gone-at-the-check-journalled': (
+        'records missing at a check and accepted on --accept-evictions are'
+        ' journalled, and the next run calls them a loss',
+        "                          if sample.key in self.check.last_found.get("
+        "\n",
+        "                          if True or sample.key in"
+        " self.check.last_found.get(\n",
+        [ACROSS[0] + '::test_under_accept_evictions_records_gone_at_the'
+         '_check_are_not_asked']),
+    'keys-journalled-as-ascii': (
+        'a key of bytes above 0x7f is journalled escaped, and read back as'
+        ' another key',
+        "    return {address: [[sample.key.decode('latin-1'),"
+        " sample.digest.hex()]\n",
+        "    return {address: [[sample.key.decode('ascii',"
+        " 'backslashreplace'),\n"
+        "                       sample.digest.hex()]\n",
+        [ACROSS[0] + '::test_a_device_id_of_any_bytes_is_read_back_as_it_was'
+         '_written']),
+    'a-damaged-line-loses-the-journal': (
+        'one damaged line sets the whole journal aside, and a loss it held'
+        ' is forgotten',
+        "                damaged.append((number, exc))\n",
+        "                raise ValueError(exc)\n",
+        [ACROSS[0] + '::test_damaged_lines_are_skipped_and_the_rest_kept']),
+    'journal-types-unchecked': (
+        'a hand-edited entry of the wrong types is taken, and the run fails'
+        ' with a traceback',
+        "            if not isinstance(entry['lost'], str) \\\n",
+        "            if False and not isinstance(entry['lost'], str) \\\n",
+        [ACROSS[0] + '::test_damaged_lines_are_skipped_and_the_rest_kept']),
     'no-journal-before-the-rename': (
         'a rename is not noted before it happens, so a run killed before'
         ' its check leaves nothing for the next run to prove',
