@@ -169,8 +169,9 @@ READ_CHUNK = 1 << 20  # decompressed bytes read at a time
 MAX_LINE_BYTES = 8 << 20  # at least READ_CHUNK: a line within a chunk fits
 OVERSIZED_PREFIX = 4096  # what is kept of such a line, to log it
 QUEUED_BATCHES_PER_LANE = 4  # back-pressure: bounds memory per lane
-# A batch is cut before its commands pass this many bytes (or at
-# --batch-size records): a record bigger than this is a batch of its own.
+# A batch is cut before its commands pass this many bytes (or at the end
+# of the chunk that brings it to --batch-size records): a record bigger
+# than this is a batch of its own.
 BATCH_BYTES = 2 << 20
 # The writer's bytes, whatever the records' size or number of lanes: its
 # pending batches together hold at most PENDING_BYTES (past it, the
@@ -3140,8 +3141,9 @@ class Loader:
         self.chunk_bytes = ByteBudget(CHUNK_BYTES)
         # The writer's: the commands of each lane's next batch and their
         # number and bytes, all of one file (the writer empties them at
-        # each file's end).  A batch is cut at --batch-size records (at
-        # the end of a chunk), before it would pass BATCH_BYTES (a record
+        # each file's end).  A batch is cut at the end of the chunk that
+        # brings it to --batch-size records or more (a chunk's records for
+        # a lane go whole), before it would pass BATCH_BYTES (a record
         # bigger is a batch of its own), at PENDING_BYTES for all lanes
         # together (the largest first), or at a file's end.
         self.pending = [[] for _ in self.lanes]
