@@ -2360,6 +2360,8 @@ class Journal:
                                       'read_back': read_back}
             elif file in self.renames:
                 self.renames[file]['state'] = state
+                if servers:
+                    self.renames[file]['proven_servers'] = servers
                 if read_back:
                     self.renames[file]['read_back'] = read_back
                 self._replay_servers(servers, entry['at'])
@@ -2424,17 +2426,18 @@ class Journal:
                     'about': 'the renames of this directory in the order'
                              ' they happened, and what each server was'
                              ' when last proven: one JSON object a line'}]
-        entries += [{'server': address, 'identity': dict(record),
-                     'at': record['at']}
-                    for address, record in sorted(self.servers.items())]
         for entry in list(self.renames.values())[-JOURNAL_RENAMES:]:
             entries.append({'renaming': entry['file'], 'at': entry['at'],
                             'servers': entry['servers'],
                             'read_back': entry.get('read_back', {})})
             if entry['state'] == 'proven':
                 entries.append({'proven': entry['file'], 'at': entry['at'],
-                                'servers': {}, 'read_back':
-                                entry.get('read_back', {})})
+                                'servers': entry.get('proven_servers', {}),
+                                'read_back': entry.get('read_back', {})})
+        # After the renames, whose proven identities are older.
+        entries += [{'server': address, 'identity': dict(record),
+                     'at': record['at']}
+                    for address, record in sorted(self.servers.items())]
         entries += [dict(lost=address, **loss)
                     for address, loss in sorted(self.lost.items())]
         temporary = self.path + '.new'
@@ -2522,6 +2525,14 @@ class Journal:
             sample for entry in chosen
             for sample in samples_from(entry.get('read_back', {})).get(
                 address, [])]
+
+    def proven_instance(self, file, address):
+        """The Instance of ``address`` when the rename of ``file`` was
+        proven, or None if the journal does not say."""
+        record = self.renames.get(file, {}).get('proven_servers', {}).get(
+            address)
+        return None if record is None \
+            else identity_from_record(record).instance
 
     def files_on(self, address):
         """The proven renames that wrote to ``address``: file names."""
@@ -2706,9 +2717,14 @@ def losses_between_runs(journal, check, addresses):
             why = 'restarted since it was last proven (now %s, then' \
                 ' %s)' % (describe_identity(now), describe_identity(then))
         elif verdict.reason is Reason.READ_BACK:
-            why = 'does not hold what %s wrote there, though it counts no' \
-                ' drop since (a delayed flush_all?): %s' % (
-                    ' or '.join(files_read), verdict.details[1])
+            before = [file for file in files_read
+                      if journal.proven_instance(file, address)
+                      not in (None, now.instance)]
+            why = 'does not hold what %s wrote there, %s: %s' % (
+                ' or '.join(files_read), 'restarted since %s was proven'
+                ' (now %s)' % (before[0], describe_identity(now)) if before
+                else 'though it counts no drop since (a delayed flush_all?)',
+                verdict.details[1])
         else:
             why = 'dropped items since it was last proven (%s)' \
                 % now.dropped.since(then.dropped).describe()

@@ -470,3 +470,29 @@ def test_an_unfinished_rename_is_read_back_before_it_is_proven(
         ' file\'s records as written' % (FIRST, idfa.address) in text
     stored, want = stored_state(tmp_path, memcached_set, [FIRST])
     assert stored == want
+
+
+def test_a_restart_after_a_files_rename_in_the_same_run_is_said_at_its_end(
+        tmp_path, memcached_set, monkeypatch):
+    # idfa restarts just after FIRST is proven, while SECOND (gaid) is
+    # still to come: the lanes see no restart (nothing more goes to
+    # idfa), the check at the run's end does.
+    idfa = memcached_set['idfa']
+    write_gz(tmp_path / FIRST, all_lines(['idfa'], 50))
+    write_gz(tmp_path / SECOND, all_lines(['gaid'], 50))
+    proven = gmemcload.Journal.proven
+
+    def restart_once_proven(journal, path, *args):
+        proven(journal, path, *args)
+        if path.endswith(FIRST):
+            idfa.restart()
+    monkeypatch.setattr(gmemcload.Journal, 'proven', restart_once_proven)
+    status, text = run(tmp_path, memcached_set)
+    assert status == 1, text
+    assert listing(tmp_path) == ['.' + FIRST, '.' + SECOND]
+    assert 'memcached %s restarted since it was last proven' % idfa.address \
+        in text
+    status, text = run(tmp_path, memcached_set, '--refill-after-loss')
+    assert status == 0, text
+    stored, want = stored_state(tmp_path, memcached_set, [FIRST, SECOND])
+    assert stored == want
