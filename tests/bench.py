@@ -54,6 +54,7 @@ sys.path[:0] = [ROOT, HERE]
 import memcache  # noqa: E402
 
 import generate  # noqa: E402
+import gmemcload  # noqa: E402
 from daemons import MemcachedDaemon  # noqa: E402
 
 BENCH_DIR = os.path.join(ROOT, '.bench')
@@ -196,10 +197,15 @@ def prepare_data(files, lines):
 
 
 def restore_names(directory):
+    """The spool as generated: the original names, and no journal (each
+    run starts on an empty memcached, which a journal would rightly call
+    a loss)."""
     for name in os.listdir(directory):
         if name.startswith('.') and name.endswith('.tsv.gz'):
             os.rename(os.path.join(directory, name),
                       os.path.join(directory, name[1:]))
+        elif name.startswith(gmemcload.JOURNAL_FILE_NAME):
+            os.unlink(os.path.join(directory, name))
 
 
 def expected_sample(paths):
