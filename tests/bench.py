@@ -145,11 +145,32 @@ def measure(argv):
         os.remove(log_path)
     started = time.monotonic()
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
+    # Peak RSS is the child's own high-water mark (VmHWM), read until it
+    # exits: ru_maxrss carries over the bench's own peak through fork
+    # and exec.
+    peak_kb = 0
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            break
+        peak_kb = max(peak_kb, vm_hwm_kb(process.pid))
+        time.sleep(0.01)
     wall = time.monotonic() - started
     process.returncode = os.waitstatus_to_exitcode(status)
     return (process.returncode, wall, usage.ru_utime + usage.ru_stime,
-            usage.ru_maxrss / 1024, own_cpu(log_path))
+            peak_kb / 1024, own_cpu(log_path))
+
+
+def vm_hwm_kb(pid):
+    """The VmHWM of ``pid`` in kB, 0 if it cannot be read."""
+    try:
+        with open('/proc/%d/status' % pid) as status:
+            for line in status:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def own_cpu(log_path):
