@@ -1377,6 +1377,8 @@ def choose_samples(load, lane, batch, refused):
     choices = []
     for offset in range(len(last) - 1, -1, -1):
         key, value = last[offset]
+        # (samples_on asks askable again at the check: this one only
+        # spares a sample for a record that can be asked.)
         if key not in later and askable(lane, key):
             choices.append((key, value))
         later.add(key)

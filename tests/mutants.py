@@ -375,11 +375,13 @@ MUTANTS = {
         ['tests/test_wire.py::test_the_last_commands_of_a_batch_are_found'
          '_whatever_its_values_hold']),
     'refused-records-read-back': (
-        'a record memcached refused may be chosen to read back, and keeps'
-        ' a file that is within --max-error-rate',
-        "        if key not in later and askable(lane, key):\n",
-        "        if key not in later:\n",
+        'a sample whose key memcached refused on its lane after it was'
+        ' chosen is still read back, and keeps a sound file',
+        "    kept = [[sample if sample is None or askable(lane, sample.key)"
+        " else None\n",
+        "    kept = [[sample if True else None\n",
         [PROMISE[0] + '::test_a_record_memcached_refused_is_never_read'
+         '_back', PROMISE[0] + '::test_a_key_refused_later_is_not_read'
          '_back']),
     'a-rewritten-sample-compared': (
         'a record read back is compared with a value a later record of'
