@@ -431,8 +431,8 @@ MUTANTS = {
         "        chosen = proven[:1] + proven[-1:] if len(proven) > 1 else"
         " proven\n",
         "        chosen = proven[-1:]\n",
-        [ACROSS[0] + '::test_a_delayed_flush_that_strikes_later_in_the_run'
-         '_is_seen_at_its_end']),
+        [ACROSS[0] + '::test_a_run_reads_back_the_first_and_the_last_proven'
+         '_file_of_a_server']),
     'an-unfinished-rename-not-read-back': (
         'a rename a killed run left unproven is proven by its servers\''
         ' identities alone',

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+import types
 
 import gevent
 import pytest
@@ -496,3 +497,27 @@ def test_a_restart_after_a_files_rename_in_the_same_run_is_said_at_its_end(
     assert status == 0, text
     stored, want = stored_state(tmp_path, memcached_set, [FIRST, SECOND])
     assert stored == want
+
+
+def test_a_run_reads_back_the_first_and_the_last_proven_file_of_a_server(
+        tmp_path):
+    # A delayed flush takes everything written before its deadline: the
+    # first file still in the journal is the one it cannot spare, the last
+    # the one a drop took most recently.
+    book = gmemcload.Journal(str(tmp_path))
+    identity = gmemcload.ServerIdentity(gmemcload.Instance(1, 2), 3,
+                                        gmemcload.Dropped(0, 0, 0))
+    for number, name in enumerate((FIRST, SECOND, THIRD)):
+        load = types.SimpleNamespace(path=str(tmp_path / name),
+                                     instances={'a:1': identity})
+        key = b'idfa:%d' % number
+        samples = {'a:1': [gmemcload.Sample(
+            key, gmemcload.value_digest(key), None, 0)]}
+        book.renaming(load, samples)
+        book.proven(load.path, {'a:1': identity}, samples)
+    book = gmemcload.Journal(str(tmp_path))  # as the next run reads it
+    assert book.read()
+    files, samples = book.to_read_back('a:1')
+    assert files == [FIRST, THIRD]
+    assert [sample.key for sample in samples] == [b'idfa:0', b'idfa:2']
+    assert book.to_read_back('b:2') == ([], [])
