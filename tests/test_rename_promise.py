@@ -647,13 +647,16 @@ def test_a_files_first_record_rewritten_later_in_its_batch_is_no_fault(
 
 def test_a_key_refused_later_is_not_read_back(tmp_path, memcached_set):
     # memcached unlinks the item a refused set would replace: the file's
-    # first record is then gone, rightly, and must not be read back.
+    # first record is then gone, rightly, and must not be read back.  The
+    # small lines make a batch of their own (--batch-size 100), chosen
+    # from before the refusal comes.
     huge = 'idfa\tkey1\t1\t2\t' + ','.join(['4000000000'] * 300000)
     lines = ['idfa\tkey1\t1\t2\t1,2,3'] + lines_for('idfa', 300) + [huge]
     write_gz(tmp_path / FIRST, lines)
     for _ in range(2):
         (tmp_path / 'run.log').unlink(missing_ok=True)
-        status, text = run(tmp_path, memcached_set, '--uploaders', '1')
+        status, text = run(tmp_path, memcached_set, '--uploaders', '1',
+                           '--batch-size', '100')
         assert status == 0, text
         assert listing(tmp_path) == ['.' + FIRST]
         os.rename(tmp_path / ('.' + FIRST), tmp_path / FIRST)
