@@ -155,9 +155,12 @@ EXIT_USAGE = 2
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock, try later
 EXIT_SIGNAL_BASE = 128  # exit status 128 + signal number, as shells do
 EXIT_STATUSES = """exit status:
-  0        every matched file was loaded and renamed (or none matched)
+  0        every matched file was loaded and renamed (or none matched, in
+           a directory that exists)
   1        a file was not loaded, was kept after one that was not, or is
-           late; or the pattern's directory could not be listed
+           late; or the pattern's directory does not exist, is not a
+           directory or could not be listed; or a server lost the records
+           of processed files, not yet loaded again
   2        bad usage: an option, an address or a lock file that cannot be
            used
   75       another run holds the lock: nothing was read or renamed
@@ -246,7 +249,8 @@ class Interrupted(Exception):
 
 
 class Unlistable(Exception):
-    """The pattern's directory exists but cannot be listed."""
+    """The pattern's directory does not exist, is not a directory, or
+    cannot be listed: the run fails (exit 1), never a success."""
 
 
 class DiskFailure(Exception):
@@ -4119,8 +4123,12 @@ def _run(args):
                     ' the compiled encoder is not built (make install)')
     directory = pattern_directory(args.pattern)
     if not os.path.isdir(directory):
-        log.warning('No files match %s (no such directory)', args.pattern)
-        return RunResult(settings)
+        # A typo in a cron line must not be a success for ever after.
+        raise Unlistable('cannot list the files of %s: %s %s (a typo in'
+                         ' --pattern?)' % (args.pattern, directory,
+                                           'is not a directory'
+                                           if os.path.exists(directory)
+                                           else 'does not exist'))
     locks = RunLocks()
     try:
         if not settings.dry:

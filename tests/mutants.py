@@ -473,6 +473,15 @@ MUTANTS = {
         "            if not isinstance(entry['lost'], str) \\\n",
         "            if False and not isinstance(entry['lost'], str) \\\n",
         [ACROSS[0] + '::test_damaged_lines_are_skipped_and_the_rest_kept']),
+    'a-missing-directory-is-a-success': (
+        'a --pattern whose directory does not exist (a typo in the cron'
+        ' line) ends 0, and counts as a success for ever after',
+        "        raise Unlistable('cannot list the files of %s: %s %s (a typo"
+        " in'\n",
+        "        return RunResult(settings)\n"
+        "        raise Unlistable('cannot list the files of %s: %s %s (a typo"
+        " in'\n",
+        OPERATORS),
     'no-journal-before-the-rename': (
         'a rename is not noted before it happens, so a run killed before'
         ' its check leaves nothing for the next run to prove',

@@ -241,6 +241,42 @@ def test_restarts_seen_are_counted_per_server_and_carried_over(
     assert restarts(metrics(metrics_file)) == (0, 3)
 
 
+@pytest.mark.parametrize('where, words', [
+    ('nosuchdir/*.tsv.gz', 'does not exist'),
+    ('afile/*.tsv.gz', 'is not a directory'),
+])
+def test_a_pattern_whose_directory_is_wrong_is_never_a_success(
+        tmp_path, memcached_set, metrics_file, where, words):
+    # First a good run: the last success time is set; the mistyped
+    # pattern then fails, says why, and leaves that time as it was.
+    write_gz(tmp_path / FIRST, lines_for('idfa', 10))
+    assert run(tmp_path, memcached_set, '--metrics-file', metrics_file)[0] \
+        == 0
+    succeeded = value(metrics(metrics_file),
+                      'last_success_timestamp_seconds')
+    assert succeeded > 0
+    (tmp_path / 'afile').write_text('')
+    pattern = str(tmp_path / where)
+    log_path = tmp_path / 'wrong.log'
+    status = gmemcload.main(['--pattern', pattern, '--log', str(log_path),
+                             '--metrics-file', metrics_file]
+                            + address_args(memcached_set))
+    text = log_path.read_text()
+    assert status == 1, text
+    assert 'cannot list the files of %s: %s %s (a typo in --pattern?)' % (
+        pattern, os.path.dirname(pattern), words) in text
+    found = metrics(metrics_file)
+    assert value(found, 'last_run_exit_status') == 1
+    assert value(found, 'last_success_timestamp_seconds') == succeeded
+
+
+def test_no_files_in_a_directory_that_exists_is_a_success(
+        tmp_path, memcached_set):
+    status, text = run(tmp_path, memcached_set)
+    assert status == 0, text
+    assert 'No files match %s' % (tmp_path / '*.tsv.gz') in text
+
+
 @pytest.mark.parametrize('lock', ['missing', 'directory'])
 def test_a_lock_that_cannot_be_opened_exits_2_and_loads_nothing(
         tmp_path, memcached_set, metrics_file, lock):
