@@ -3948,14 +3948,24 @@ class LogFile(logging.FileHandler):
 
 
 def setup_logging(log_path, debug):
-    """Log in the original format to stderr or to ``log_path``; control
-    characters in messages are escaped (escape_controls)."""
+    """Log in the original format to stderr or to ``log_path``; with
+    ``log_path``, warnings and errors go to stderr too, where cron mails
+    them (the log file keeps everything).  Control characters in messages
+    are escaped (escape_controls).  Returns the handler that writes
+    ``log_path`` (or stderr)."""
     handler = (LogFile(log_path, errors='backslashreplace')
                if log_path else logging.StreamHandler(sys.stderr))
-    handler.addFilter(escape_controls)
-    handler.setFormatter(logging.Formatter(
-        '[%(asctime)s] %(levelname).1s %(message)s', '%Y.%m.%d %H:%M:%S'))
-    log.handlers[:] = [handler]
+    handlers = [handler]
+    if log_path:
+        warnings = logging.StreamHandler(sys.stderr)
+        warnings.setLevel(logging.WARNING)
+        handlers.append(warnings)
+    formatter = logging.Formatter(
+        '[%(asctime)s] %(levelname).1s %(message)s', '%Y.%m.%d %H:%M:%S')
+    for each in handlers:
+        each.addFilter(escape_controls)
+        each.setFormatter(formatter)
+    log.handlers[:] = handlers
     log.setLevel(logging.DEBUG if debug else logging.INFO)
     log.propagate = False
     return handler
@@ -4071,7 +4081,8 @@ def main(argv=None):
             write_metrics(args.metrics_file, status, started, result)
         return status
     finally:
-        log.removeHandler(handler)
+        for each in list(log.handlers):
+            log.removeHandler(each)
         try:
             handler.close()  # flushes: a full disk says so here
         except OSError as exc:

@@ -482,6 +482,12 @@ MUTANTS = {
         "        raise Unlistable('cannot list the files of %s: %s %s (a typo"
         " in'\n",
         OPERATORS),
+    'errors-only-in-the-log-file': (
+        'with --log, nothing reaches stderr: under cron a failed run mails'
+        ' nothing',
+        "        handlers.append(warnings)\n",
+        "",
+        OPERATORS),
     'no-journal-before-the-rename': (
         'a rename is not noted before it happens, so a run killed before'
         ' its check leaves nothing for the next run to prove',

@@ -5,13 +5,15 @@ import logging
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import gevent
 import pytest
 
 import gmemcload
-from conftest import (address_args, catches, expected_value, files,
+from conftest import (GMEMCLOAD, address_args, catches, expected_value, files,
                       hold_lock, lines_for, listing, metrics, run,
                       start_loader, start_patched_loader, stop_within,
                       summary_row, value, wait_for, wait_for_log, write_gz)
@@ -275,6 +277,29 @@ def test_no_files_in_a_directory_that_exists_is_a_success(
     status, text = run(tmp_path, memcached_set)
     assert status == 0, text
     assert 'No files match %s' % (tmp_path / '*.tsv.gz') in text
+
+
+def test_with_a_log_file_warnings_and_errors_reach_stderr_too(
+        tmp_path, memcached_set):
+    # Under cron, stderr is what gets mailed: a kept file and a usage
+    # error must reach it; the log file keeps everything.
+    (tmp_path / FIRST).write_bytes(b'not gzip')
+    log_path = tmp_path / 'run.log'
+    done = subprocess.run(
+        [sys.executable, GMEMCLOAD, '--pattern', str(tmp_path / '*.tsv.gz'),
+         '--log', str(log_path)] + address_args(memcached_set),
+        stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 1
+    assert '%s: Failed load: unreadable' % FIRST in done.stderr
+    assert 'Processing' not in done.stderr  # info stays in the log
+    assert 'Processing' in log_path.read_text()
+    assert '%s: Failed load: unreadable' % FIRST in log_path.read_text()
+    done = subprocess.run(
+        [sys.executable, GMEMCLOAD, '--pattern', str(tmp_path / '*.tsv.gz'),
+         '--log', str(log_path), '--idfa', 'nohost'],
+        stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 2
+    assert 'nohost' in done.stderr
 
 
 @pytest.mark.parametrize('lock', ['missing', 'directory'])
