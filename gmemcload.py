@@ -2677,7 +2677,7 @@ class Loss(NamedTuple):
     dropped: int
 
 
-def losses_between_runs(journal, check, addresses):
+def losses_since_proven(journal, check, addresses):
     """At start, and again at the end of a run: ask each server of
     ``addresses`` that the journal proved before, and read back what the
     first and the last proven file the journal holds wrote there
@@ -3501,14 +3501,7 @@ def load_files(settings, locks, journal):
         {address for addresses in settings.addresses.values()
          for address in addresses})}
     if not settings.dry:
-        check = InstanceCheck(settings, servers)
-        try:
-            prove_unfinished(journal, check)
-            for loss in losses_between_runs(journal, check, servers):
-                servers[loss.address].restarts += loss.restarted
-                servers[loss.address].evictions += loss.dropped
-        finally:
-            check.close()
+        ask_since_proven(settings, journal, servers, at_start=True)
     lost = [] if settings.dry else sorted(journal.lost)
     refill = bool(lost) and settings.refill_after_loss
     if refill:
@@ -3528,14 +3521,8 @@ def load_files(settings, locks, journal):
     _, signum = load_in_order(settings, chosen.to_load, journal, servers)
     if not settings.dry and signum is None:
         # What struck after a file's own check, during the rest of the
-        # run: seen now, not by the next run.  (A restart is counted by
-        # the check itself, whose Servers know the instance.)
-        check = InstanceCheck(settings, servers)
-        try:
-            for loss in losses_between_runs(journal, check, servers):
-                servers[loss.address].evictions += loss.dropped
-        finally:
-            check.close()
+        # run: seen now, not by the next run.
+        ask_since_proven(settings, journal, servers, at_start=False)
         lost = sorted(journal.lost)
     reloads = [load for load in chosen.loads if load.reloading]
     if lost and (settings.reload_processed or refill) \
@@ -3548,6 +3535,24 @@ def load_files(settings, locks, journal):
     log_cpu(settings.workers)
     return RunResult(settings, chosen.loads, chosen.waiting,
                      servers.values(), signum, lost)
+
+
+def ask_since_proven(settings, journal, servers, at_start):
+    """Ask every server of ``servers`` (address -> Server) what changed
+    since the journal last proved it (losses_since_proven), and count
+    what it lost in its Server; ``at_start``, first prove the renames the
+    last run left unproven.  A restart seen at the end of a run is counted
+    already, by the check itself, whose Servers know the instance."""
+    check = InstanceCheck(settings, servers)
+    try:
+        if at_start:
+            prove_unfinished(journal, check)
+        for loss in losses_since_proven(journal, check, servers):
+            if at_start:
+                servers[loss.address].restarts += loss.restarted
+            servers[loss.address].evictions += loss.dropped
+    finally:
+        check.close()
 
 
 def load_in_order(settings, loads, journal=None, servers=None):

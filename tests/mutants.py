@@ -939,8 +939,8 @@ MUTANTS = {
          'test_a_signal_while_the_interpreter_ends_leaves_the_outcome']),
     'control-characters-logged': (
         'a newline in a file name forges a log line',
-        "    handler.addFilter(escape_controls)",
-        "    pass",
+        "        each.addFilter(escape_controls)\n",
+        "        pass\n",
         OPERATORS),
     'unsent-not-said': (
         'after a stop, the totals do not add up',
