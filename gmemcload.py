@@ -2667,12 +2667,10 @@ def prove_unfinished(journal, check):
 
 
 class Loss(NamedTuple):
-    """A server that lost the records of processed files between runs:
-    its address, why (words) and how many of the journal's files wrote
-    to it."""
+    """A server that lost the records of processed files since they were
+    proven, as the metrics count it: whether it restarted, and the items
+    it evicted or lost in slab moves (the journal keeps the words)."""
     address: str
-    why: str
-    files: int
     restarted: bool
     dropped: int
 
@@ -2739,7 +2737,7 @@ def losses_since_proven(journal, check, addresses):
                   ' (%s to %s)' % (files[0], files[-1]) if files else '')
         journal.note_lost(address, why, len(files))
         journal.note_server(address, now)
-        found.append(Loss(address, why, len(files), restarted, dropped))
+        found.append(Loss(address, restarted, dropped))
     return found
 
 
