@@ -56,6 +56,22 @@ def stored_state(tmp_path, daemons, names):
     return stored_values(daemons, list(want)), want
 
 
+def assert_refilled_exactly(tmp_path, daemons, names):
+    """A run with --refill-after-loss ends 0, and memcached then holds
+    exactly what loading ``names`` in order leaves."""
+    status, text = run(tmp_path, daemons, '--refill-after-loss')
+    assert status == 0, text
+    stored, want = stored_state(tmp_path, daemons, names)
+    assert stored == want
+
+
+@pytest.fixture
+def small_idfa(memcached_set, memcached_factory):
+    """The daemons, with idfa a memcached of 1 MB: it evicts."""
+    return dict(memcached_set, idfa=memcached_factory(memory_mb=1,
+                                                      max_item='512k'))
+
+
 # -- the journal: what it holds --
 
 def test_the_journal_holds_each_rename_in_order_and_each_servers_identity(
@@ -197,10 +213,7 @@ def test_a_flush_between_two_runs_is_seen_as_a_loss(tmp_path,
     assert 'memcached %s dropped items since it was last proven (0' \
         ' items evicted, 1 flushes, 0 items lost in slab moves)' \
         % gaid.address in text
-    status, text = run(tmp_path, memcached_set, '--refill-after-loss')
-    assert status == 0, text
-    stored, want = stored_state(tmp_path, memcached_set, [FIRST])
-    assert stored == want
+    assert_refilled_exactly(tmp_path, memcached_set, [FIRST])
 
 
 def test_a_delayed_flush_that_empties_the_cache_after_a_run_is_seen_next(
@@ -228,16 +241,12 @@ def test_a_delayed_flush_that_empties_the_cache_after_a_run_is_seen_next(
     assert 'memcached %s does not hold what %s wrote there, though it' \
         ' counts no drop since (a delayed flush_all?)' % (idfa.address,
                                                           FIRST) in text
-    status, text = run(tmp_path, memcached_set, '--refill-after-loss')
-    assert status == 0, text
-    stored, want = stored_state(tmp_path, memcached_set, [FIRST])
-    assert stored == want
+    assert_refilled_exactly(tmp_path, memcached_set, [FIRST])
 
 
 def test_under_accept_evictions_evictions_between_runs_are_no_loss(
-        tmp_path, memcached_set, memcached_factory):
-    small = memcached_factory(memory_mb=1, max_item='512k')
-    daemons = dict(memcached_set, idfa=small)
+        tmp_path, small_idfa):
+    daemons, small = small_idfa, small_idfa['idfa']
     write_gz(tmp_path / FIRST, all_lines(['idfa'], 100))
     status, text = run(tmp_path, daemons, '--accept-evictions')
     assert status == 0, text
@@ -294,19 +303,15 @@ def test_a_delayed_flush_that_strikes_later_in_the_run_is_seen_at_its_end(
         ' counts no drop since (a delayed flush_all?)' % (idfa.address,
                                                           SECOND) in text
     assert stored_state(tmp_path, memcached_set, [SECOND])[0] == {}
-    status, text = run(tmp_path, memcached_set, '--refill-after-loss')
-    assert status == 0, text
-    stored, want = stored_state(tmp_path, memcached_set, [SECOND, THIRD])
-    assert stored == want
+    assert_refilled_exactly(tmp_path, memcached_set, [SECOND, THIRD])
 
 
 def test_under_accept_evictions_records_gone_at_the_check_are_not_asked(
-        tmp_path, memcached_set, memcached_factory):
+        tmp_path, small_idfa):
     # The cache is too small: the file's oldest records are evicted while
     # it loads, and renamed on --accept-evictions.  Those missing at the
     # check are not in the journal, so the next run asks nothing gone.
-    small = memcached_factory(memory_mb=1, max_item='512k')
-    daemons = dict(memcached_set, idfa=small)
+    daemons = small_idfa
     write_gz(tmp_path / FIRST, all_lines(['idfa'], 20000))
     status, text = run(tmp_path, daemons, '--accept-evictions')
     assert status == 0, text
@@ -493,10 +498,7 @@ def test_a_restart_after_a_files_rename_in_the_same_run_is_said_at_its_end(
     assert listing(tmp_path) == ['.' + FIRST, '.' + SECOND]
     assert 'memcached %s restarted since it was last proven' % idfa.address \
         in text
-    status, text = run(tmp_path, memcached_set, '--refill-after-loss')
-    assert status == 0, text
-    stored, want = stored_state(tmp_path, memcached_set, [FIRST, SECOND])
-    assert stored == want
+    assert_refilled_exactly(tmp_path, memcached_set, [FIRST, SECOND])
 
 
 def test_a_run_reads_back_the_first_and_the_last_proven_file_of_a_server(
